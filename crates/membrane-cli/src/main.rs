@@ -1,0 +1,70 @@
+//! The `membrane` command: a thin layer over the engine crates.
+#![forbid(unsafe_code)]
+
+mod explain;
+mod printer;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "membrane",
+    version,
+    about = "Cilium network policy, checked and explained offline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files: every flow's verdict against its expectation.
+    Test {
+        /// Scenario files (YAML).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        /// Print every flow, not only failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Validate policy manifests as the Cilium agent does; exit 1 if any policy is invalid.
+    Validate {
+        /// Files or directories with CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
+        /// NetworkPolicy and CiliumCIDRGroup manifests (`-` for stdin).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Time the engine on the conformance-shaped workloads (see the README).
+    Bench {
+        /// Scenario files to evaluate repeatedly.
+        files: Vec<std::path::PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        iterations: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Test {
+            files,
+            output,
+            verbose,
+        } => printer::run_tests(&files, output, verbose),
+        Command::Validate { paths, output } => printer::run_validate(&paths, output),
+        Command::Bench { files, iterations } => printer::run_bench(&files, iterations),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,7 @@
+//! The world policies apply to: namespaces, nodes, endpoints and external names, loaded
+//! from scenario files; identities derived from them; flows evaluated against the engine.
+#![forbid(unsafe_code)]
+
+pub mod runner;
+pub mod scenario;
+pub mod world;

@@ -1,0 +1,603 @@
+//! Scenario files: a small cluster, its policies, and the expected verdict of each flow
+//! (the format of the conformance suite).
+
+use membrane_policy::decode::{Decoder, Spanned};
+use membrane_policy::diag::Diagnostic;
+use membrane_policy::model::Direction;
+use membrane_policy::translate::Secrets;
+use membrane_policy::verdict::{HttpRequest, Verdict};
+use membrane_policy::yaml::{Embedding, Node, Span, parse_documents};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Default)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub ip: IpAddr,
+    pub cilium: bool,
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub ip: IpAddr,
+    pub service_account: String,
+    pub labels: Vec<(String, String)>,
+    pub ports: Vec<ContainerPort>,
+    pub host_network: bool,
+    /// A reserved identity instead of labels (`ingress`, `kube-apiserver`, ...).
+    pub entity: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExternalName {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSpec {
+    pub sni: String,
+    pub path: Option<String>,
+    pub intercept: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowSpec {
+    pub from: String,
+    pub to: Option<String>,
+    pub port: Option<u16>,
+    pub protocol: Option<String>,
+    pub icmp: Option<(bool, u8)>,
+    pub http: Option<HttpRequest>,
+    pub tls: Option<TlsSpec>,
+    pub dns: Option<String>,
+    pub expect: Verdict,
+    pub drop: Option<Direction>,
+    pub reason: Option<String>,
+    pub inject_headers: Vec<(String, String)>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub requires: Vec<String>,
+    pub cluster_name: String,
+    pub namespaces: Vec<Namespace>,
+    pub nodes: Vec<NodeSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+    pub external: Vec<ExternalName>,
+    pub secrets: Secrets,
+    pub policies: String,
+    pub policies_embedding: Embedding,
+    pub flows: Vec<FlowSpec>,
+}
+
+/// Scenario features membrane knows (`requires:`).
+pub const FEATURES: &[&str] = &[
+    "l7-proxy",
+    "l7-port-ranges",
+    "icmp-policy",
+    "host-firewall",
+    "node-without-cilium",
+    "cidr-match-nodes",
+    "ccnp",
+    "sctp",
+    "tls-interception",
+    "policy-secret-sync",
+    "policy-secrets-only-from-secrets-namespace",
+];
+
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "source",
+    "upstream_tests",
+    "requires",
+    "cluster",
+    "namespaces",
+    "nodes",
+    "endpoints",
+    "external",
+    "secrets",
+    "policies",
+    "flows",
+    "notes",
+];
+
+fn req_string(
+    d: &mut Decoder,
+    f: &mut membrane_policy::decode::Fields<'_>,
+    name: &str,
+    what: &str,
+) -> Option<Spanned<String>> {
+    match f.get(name) {
+        Some(n) => d.int_or_string(n, name),
+        None => {
+            d.error(format!("{what} needs `{name}`"), f.span);
+            None
+        }
+    }
+}
+
+fn ip(d: &mut Decoder, s: &Spanned<String>) -> Option<IpAddr> {
+    match s.value.parse() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            d.error(format!("`{}` is not an IP address", s.value), s.span);
+            None
+        }
+    }
+}
+
+fn labels(
+    d: &mut Decoder,
+    f: &mut membrane_policy::decode::Fields<'_>,
+    name: &str,
+) -> Vec<(String, String)> {
+    f.get(name)
+        .map(|n| {
+            d.string_map(n, name)
+                .into_iter()
+                .map(|(k, v)| (k.value, v.value))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses a scenario file. Every problem is returned with its position.
+pub fn parse_scenario(text: &str) -> Result<Scenario, Vec<Diagnostic>> {
+    let docs = parse_documents(text, Embedding::default()).map_err(|e| {
+        vec![Diagnostic::error(
+            "yaml",
+            format!("invalid YAML: {}", e.message),
+            Some(e.span),
+        )]
+    })?;
+    let Some(root) = docs.first() else {
+        return Err(vec![Diagnostic::error(
+            "scenario",
+            "the scenario file is empty",
+            None,
+        )]);
+    };
+    let mut d = Decoder::default();
+    let scenario = decode(&mut d, root, text);
+    if d.has_errors() {
+        return Err(d.diagnostics);
+    }
+    scenario.ok_or(d.diagnostics)
+}
+
+fn decode(d: &mut Decoder, root: &Node, text: &str) -> Option<Scenario> {
+    let mut f = d.fields(root, "a scenario")?;
+    let name = f
+        .get("name")
+        .and_then(|n| d.string(n, "name"))
+        .map(|s| s.value)
+        .unwrap_or_default();
+    f.ignore(&["source", "upstream_tests", "notes"]);
+    let requires: Vec<String> = f
+        .get("requires")
+        .and_then(|n| d.string_list(n, "requires"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| {
+            if FEATURES.contains(&s.value.as_str()) {
+                Some(s.value)
+            } else {
+                d.error_help(
+                    format!("unknown feature `{}` in requires", s.value),
+                    s.span,
+                    format!("known features: {}", FEATURES.join(", ")),
+                );
+                None
+            }
+        })
+        .collect();
+    let mut cluster_name = "default".to_string();
+    if let Some(n) = f.get("cluster") {
+        if let Some(mut c) = d.fields(n, "cluster") {
+            if let Some(s) = c.get("name").and_then(|n| d.string(n, "cluster.name")) {
+                cluster_name = s.value;
+            }
+            c.finish(d, "cluster", &["name"]);
+        }
+    }
+    let namespaces = f
+        .get("namespaces")
+        .and_then(|n| {
+            d.list(n, "namespaces", |d, n| {
+                let mut f = d.fields(n, "a namespace")?;
+                let name = req_string(d, &mut f, "name", "a namespace")?.value;
+                let labels = labels(d, &mut f, "labels");
+                f.finish(d, "a namespace", &["name", "labels"]);
+                Some(Namespace { name, labels })
+            })
+        })
+        .unwrap_or_default();
+    let nodes = f
+        .get("nodes")
+        .and_then(|n| {
+            d.list(n, "nodes", |d, n| {
+                let mut f = d.fields(n, "a node")?;
+                let name = req_string(d, &mut f, "name", "a node")?.value;
+                let ip_s = req_string(d, &mut f, "ip", "a node")?;
+                let ip = ip(d, &ip_s)?;
+                let cilium = f
+                    .get("cilium")
+                    .and_then(|n| d.bool(n, "cilium"))
+                    .unwrap_or(true);
+                let labels = labels(d, &mut f, "labels");
+                f.ignore(&["podCIDR"]);
+                f.finish(d, "a node", &["name", "ip", "podCIDR", "cilium", "labels"]);
+                Some(NodeSpec {
+                    name,
+                    ip,
+                    cilium,
+                    labels,
+                })
+            })
+        })
+        .unwrap_or_default();
+    let endpoints = f
+        .get("endpoints")
+        .and_then(|n| d.list(n, "endpoints", decode_endpoint))
+        .unwrap_or_default();
+    let external = f
+        .get("external")
+        .and_then(|n| {
+            d.list(n, "external", |d, n| {
+                let mut f = d.fields(n, "an external name")?;
+                let name = req_string(d, &mut f, "name", "an external name")?.value;
+                let ips = f
+                    .get("ips")
+                    .and_then(|n| d.string_list(n, "ips"))
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|s| ip(d, s))
+                    .collect();
+                f.finish(d, "an external name", &["name", "ips"]);
+                Some(ExternalName { name, ips })
+            })
+        })
+        .unwrap_or_default();
+    let mut secrets = Secrets::new();
+    if let Some(n) = f.get("secrets") {
+        let _ = d.list(n, "secrets", |d, n| {
+            let mut f = d.fields(n, "a secret")?;
+            let ns = req_string(d, &mut f, "namespace", "a secret")?.value;
+            let name = req_string(d, &mut f, "name", "a secret")?.value;
+            let data = match f.get("data") {
+                Some(n) if n.as_map().is_some() => d
+                    .string_map(n, "data")
+                    .into_iter()
+                    .map(|(k, v)| (k.value, v.value))
+                    .collect(),
+                _ => Default::default(),
+            };
+            f.ignore(&["type"]);
+            f.finish(d, "a secret", &["namespace", "name", "data", "type"]);
+            secrets.insert((ns, name), data);
+            Some(())
+        });
+    }
+    let mut policies = String::new();
+    let mut policies_embedding = Embedding::default();
+    if let Some(n) = f.get("policies") {
+        if let Some(s) = d.string(n, "policies") {
+            policies = s.value;
+            policies_embedding = block_embedding(text, n.span);
+        }
+    }
+    let flows = f
+        .get("flows")
+        .and_then(|n| d.list(n, "flows", decode_flow))
+        .unwrap_or_default();
+    f.finish(d, "a scenario", TOP_FIELDS);
+    Some(Scenario {
+        name,
+        requires,
+        cluster_name,
+        namespaces,
+        nodes,
+        endpoints,
+        external,
+        secrets,
+        policies,
+        policies_embedding,
+        flows,
+    })
+}
+
+/// Where the content of a block scalar (`policies: |`) starts in the file, so diagnostics
+/// about the embedded policies point at the right line and column.
+fn block_embedding(text: &str, span: Span) -> Embedding {
+    // The span starts at the `|` indicator or at the first content line, depending on the
+    // parser: skip a line that is only the header.
+    let start_line = span.line as usize;
+    let mut offset = 0usize;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let is_header = i + 1 == start_line && line.trim_end().ends_with(['|', '>', '-', '+']);
+        if i + 1 >= start_line && !line.trim().is_empty() && !is_header {
+            let indent = line.len() - line.trim_start_matches(' ').len();
+            return Embedding {
+                line_offset: (i + 1 - 1) as u32,
+                col_offset: indent as u32,
+                byte_offset: (offset + indent) as u32,
+            };
+        }
+        offset += line.len();
+    }
+    Embedding::default()
+}
+
+fn decode_endpoint(d: &mut Decoder, n: &Node) -> Option<EndpointSpec> {
+    let mut f = d.fields(n, "an endpoint")?;
+    let name = req_string(d, &mut f, "name", "an endpoint")?.value;
+    let namespace = f
+        .get("namespace")
+        .and_then(|n| d.string(n, "namespace"))
+        .map(|s| s.value)
+        .unwrap_or_else(|| "default".into());
+    let node = f
+        .get("node")
+        .and_then(|n| d.string(n, "node"))
+        .map(|s| s.value)
+        .unwrap_or_default();
+    let ip_s = req_string(d, &mut f, "ip", "an endpoint")?;
+    let ip = ip(d, &ip_s)?;
+    let service_account = f
+        .get("serviceAccount")
+        .and_then(|n| d.string(n, "serviceAccount"))
+        .map(|s| s.value)
+        .unwrap_or_else(|| "default".into());
+    let labels = labels(d, &mut f, "labels");
+    let ports = f
+        .get("ports")
+        .and_then(|n| {
+            d.list(n, "ports", |d, n| {
+                let mut f = d.fields(n, "a container port")?;
+                let name = f
+                    .get("name")
+                    .and_then(|n| d.string(n, "name"))
+                    .map(|s| s.value)
+                    .unwrap_or_default();
+                let port = f.get("port").and_then(|n| d.int(n, "port"))?;
+                let protocol = f
+                    .get("protocol")
+                    .and_then(|n| d.string(n, "protocol"))
+                    .map(|s| s.value)
+                    .unwrap_or_else(|| "TCP".into());
+                f.finish(d, "a container port", &["name", "port", "protocol"]);
+                let Ok(port) = u16::try_from(port.value) else {
+                    d.error(format!("port {} is out of range", port.value), port.span);
+                    return None;
+                };
+                Some(ContainerPort {
+                    name,
+                    port,
+                    protocol,
+                })
+            })
+        })
+        .unwrap_or_default();
+    let host_network = f
+        .get("hostNetwork")
+        .and_then(|n| d.bool(n, "hostNetwork"))
+        .unwrap_or(false);
+    let entity = f
+        .get("entity")
+        .and_then(|n| d.string(n, "entity"))
+        .map(|s| s.value);
+    f.finish(
+        d,
+        "an endpoint",
+        &[
+            "name",
+            "namespace",
+            "node",
+            "ip",
+            "serviceAccount",
+            "labels",
+            "ports",
+            "hostNetwork",
+            "entity",
+        ],
+    );
+    Some(EndpointSpec {
+        name,
+        namespace,
+        node,
+        ip,
+        service_account,
+        labels,
+        ports,
+        host_network,
+        entity,
+    })
+}
+
+fn decode_flow(d: &mut Decoder, n: &Node) -> Option<FlowSpec> {
+    let mut f = d.fields(n, "a flow")?;
+    let span = n.span;
+    let from = req_string(d, &mut f, "from", "a flow")?.value;
+    let to = f
+        .get("to")
+        .and_then(|n| d.int_or_string(n, "to"))
+        .map(|s| s.value);
+    let port = match f.get("port").and_then(|n| d.int(n, "port")) {
+        Some(p) => match u16::try_from(p.value) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                d.error(format!("port {} is out of range", p.value), p.span);
+                None
+            }
+        },
+        None => None,
+    };
+    let protocol = f
+        .get("protocol")
+        .and_then(|n| d.string(n, "protocol"))
+        .map(|s| s.value);
+    let mut icmp = None;
+    if let Some(n) = f.get("icmp") {
+        if let Some(mut i) = d.fields(n, "icmp") {
+            let v6 = i
+                .get("family")
+                .and_then(|n| d.string(n, "family"))
+                .is_some_and(|s| s.value == "IPv6");
+            let t = i
+                .get("type")
+                .and_then(|n| d.int(n, "type"))
+                .map_or(8, |t| t.value.clamp(0, 255) as u8);
+            i.finish(d, "icmp", &["family", "type"]);
+            icmp = Some((v6, t));
+        }
+    }
+    let http = f.get("http").and_then(|n| decode_http(d, n));
+    let mut tls = None;
+    if let Some(n) = f.get("tls") {
+        if let Some(mut t) = d.fields(n, "tls") {
+            let sni = t
+                .get("sni")
+                .and_then(|n| d.string(n, "sni"))
+                .map(|s| s.value)
+                .unwrap_or_default();
+            let path = t
+                .get("path")
+                .and_then(|n| d.string(n, "path"))
+                .map(|s| s.value);
+            let intercept = t
+                .get("intercept")
+                .and_then(|n| d.bool(n, "intercept"))
+                .unwrap_or(false);
+            t.finish(d, "tls", &["sni", "path", "intercept"]);
+            tls = Some(TlsSpec {
+                sni,
+                path,
+                intercept,
+            });
+        }
+    }
+    let dns = f
+        .get("dns")
+        .and_then(|n| d.string(n, "dns"))
+        .map(|s| s.value);
+    let expect_s = req_string(d, &mut f, "expect", "a flow")?;
+    let Some(expect) = Verdict::parse(&expect_s.value) else {
+        d.error_help(
+            format!("unknown expected verdict `{}`", expect_s.value),
+            expect_s.span,
+            "use allow, deny, http-403, tls-denied, dns-ok or dns-refused",
+        );
+        return None;
+    };
+    let drop = match f.get("drop").and_then(|n| d.string(n, "drop")) {
+        None => None,
+        Some(s) if s.value == "egress" => Some(Direction::Egress),
+        Some(s) if s.value == "ingress" => Some(Direction::Ingress),
+        Some(s) => {
+            d.error_help(
+                format!("unknown drop side `{}`", s.value),
+                s.span,
+                "use egress or ingress",
+            );
+            None
+        }
+    };
+    let reason = f
+        .get("reason")
+        .and_then(|n| d.string(n, "reason"))
+        .map(|s| s.value);
+    let inject_headers = f
+        .get("inject_headers")
+        .map(|n| {
+            d.string_map(n, "inject_headers")
+                .into_iter()
+                .map(|(k, v)| (k.value, v.value))
+                .collect()
+        })
+        .unwrap_or_default();
+    f.ignore(&["cilium", "kubernetes", "origin", "note"]);
+    f.finish(
+        d,
+        "a flow",
+        &[
+            "from",
+            "to",
+            "port",
+            "protocol",
+            "icmp",
+            "http",
+            "tls",
+            "dns",
+            "expect",
+            "drop",
+            "reason",
+            "inject_headers",
+            "cilium",
+            "kubernetes",
+            "origin",
+            "note",
+        ],
+    );
+    Some(FlowSpec {
+        from,
+        to,
+        port,
+        protocol,
+        icmp,
+        http,
+        tls,
+        dns,
+        expect,
+        drop,
+        reason,
+        inject_headers,
+        span,
+    })
+}
+
+fn decode_http(d: &mut Decoder, n: &Node) -> Option<HttpRequest> {
+    let mut f = d.fields(n, "http")?;
+    let method = f
+        .get("method")
+        .and_then(|n| d.string(n, "method"))
+        .map_or_else(|| "GET".into(), |s| s.value);
+    let path = f
+        .get("path")
+        .and_then(|n| d.string(n, "path"))
+        .map_or_else(|| "/".into(), |s| s.value);
+    let headers = f
+        .get("headers")
+        .map(|n| {
+            d.string_map(n, "headers")
+                .into_iter()
+                .map(|(k, v)| (k.value, v.value))
+                .collect()
+        })
+        .unwrap_or_default();
+    f.finish(d, "http", &["method", "path", "headers"]);
+    Some(HttpRequest {
+        method,
+        path,
+        host: String::new(),
+        headers,
+    })
+}

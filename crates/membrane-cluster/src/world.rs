@@ -1,0 +1,450 @@
+//! A cluster with its identities and resolved policies, answering "what happens to this
+//! flow, and why".
+
+use crate::scenario::{EndpointSpec, Scenario};
+use membrane_policy::api::Resource;
+use membrane_policy::diag::Diagnostic;
+use membrane_policy::identity::{self, IdentityId, IdentityTable};
+use membrane_policy::labels::{Label, LabelSet};
+use membrane_policy::model::{Direction, FileId, Protocol};
+use membrane_policy::options::Options;
+use membrane_policy::policy_set::{PolicySet, parse_resources};
+use membrane_policy::resolve::{DirectionPolicy, Repository, Subject, host_labels};
+use membrane_policy::verdict::{self, FlowDecision, HttpRequest, L7Request, Outcome, SideDecision};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+/// One party of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Pod(usize),
+    /// A node, or a hostNetwork pod on it.
+    Node {
+        node: usize,
+        addr: IpAddr,
+    },
+    /// A reserved-identity endpoint (a Gateway's proxy, ...).
+    Entity {
+        endpoint: usize,
+        id: IdentityId,
+    },
+    /// Outside the cluster (or on a node without Cilium).
+    World {
+        addr: IpAddr,
+        learned_as: Option<usize>,
+    },
+}
+
+pub struct World {
+    pub scenario: Scenario,
+    pub options: Options,
+    pub repo: Repository,
+    pub policy_set: PolicySet,
+    pub diagnostics: Vec<Diagnostic>,
+    pod_ids: Vec<IdentityId>,
+    node_ids: Vec<Option<IdentityId>>,
+    kube_dns: Option<usize>,
+    cache: RefCell<HashMap<(String, Direction), Rc<DirectionPolicy>>>,
+}
+
+fn protocol_of(text: &str) -> Protocol {
+    Protocol::parse(text).unwrap_or(Protocol::Tcp)
+}
+
+impl World {
+    pub fn from_scenario(scenario: Scenario, file: FileId) -> World {
+        let mut options = Options {
+            cluster_name: scenario.cluster_name.clone(),
+            ..Options::default()
+        };
+        for r in &scenario.requires {
+            match r.as_str() {
+                "host-firewall" => options.host_firewall = true,
+                "cidr-match-nodes" => options.cidr_match_nodes = true,
+                _ => {}
+            }
+        }
+        let (resources, mut diagnostics) =
+            parse_resources(&scenario.policies, scenario.policies_embedding);
+        let resources: Vec<(FileId, Resource)> = resources.into_iter().map(|r| (file, r)).collect();
+        let policy_set = PolicySet::build(&resources, &options, &scenario.secrets);
+        diagnostics.extend(policy_set.diagnostics().map(|(_, d)| d.clone()));
+
+        let mut table = IdentityTable::default();
+        let ns_labels = |ns: &str| -> Vec<(String, String)> {
+            scenario
+                .namespaces
+                .iter()
+                .find(|n| n.name == ns)
+                .map(|n| n.labels.clone())
+                .unwrap_or_default()
+        };
+        let mut pod_ids = Vec::new();
+        for ep in &scenario.endpoints {
+            let id = match (&ep.entity, ep.host_network) {
+                (Some(e), _) => identity::reserved_id(e).unwrap_or(identity::UNMANAGED),
+                (None, true) => 0,
+                (None, false) => {
+                    let nsl = ns_labels(&ep.namespace);
+                    table.pod(identity::pod_identity_labels(
+                        ep.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                        &ep.namespace,
+                        nsl.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                        &ep.service_account,
+                        &scenario.cluster_name,
+                    ))
+                }
+            };
+            pod_ids.push(id);
+        }
+        let mut node_ids = Vec::new();
+        for n in &scenario.nodes {
+            node_ids.push(if !n.cilium {
+                Some(table.cidr(n.ip, None))
+            } else if options.cidr_match_nodes {
+                Some(table.node(n.ip, &n.labels))
+            } else {
+                None
+            });
+        }
+        for ext in &scenario.external {
+            for ip in &ext.ips {
+                table.cidr(*ip, None);
+                table.cidr(*ip, Some(&ext.name));
+            }
+        }
+        for flow in &scenario.flows {
+            for name in [Some(&flow.from), flow.to.as_ref()].into_iter().flatten() {
+                if let Ok(ip) = name.parse::<IpAddr>() {
+                    if !scenario.endpoints.iter().any(|e| e.ip == ip)
+                        && !scenario.nodes.iter().any(|n| n.ip == ip)
+                    {
+                        table.cidr(ip, None);
+                    }
+                }
+            }
+        }
+        let mut ports = Vec::new();
+        for ep in &scenario.endpoints {
+            for p in &ep.ports {
+                if !p.name.is_empty() {
+                    ports.push((p.name.clone(), protocol_of(&p.protocol), p.port));
+                }
+            }
+        }
+        let repo = Repository::new(policy_set.rules(), options.clone(), table, &ports);
+        let kube_dns = scenario
+            .endpoints
+            .iter()
+            .position(|e| {
+                e.labels
+                    .iter()
+                    .any(|(k, v)| k == "k8s-app" && v == "kube-dns")
+            })
+            .or_else(|| scenario.endpoints.iter().position(|e| e.name == "kube-dns"));
+        World {
+            scenario,
+            options,
+            repo,
+            policy_set,
+            diagnostics,
+            pod_ids,
+            node_ids,
+            kube_dns,
+            cache: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn identities(&self) -> &IdentityTable {
+        self.repo.identities()
+    }
+
+    /// Finds a party by endpoint name, node name, external name or IP address.
+    pub fn party(&self, name: &str) -> Option<Party> {
+        let s = &self.scenario;
+        if let Some(i) = s.endpoints.iter().position(|e| e.name == name) {
+            return Some(self.endpoint_party(i));
+        }
+        if let Some(i) = s.nodes.iter().position(|n| n.name == name) {
+            let n = &s.nodes[i];
+            return Some(if n.cilium {
+                Party::Node {
+                    node: i,
+                    addr: n.ip,
+                }
+            } else {
+                Party::World {
+                    addr: n.ip,
+                    learned_as: None,
+                }
+            });
+        }
+        if let Some(i) = s.external.iter().position(|e| e.name == name) {
+            let addr = *s.external[i].ips.first()?;
+            return Some(Party::World {
+                addr,
+                learned_as: Some(i),
+            });
+        }
+        let ip: IpAddr = name.parse().ok()?;
+        if let Some(i) = s
+            .endpoints
+            .iter()
+            .position(|e| e.ip == ip && !e.host_network)
+        {
+            return Some(self.endpoint_party(i));
+        }
+        if let Some(i) = s.nodes.iter().position(|n| n.ip == ip) {
+            let n = &s.nodes[i];
+            return Some(if n.cilium {
+                Party::Node {
+                    node: i,
+                    addr: n.ip,
+                }
+            } else {
+                Party::World {
+                    addr: ip,
+                    learned_as: None,
+                }
+            });
+        }
+        Some(Party::World {
+            addr: ip,
+            learned_as: None,
+        })
+    }
+
+    fn endpoint_party(&self, i: usize) -> Party {
+        let ep = &self.scenario.endpoints[i];
+        if ep.entity.is_some() {
+            return Party::Entity {
+                endpoint: i,
+                id: self.pod_ids[i],
+            };
+        }
+        if ep.host_network {
+            return match self.scenario.nodes.iter().position(|n| n.name == ep.node) {
+                Some(n) if self.scenario.nodes[n].cilium => Party::Node {
+                    node: n,
+                    addr: ep.ip,
+                },
+                _ => Party::World {
+                    addr: ep.ip,
+                    learned_as: None,
+                },
+            };
+        }
+        Party::Pod(i)
+    }
+
+    fn node_of(&self, p: Party) -> Option<usize> {
+        let by_name = |name: &str| self.scenario.nodes.iter().position(|n| n.name == name);
+        match p {
+            Party::Pod(i) | Party::Entity { endpoint: i, .. } => {
+                by_name(&self.scenario.endpoints[i].node)
+            }
+            Party::Node { node, .. } => Some(node),
+            Party::World { .. } => None,
+        }
+    }
+
+    /// The identity of `p` as seen on `observer`'s node.
+    pub fn identity_of(&self, p: Party, observer: Option<usize>, learned: bool) -> IdentityId {
+        match p {
+            Party::Pod(i) | Party::Entity { endpoint: i, .. } => self.pod_ids[i],
+            Party::Node { node, .. } => {
+                if observer == Some(node) {
+                    identity::HOST
+                } else {
+                    self.node_ids[node].unwrap_or(identity::REMOTE_NODE)
+                }
+            }
+            Party::World { addr, learned_as } => {
+                let name = learned_as
+                    .filter(|_| learned)
+                    .map(|i| self.scenario.external[i].name.as_str());
+                self.lookup_cidr(addr, name)
+            }
+        }
+    }
+
+    fn lookup_cidr(&self, addr: IpAddr, name: Option<&str>) -> IdentityId {
+        self.identities()
+            .iter()
+            .find(|i| {
+                i.addr == Some(addr)
+                    && i.kind == identity::IdentityKind::Cidr
+                    && i.fqdn_names.first().map(String::as_str) == name
+            })
+            .map_or(identity::WORLD, |i| i.id)
+    }
+
+    /// The resolved policy of a party's endpoint, if Cilium manages it.
+    pub fn policy(&self, p: Party, direction: Direction) -> Option<Rc<DirectionPolicy>> {
+        let (key, labels, is_host, ports, node_addrs): (
+            String,
+            Option<LabelSet>,
+            bool,
+            Vec<(String, Protocol, u16)>,
+            Vec<IpAddr>,
+        ) = match p {
+            Party::Pod(i) | Party::Entity { endpoint: i, .. } => {
+                let ep: &EndpointSpec = &self.scenario.endpoints[i];
+                let ports = ep
+                    .ports
+                    .iter()
+                    .map(|c| (c.name.clone(), protocol_of(&c.protocol), c.port))
+                    .collect();
+                let addrs = self
+                    .node_of(p)
+                    .map(|n| vec![self.scenario.nodes[n].ip])
+                    .unwrap_or_default();
+                (format!("ep:{i}"), None, false, ports, addrs)
+            }
+            Party::Node { node, .. } if self.options.host_firewall => {
+                let n = &self.scenario.nodes[node];
+                (
+                    format!("node:{node}"),
+                    Some(host_labels(&n.labels)),
+                    true,
+                    vec![],
+                    vec![n.ip],
+                )
+            }
+            _ => return None,
+        };
+        let cache_key = (key, direction);
+        if let Some(hit) = self.cache.borrow().get(&cache_key) {
+            return Some(hit.clone());
+        }
+        let identity = match (labels, p) {
+            (Some(labels), _) => identity::Identity {
+                id: identity::HOST,
+                labels,
+                kind: identity::IdentityKind::Reserved,
+                addr: None,
+                fqdn_names: vec![],
+            },
+            (None, Party::Pod(i) | Party::Entity { endpoint: i, .. }) => {
+                self.identities().get(self.pod_ids[i])?.clone()
+            }
+            _ => return None,
+        };
+        let subject = Subject {
+            identity: &identity,
+            is_host,
+            local_node_addrs: &node_addrs,
+            own_ports: &ports,
+        };
+        let resolved = Rc::new(self.repo.resolve(&subject, direction));
+        self.cache.borrow_mut().insert(cache_key, resolved.clone());
+        Some(resolved)
+    }
+
+    fn side(
+        &self,
+        subject: Party,
+        peer: Party,
+        direction: Direction,
+        protocol: Protocol,
+        port: u16,
+        req: &L7Request,
+        learned: bool,
+    ) -> SideDecision {
+        let observer = self.node_of(subject);
+        let peer_id = self.identity_of(peer, observer, learned);
+        match self.policy(subject, direction) {
+            Some(policy) => verdict::decide_side(&policy, peer_id, protocol, port, req),
+            None => SideDecision {
+                direction,
+                outcome: Outcome::NotEnforced,
+                enforcement: membrane_policy::resolve::Enforcement::NotSelected,
+                key: None,
+                deciding: vec![],
+                proxy: None,
+                l7_detail: Some("not a Cilium-managed endpoint".into()),
+                injected_headers: vec![],
+            },
+        }
+    }
+
+    /// Both sides of one connection or datagram.
+    pub fn decide(
+        &self,
+        from: Party,
+        to: Party,
+        protocol: Protocol,
+        port: u16,
+        req: &L7Request,
+        learned: bool,
+    ) -> FlowDecision {
+        let egress = self.side(from, to, Direction::Egress, protocol, port, req, learned);
+        let ingress = self.side(to, from, Direction::Ingress, protocol, port, req, learned);
+        verdict::combine(egress, Some(ingress), matches!(req, L7Request::Dns { .. }))
+    }
+
+    pub fn kube_dns(&self) -> Option<Party> {
+        self.kube_dns.map(|i| self.endpoint_party(i))
+    }
+
+    /// A DNS query from `from` to kube-dns over UDP/53.
+    pub fn dns_query(&self, from: Party, qname: &str) -> Option<FlowDecision> {
+        let dns = self.kube_dns()?;
+        Some(self.decide(
+            from,
+            dns,
+            Protocol::Udp,
+            53,
+            &L7Request::Dns {
+                qname: qname.to_string(),
+            },
+            false,
+        ))
+    }
+}
+
+/// Builds the request a flow carries.
+pub fn l7_request(
+    http: Option<&HttpRequest>,
+    tls: Option<&crate::scenario::TlsSpec>,
+    host: &str,
+) -> L7Request {
+    if let Some(t) = tls {
+        let http = if t.intercept {
+            let mut req = http.cloned().unwrap_or_else(|| HttpRequest {
+                method: "GET".into(),
+                path: t.path.clone().unwrap_or_else(|| "/".into()),
+                host: String::new(),
+                headers: vec![],
+            });
+            req.host = t.sni.clone();
+            Some(req)
+        } else {
+            None
+        };
+        return L7Request::Tls {
+            sni: t.sni.clone(),
+            http,
+        };
+    }
+    if let Some(h) = http {
+        let mut h = h.clone();
+        if h.host.is_empty() {
+            h.host = host.to_string();
+        }
+        return L7Request::Http(h);
+    }
+    L7Request::None
+}
+
+/// Labels shown for a party in explanations.
+pub fn describe_labels(labels: &LabelSet) -> String {
+    let shown: Vec<String> = labels
+        .iter()
+        .filter(|l: &&Label| l.source != "cidr")
+        .map(ToString::to_string)
+        .collect();
+    shown.join(",")
+}

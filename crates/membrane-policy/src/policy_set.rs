@@ -1,0 +1,120 @@
+//! The facade: manifests in, enforceable rules and diagnostics out.
+
+use crate::api::{Resource, decode_resources};
+use crate::decode::Decoder;
+use crate::diag::Diagnostic;
+use crate::labels::{Label, LabelSet};
+use crate::model::{FileId, Rule};
+use crate::options::Options;
+use crate::translate::{self, CidrGroupInfo, Context, Secrets, Translated};
+use crate::yaml::{Embedding, parse_documents};
+
+/// Parses every document of a YAML text into resources. A syntax error ends the file;
+/// schema errors are collected and the offending object is still returned where possible.
+pub fn parse_resources(text: &str, embedding: Embedding) -> (Vec<Resource>, Vec<Diagnostic>) {
+    let docs = match parse_documents(text, embedding) {
+        Ok(d) => d,
+        Err(e) => {
+            let d = Diagnostic::error("yaml", format!("invalid YAML: {}", e.message), Some(e.span))
+                .with_help("check the indentation and quoting around this position");
+            return (vec![], vec![d]);
+        }
+    };
+    let mut out = Vec::new();
+    let mut diagnostics = Vec::new();
+    for doc in &docs {
+        let mut dec = Decoder::default();
+        let mut resources = Vec::new();
+        decode_resources(&mut dec, doc, &mut resources);
+        // An object with schema errors is not enforced: the API server would refuse it.
+        if !dec.has_errors() {
+            out.extend(resources);
+        }
+        diagnostics.extend(dec.diagnostics);
+    }
+    (out, diagnostics)
+}
+
+/// All policies of a cluster, translated to rules.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Translated>,
+    pub cidr_groups: Vec<CidrGroupInfo>,
+}
+
+impl PolicySet {
+    pub fn build(
+        resources: &[(FileId, Resource)],
+        options: &Options,
+        secrets: &Secrets,
+    ) -> PolicySet {
+        let mut cidr_groups = Vec::new();
+        let mut group_diags = Vec::new();
+        for (_, r) in resources {
+            if let Resource::CidrGroup(g) = r {
+                let mut cidrs = Vec::new();
+                for c in &g.external_cidrs {
+                    match translate::parse_cidr(&c.value, false) {
+                        Ok(n) => cidrs.push(n),
+                        Err(e) => group_diags.push(Diagnostic::error(
+                            "invalid-cidr-group",
+                            e,
+                            Some(c.span),
+                        )),
+                    }
+                }
+                let labels = LabelSet::new(
+                    g.meta
+                        .labels
+                        .iter()
+                        .map(|(k, v)| Label::k8s(&k.value, &v.value))
+                        .collect(),
+                );
+                let name = g
+                    .meta
+                    .name
+                    .as_ref()
+                    .map(|n| n.value.clone())
+                    .unwrap_or_default();
+                cidr_groups.push(CidrGroupInfo {
+                    name,
+                    labels,
+                    cidrs,
+                });
+            }
+        }
+        let _ = group_diags;
+        let mut policies = Vec::new();
+        for (file, r) in resources {
+            let cx = Context {
+                options,
+                file: *file,
+                secrets,
+                cidr_groups: &cidr_groups,
+            };
+            match r {
+                Resource::Cilium(p) => policies.push(translate::translate_cilium(p, &cx)),
+                Resource::Kube(p) => policies.push(translate::translate_kube(p, &cx)),
+                _ => {}
+            }
+        }
+        PolicySet {
+            policies,
+            cidr_groups,
+        }
+    }
+
+    /// The rules the agent would enforce (those of valid policies).
+    pub fn rules(&self) -> Vec<Rule> {
+        self.policies
+            .iter()
+            .flat_map(|p| p.rules.iter().cloned())
+            .collect()
+    }
+
+    pub fn diagnostics(&self) -> impl Iterator<Item = (FileId, &Diagnostic)> {
+        self.policies
+            .iter()
+            .flat_map(|p| p.diagnostics.iter().map(move |d| (p.origin.file, d)))
+    }
+}

@@ -1,0 +1,822 @@
+//! The resolved policy of one endpoint: Cilium's MapState. Keys are (peer identity,
+//! protocol, port prefix); deny keys are added wherever a deny overlaps an allow, and merged
+//! keys wherever L7 rules overlap other allows, so that one lookup in the datapath's order
+//! gives the answer (§9.12).
+
+use crate::identity::{HOST, Identity, IdentityId, IdentityKind, IdentityTable};
+use crate::labels::{LabelSet, Selector};
+use crate::model::*;
+use crate::options::{EnforcementMode, Options};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A policy-map key. `peer == 0` and `protocol == 0` mean any; `prefix_len` is how many
+/// leading bits of `port` are fixed (0: every port, 16: exactly `port`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapKey {
+    pub peer: IdentityId,
+    pub protocol: u8,
+    pub port: u16,
+    pub prefix_len: u8,
+}
+
+impl MapKey {
+    fn covers(&self, other: &MapKey) -> bool {
+        (self.peer == 0 || self.peer == other.peer)
+            && (self.protocol == 0 || self.protocol == other.protocol)
+            && self.prefix_len <= other.prefix_len
+            && mask(other.port, self.prefix_len) == self.port
+    }
+
+    fn overlaps(&self, other: &MapKey) -> bool {
+        let peer = self.peer == 0 || other.peer == 0 || self.peer == other.peer;
+        let proto = self.protocol == 0 || other.protocol == 0 || self.protocol == other.protocol;
+        let short = self.prefix_len.min(other.prefix_len);
+        peer && proto && mask(self.port, short) == mask(other.port, short)
+    }
+
+    fn intersection(&self, other: &MapKey) -> MapKey {
+        let (port, prefix_len) = if self.prefix_len >= other.prefix_len {
+            (self.port, self.prefix_len)
+        } else {
+            (other.port, other.prefix_len)
+        };
+        MapKey {
+            peer: self.peer.max(other.peer),
+            protocol: self.protocol.max(other.protocol),
+            port,
+            prefix_len,
+        }
+    }
+
+    /// The port range the key covers.
+    pub fn port_range(&self) -> (u16, u16) {
+        if self.prefix_len == 0 {
+            return (0, 65535);
+        }
+        let span = if self.prefix_len >= 16 {
+            0
+        } else {
+            (1u32 << (16 - self.prefix_len)) - 1
+        };
+        (self.port, (u32::from(self.port) + span) as u16)
+    }
+}
+
+fn mask(port: u16, prefix_len: u8) -> u16 {
+    if prefix_len == 0 {
+        0
+    } else if prefix_len >= 16 {
+        port
+    } else {
+        port & !(((1u32 << (16 - prefix_len)) - 1) as u16)
+    }
+}
+
+/// Splits an inclusive port range into prefixes, as Cilium's policy map stores ranges.
+pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    if lo == 0 && hi == 65535 {
+        return vec![(0, 0)];
+    }
+    let mut out = Vec::new();
+    let (mut cur, hi) = (u32::from(lo), u32::from(hi));
+    while cur <= hi {
+        let mut size = if cur == 0 {
+            1 << 16
+        } else {
+            cur & cur.wrapping_neg()
+        };
+        while cur + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((cur as u16, 16 - size.trailing_zeros() as u8));
+        cur += size;
+    }
+    out
+}
+
+/// One rule entry's contribution to a key.
+#[derive(Debug, Clone)]
+pub struct Contribution {
+    pub origin: Arc<EntryOrigin>,
+    pub deny: bool,
+    pub l7: Option<Arc<L7Policy>>,
+    /// Written as one exact port (not a range, not port 0, not "every port"): only such a
+    /// plain allow opens DNS for every name (§9.14).
+    pub exact_port: bool,
+}
+
+/// What a key decides.
+#[derive(Debug, Clone, Default)]
+pub struct MapValue {
+    pub deny: bool,
+    pub contributions: Vec<Contribution>,
+}
+
+impl MapValue {
+    /// L7 policies to enforce, unless some plain allow wildcards them.
+    pub fn l7(&self) -> L7Decision<'_> {
+        let mut d = L7Decision {
+            policies: Vec::new(),
+            plain_allow: false,
+            dns_wildcard: false,
+        };
+        for c in self.contributions.iter().filter(|c| !c.deny) {
+            match &c.l7 {
+                Some(p) => d.policies.push(p),
+                None => {
+                    d.plain_allow = true;
+                    d.dns_wildcard |= c.exact_port;
+                }
+            }
+        }
+        d
+    }
+
+    pub fn deciding(&self) -> impl Iterator<Item = &Contribution> {
+        let deny = self.deny;
+        self.contributions.iter().filter(move |c| c.deny == deny)
+    }
+}
+
+pub struct L7Decision<'a> {
+    pub policies: Vec<&'a Arc<L7Policy>>,
+    pub plain_allow: bool,
+    pub dns_wildcard: bool,
+}
+
+/// Why a direction is (not) enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforcement {
+    NotSelected,
+    ModeNever,
+    ModeAlways,
+    InitIdentity,
+    /// Rules with entries for this direction select the endpoint.
+    Selected {
+        rules: Vec<Arc<RuleOrigin>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectionPolicy {
+    pub direction: Direction,
+    pub enforced: bool,
+    pub enforcement: Enforcement,
+    pub default_deny: bool,
+    pub map: HashMap<MapKey, MapValue>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LookupResult<'a> {
+    pub key: MapKey,
+    pub value: &'a MapValue,
+}
+
+impl DirectionPolicy {
+    /// The datapath's lookup: first match in precedence order, longest port prefix first.
+    pub fn lookup(&self, peer: IdentityId, protocol: u8, port: u16) -> Option<LookupResult<'_>> {
+        let with_port: [(IdentityId, u8); 4] = [
+            (peer, protocol),
+            (0, protocol),
+            (peer, protocol),
+            (0, protocol),
+        ];
+        for (level, (p, proto)) in with_port.iter().enumerate() {
+            if level < 2 {
+                for plen in (1..=16u8).rev() {
+                    let key = MapKey {
+                        peer: *p,
+                        protocol: *proto,
+                        port: mask(port, plen),
+                        prefix_len: plen,
+                    };
+                    if let Some(v) = self.map.get(&key) {
+                        return Some(LookupResult { key, value: v });
+                    }
+                }
+            } else {
+                let key = MapKey {
+                    peer: *p,
+                    protocol: *proto,
+                    port: 0,
+                    prefix_len: 0,
+                };
+                if let Some(v) = self.map.get(&key) {
+                    return Some(LookupResult { key, value: v });
+                }
+            }
+        }
+        for p in [peer, 0] {
+            let key = MapKey {
+                peer: p,
+                protocol: 0,
+                port: 0,
+                prefix_len: 0,
+            };
+            if let Some(v) = self.map.get(&key) {
+                return Some(LookupResult { key, value: v });
+            }
+        }
+        None
+    }
+}
+
+/// What the engine needs to know about the endpoint a policy is resolved for.
+#[derive(Debug, Clone)]
+pub struct Subject<'a> {
+    pub identity: &'a Identity,
+    /// The host endpoint of a node (host firewall), rather than a pod.
+    pub is_host: bool,
+    /// Addresses of the subject's own node: the local host for CIDR selection.
+    pub local_node_addrs: &'a [IpAddr],
+    /// The subject's container ports, for ingress named ports.
+    pub own_ports: &'a [(String, Protocol, u16)],
+}
+
+/// Every rule, and the selections of their peer selectors over the identity table.
+pub struct Repository {
+    pub rules: Vec<Rule>,
+    pub options: Options,
+    identities: IdentityTable,
+    /// Named ports across the cluster, for egress rules: name → (protocol, port) set.
+    cluster_ports: HashMap<String, HashSet<(Protocol, u16)>>,
+    /// Per rule, per entry, per peer selector: the identities it selects.
+    selections: Vec<Vec<Option<Arc<[IdentityId]>>>>,
+}
+
+impl Repository {
+    pub fn new(
+        rules: Vec<Rule>,
+        options: Options,
+        identities: IdentityTable,
+        cluster_ports: &[(String, Protocol, u16)],
+    ) -> Self {
+        let mut ports: HashMap<String, HashSet<(Protocol, u16)>> = HashMap::new();
+        for (name, proto, port) in cluster_ports {
+            ports
+                .entry(name.clone())
+                .or_default()
+                .insert((*proto, *port));
+        }
+        let mut cache: HashMap<String, Arc<[IdentityId]>> = HashMap::new();
+        let mut selections = Vec::with_capacity(rules.len());
+        for rule in &rules {
+            let mut per_entry = Vec::with_capacity(rule.entries.len());
+            for entry in &rule.entries {
+                let sel = match &entry.peers {
+                    Peers::Wildcard => None,
+                    Peers::Selectors(list) => {
+                        let mut ids: Vec<IdentityId> = Vec::new();
+                        for s in list {
+                            let key = selector_cache_key(s);
+                            let hit = cache.entry(key).or_insert_with(|| {
+                                identities
+                                    .iter()
+                                    .filter(|i| peer_selects(s, i, &options))
+                                    .map(|i| i.id)
+                                    .collect()
+                            });
+                            ids.extend(hit.iter().copied());
+                        }
+                        ids.sort_unstable();
+                        ids.dedup();
+                        Some(ids.into())
+                    }
+                };
+                per_entry.push(sel);
+            }
+            selections.push(per_entry);
+        }
+        Repository {
+            rules,
+            options,
+            identities,
+            cluster_ports: ports,
+            selections,
+        }
+    }
+
+    pub fn identities(&self) -> &IdentityTable {
+        &self.identities
+    }
+
+    /// Rules whose subject selector selects this endpoint.
+    pub fn selecting_rules<'r>(
+        &'r self,
+        subject: &Subject<'_>,
+    ) -> impl Iterator<Item = (usize, &'r Rule)> + 'r {
+        let labels = subject.identity.labels.clone();
+        let is_host = subject.is_host;
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| match &r.subject {
+                crate::model::Subject::Endpoints(s) => !is_host && s.matches(&labels),
+                crate::model::Subject::Nodes(s) => is_host && s.matches(&labels),
+            })
+    }
+
+    pub fn resolve(&self, subject: &Subject<'_>, direction: Direction) -> DirectionPolicy {
+        let selecting: Vec<(usize, &Rule)> = self.selecting_rules(subject).collect();
+        let with_dir: Vec<&(usize, &Rule)> =
+            selecting.iter().filter(|(_, r)| r.has(direction)).collect();
+        let enforcement = match self.options.enforcement {
+            EnforcementMode::Never => Enforcement::ModeNever,
+            EnforcementMode::Always => Enforcement::ModeAlways,
+            EnforcementMode::Default if subject.identity.labels.has_reserved("init") => {
+                Enforcement::InitIdentity
+            }
+            EnforcementMode::Default if !with_dir.is_empty() => Enforcement::Selected {
+                rules: with_dir.iter().map(|(_, r)| r.origin.clone()).collect(),
+            },
+            EnforcementMode::Default => Enforcement::NotSelected,
+        };
+        let enforced = !matches!(
+            enforcement,
+            Enforcement::NotSelected | Enforcement::ModeNever
+        );
+        let mut policy = DirectionPolicy {
+            direction,
+            enforced,
+            enforcement,
+            default_deny: enforced,
+            map: HashMap::new(),
+        };
+        if !enforced {
+            return policy;
+        }
+        let mut raw = RawMap::default();
+        // §3.2: default deny unless every rule with entries here opted out.
+        let opted_out: Vec<&Rule> = with_dir
+            .iter()
+            .map(|(_, r)| *r)
+            .filter(|r| r.default_deny(direction) == Some(false))
+            .collect();
+        if !with_dir.is_empty() && opted_out.len() == with_dir.len() {
+            policy.default_deny = false;
+            for r in opted_out {
+                let origin = Arc::new(EntryOrigin {
+                    rule: r.origin.clone(),
+                    section: if direction == Direction::Ingress {
+                        crate::api::RuleSection::Ingress
+                    } else {
+                        crate::api::RuleSection::Egress
+                    },
+                    index: usize::MAX,
+                    span: r.origin.span,
+                });
+                raw.add(
+                    MapKey {
+                        peer: 0,
+                        protocol: 0,
+                        port: 0,
+                        prefix_len: 0,
+                    },
+                    Contribution {
+                        origin,
+                        deny: false,
+                        l7: None,
+                        exact_port: false,
+                    },
+                );
+            }
+        }
+        let requires: Vec<&Selector> = selecting
+            .iter()
+            .flat_map(|(_, r)| match direction {
+                Direction::Ingress => r.requires_ingress.iter(),
+                Direction::Egress => r.requires_egress.iter(),
+            })
+            .collect();
+        for (rule_index, rule) in &selecting {
+            for (entry_index, entry) in rule.entries.iter().enumerate() {
+                if entry.direction != direction || entry.allows_nothing() {
+                    continue;
+                }
+                let peers = self.entry_peers(*rule_index, entry_index, entry, subject, &requires);
+                if peers.is_empty() {
+                    continue;
+                }
+                let ports = self.entry_ports(entry, subject, direction);
+                for (port_key, l7, exact_port) in &ports {
+                    for peer in &peers {
+                        let key = MapKey {
+                            peer: *peer,
+                            ..*port_key
+                        };
+                        raw.add(
+                            key,
+                            Contribution {
+                                origin: entry.origin.clone(),
+                                deny: entry.deny,
+                                l7: l7.clone(),
+                                exact_port: *exact_port,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if direction == Direction::Ingress && self.options.allow_localhost && !subject.is_host {
+            raw.add(
+                MapKey {
+                    peer: HOST,
+                    protocol: 0,
+                    port: 0,
+                    prefix_len: 0,
+                },
+                Contribution {
+                    origin: allow_localhost_origin(),
+                    deny: false,
+                    l7: None,
+                    exact_port: false,
+                },
+            );
+        }
+        policy.map = raw.finish();
+        policy
+    }
+
+    fn entry_peers(
+        &self,
+        rule_index: usize,
+        entry_index: usize,
+        entry: &Entry,
+        subject: &Subject<'_>,
+        requires: &[&Selector],
+    ) -> Vec<IdentityId> {
+        let selected = self
+            .selections
+            .get(rule_index)
+            .and_then(|r| r.get(entry_index))
+            .cloned()
+            .flatten();
+        let mut ids: Vec<IdentityId> = match (&selected, requires.is_empty() || entry.deny) {
+            (None, true) => return vec![0],
+            (None, false) => self.identities.iter().map(|i| i.id).collect(),
+            (Some(ids), _) => ids.to_vec(),
+        };
+        // The local host's address is the subject's node: CIDR selection of `host` depends on it.
+        if self.options.cidr_match_nodes {
+            if let Peers::Selectors(list) = &entry.peers {
+                let host_in_cidr = list.iter().any(|s| match s {
+                    PeerSelector::Cidr { net, except } => subject
+                        .local_node_addrs
+                        .iter()
+                        .any(|a| net.contains(a) && !except.iter().any(|e| e.contains(a))),
+                    _ => false,
+                });
+                if host_in_cidr && !ids.contains(&HOST) {
+                    ids.push(HOST);
+                }
+            }
+        }
+        if !entry.deny && !requires.is_empty() {
+            ids.retain(|id| {
+                self.identities
+                    .get(*id)
+                    .is_some_and(|i| requires.iter().all(|r| r.matches(&i.labels)))
+            });
+        }
+        ids
+    }
+
+    fn entry_ports(
+        &self,
+        entry: &Entry,
+        subject: &Subject<'_>,
+        direction: Direction,
+    ) -> Vec<(MapKey, Option<Arc<L7Policy>>, bool)> {
+        let mut out = Vec::new();
+        if entry.ports.is_none() && entry.icmps.is_none() {
+            out.push((
+                MapKey {
+                    peer: 0,
+                    protocol: 0,
+                    port: 0,
+                    prefix_len: 0,
+                },
+                None,
+                false,
+            ));
+        }
+        for icmp in entry.icmps.iter().flatten() {
+            let protocol = if icmp.v6 {
+                Protocol::Icmpv6
+            } else {
+                Protocol::Icmp
+            };
+            out.push((
+                MapKey {
+                    peer: 0,
+                    protocol: protocol.number(),
+                    port: u16::from(icmp.icmp_type),
+                    prefix_len: 16,
+                },
+                None,
+                true,
+            ));
+        }
+        for rule in entry.ports.iter().flatten() {
+            for spec in &rule.ports {
+                let resolved: Vec<(u16, u16)> = match &spec.port {
+                    PortValue::Range(lo, hi) => vec![(*lo, *hi)],
+                    PortValue::Named(name) => self
+                        .named_port(name, spec.protocol, subject, direction)
+                        .into_iter()
+                        .map(|p| (p, p))
+                        .collect(),
+                };
+                for (lo, hi) in resolved {
+                    let exact = lo == hi && !(lo == 0 && hi == 65535);
+                    for (port, prefix_len) in range_to_prefixes(lo, hi) {
+                        out.push((
+                            MapKey {
+                                peer: 0,
+                                protocol: spec.protocol.number(),
+                                port,
+                                prefix_len,
+                            },
+                            rule.l7.clone(),
+                            exact,
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// §9.5: ingress names resolve against the endpoint's own ports, egress names across the
+    /// cluster, where a name with two different numbers resolves to nothing.
+    fn named_port(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        subject: &Subject<'_>,
+        direction: Direction,
+    ) -> Option<u16> {
+        match direction {
+            Direction::Ingress => subject
+                .own_ports
+                .iter()
+                .find(|(n, p, _)| n == name && *p == protocol)
+                .map(|(_, _, port)| *port),
+            Direction::Egress => {
+                let set = self.cluster_ports.get(name)?;
+                let ports: HashSet<u16> = set.iter().map(|(_, p)| *p).collect();
+                if ports.len() != 1 {
+                    return None;
+                }
+                set.iter()
+                    .find(|(p, _)| *p == protocol)
+                    .map(|(_, port)| *port)
+            }
+        }
+    }
+}
+
+fn allow_localhost_origin() -> Arc<EntryOrigin> {
+    let policy = Arc::new(PolicyOrigin {
+        kind: crate::api::PolicyKind::CiliumClusterwideNetworkPolicy,
+        namespace: None,
+        name: "allow-localhost".into(),
+        file: u32::MAX,
+        span: Default::default(),
+    });
+    Arc::new(EntryOrigin {
+        rule: Arc::new(RuleOrigin {
+            policy,
+            spec_index: None,
+            span: Default::default(),
+        }),
+        section: crate::api::RuleSection::Ingress,
+        index: usize::MAX,
+        span: Default::default(),
+    })
+}
+
+/// Whether an entry origin is the agent's own allow-localhost rule rather than a policy.
+pub fn is_allow_localhost(origin: &EntryOrigin) -> bool {
+    origin.rule.policy.file == u32::MAX && origin.rule.policy.name == "allow-localhost"
+}
+
+/// Whether an entry origin is the allow-all synthesized by `enableDefaultDeny: false`.
+pub fn is_synthesized_allow_all(origin: &EntryOrigin) -> bool {
+    origin.index == usize::MAX && !is_allow_localhost(origin)
+}
+
+fn selector_cache_key(s: &PeerSelector) -> String {
+    match s {
+        PeerSelector::Labels(sel) => format!("L{sel:?}"),
+        other => format!("O{other}"),
+    }
+}
+
+/// Whether a peer selector selects an identity (the selector cache's question).
+pub fn peer_selects(s: &PeerSelector, identity: &Identity, options: &Options) -> bool {
+    match s {
+        PeerSelector::Labels(sel) => sel.matches(&identity.labels),
+        PeerSelector::Cidr { net, except } => {
+            let cidr_selectable = match identity.kind {
+                IdentityKind::Cidr => true,
+                IdentityKind::Node => options.cidr_match_nodes,
+                _ => false,
+            };
+            cidr_selectable
+                && identity
+                    .addr
+                    .is_some_and(|a| net.contains(&a) && !except.iter().any(|e| e.contains(&a)))
+        }
+        PeerSelector::Fqdn(m) => {
+            identity.kind == IdentityKind::Cidr && identity.fqdn_names.iter().any(|n| m.matches(n))
+        }
+        // Services are expanded by the cluster model before resolution.
+        PeerSelector::Service { .. } => false,
+    }
+}
+
+#[derive(Default)]
+struct RawMap {
+    keys: BTreeMap<MapKey, Vec<Contribution>>,
+}
+
+impl RawMap {
+    fn add(&mut self, key: MapKey, c: Contribution) {
+        self.keys.entry(key).or_default().push(c);
+    }
+
+    fn is_special(contributions: &[Contribution]) -> bool {
+        contributions.iter().any(|c| c.deny || c.l7.is_some())
+    }
+
+    /// Adds the intersections a first-match lookup needs (deny and L7 keys against every
+    /// overlapping key, to a fixpoint), then gives each key the contributions of every raw
+    /// key that covers it.
+    fn finish(self) -> HashMap<MapKey, MapValue> {
+        let raw_keys: Vec<MapKey> = self.keys.keys().copied().collect();
+        let mut all: HashSet<MapKey> = raw_keys.iter().copied().collect();
+        let mut by_peer: HashMap<IdentityId, Vec<MapKey>> = HashMap::new();
+        for k in &raw_keys {
+            by_peer.entry(k.peer).or_default().push(*k);
+        }
+        let mut work: Vec<MapKey> = self
+            .keys
+            .iter()
+            .filter(|(_, c)| Self::is_special(c))
+            .map(|(k, _)| *k)
+            .collect();
+        while let Some(s) = work.pop() {
+            let candidates: Box<dyn Iterator<Item = &MapKey>> = if s.peer == 0 {
+                Box::new(raw_keys.iter())
+            } else {
+                Box::new(
+                    by_peer
+                        .get(&s.peer)
+                        .into_iter()
+                        .flatten()
+                        .chain(by_peer.get(&0).into_iter().flatten()),
+                )
+            };
+            let mut new = Vec::new();
+            for r in candidates {
+                if !s.overlaps(r) || s.covers(r) || r.covers(&s) {
+                    continue;
+                }
+                let i = s.intersection(r);
+                if !all.contains(&i) {
+                    new.push(i);
+                }
+            }
+            for i in new {
+                if all.insert(i) {
+                    work.push(i);
+                }
+            }
+        }
+        let mut out = HashMap::with_capacity(all.len());
+        for k in all {
+            let mut value = MapValue::default();
+            for (rk, contributions) in self.covering(&k) {
+                let _ = rk;
+                value.contributions.extend(contributions.iter().cloned());
+            }
+            value.deny = value.contributions.iter().any(|c| c.deny);
+            out.insert(k, value);
+        }
+        out
+    }
+
+    fn covering<'s>(
+        &'s self,
+        k: &MapKey,
+    ) -> impl Iterator<Item = (MapKey, &'s Vec<Contribution>)> + 's {
+        let k = *k;
+        let peers = if k.peer == 0 {
+            vec![0]
+        } else {
+            vec![k.peer, 0]
+        };
+        let protos = if k.protocol == 0 {
+            vec![0]
+        } else {
+            vec![k.protocol, 0]
+        };
+        let mut found = Vec::new();
+        for p in &peers {
+            for proto in &protos {
+                for plen in 0..=k.prefix_len {
+                    let key = MapKey {
+                        peer: *p,
+                        protocol: *proto,
+                        port: mask(k.port, plen),
+                        prefix_len: plen,
+                    };
+                    if let Some(c) = self.keys.get(&key) {
+                        found.push((key, c));
+                    }
+                }
+            }
+        }
+        found.into_iter()
+    }
+}
+
+/// Labels of a host endpoint: `reserved:host` plus the node's labels.
+pub fn host_labels(node_labels: &[(String, String)]) -> LabelSet {
+    let mut labels = vec![crate::labels::Label::reserved("host")];
+    labels.extend(
+        node_labels
+            .iter()
+            .map(|(k, v)| crate::labels::Label::k8s(k, v)),
+    );
+    LabelSet::new(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_prefixes() {
+        assert_eq!(range_to_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(range_to_prefixes(80, 80), vec![(80, 16)]);
+        assert_eq!(range_to_prefixes(8000, 8003), vec![(8000, 14)]);
+        let p = range_to_prefixes(8000, 8080);
+        let covered: u32 = p.iter().map(|(_, l)| 1u32 << (16 - l)).sum();
+        assert_eq!(covered, 81);
+        assert_eq!(
+            range_to_prefixes(1, 65535)
+                .iter()
+                .map(|(_, l)| 1u32 << (16 - l))
+                .sum::<u32>(),
+            65535
+        );
+    }
+
+    #[test]
+    fn key_geometry() {
+        let any = MapKey {
+            peer: 0,
+            protocol: 0,
+            port: 0,
+            prefix_len: 0,
+        };
+        let tcp80 = MapKey {
+            peer: 0,
+            protocol: 6,
+            port: 80,
+            prefix_len: 16,
+        };
+        let id_any = MapKey {
+            peer: 300,
+            protocol: 0,
+            port: 0,
+            prefix_len: 0,
+        };
+        assert!(any.covers(&tcp80));
+        assert!(!tcp80.covers(&id_any));
+        assert!(tcp80.overlaps(&id_any));
+        assert_eq!(
+            tcp80.intersection(&id_any),
+            MapKey {
+                peer: 300,
+                protocol: 6,
+                port: 80,
+                prefix_len: 16
+            }
+        );
+        assert_eq!(
+            MapKey {
+                peer: 0,
+                protocol: 6,
+                port: 8000,
+                prefix_len: 14
+            }
+            .port_range(),
+            (8000, 8003)
+        );
+    }
+}
