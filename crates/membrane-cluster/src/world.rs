@@ -37,6 +37,10 @@ pub enum Party {
     },
 }
 
+/// What identifies a subject endpoint's resolved policy: cache key, host labels (host
+/// endpoints only), whether it is a host endpoint, its container ports, its node's addresses.
+type SubjectParts = (String, Option<LabelSet>, bool, Vec<(String, Protocol, u16)>, Vec<IpAddr>);
+
 pub struct World {
     pub scenario: Scenario,
     pub options: Options,
@@ -283,13 +287,7 @@ impl World {
 
     /// The resolved policy of a party's endpoint, if Cilium manages it.
     pub fn policy(&self, p: Party, direction: Direction) -> Option<Rc<DirectionPolicy>> {
-        let (key, labels, is_host, ports, node_addrs): (
-            String,
-            Option<LabelSet>,
-            bool,
-            Vec<(String, Protocol, u16)>,
-            Vec<IpAddr>,
-        ) = match p {
+        let (key, labels, is_host, ports, node_addrs): SubjectParts = match p {
             Party::Pod(i) | Party::Entity { endpoint: i, .. } => {
                 let ep: &EndpointSpec = &self.scenario.endpoints[i];
                 let ports = ep
@@ -343,6 +341,8 @@ impl World {
         Some(resolved)
     }
 
+    // Internal plumbing of `decide`; the arguments are the flow's fields.
+    #[allow(clippy::too_many_arguments)]
     fn side(
         &self,
         subject: Party,

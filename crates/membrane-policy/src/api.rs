@@ -253,6 +253,8 @@ pub struct IcmpField {
 /// A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy.
 #[derive(Debug, Clone)]
 pub struct CiliumPolicy {
+    /// The object had schema errors: the API server would refuse it, so it is never enforced.
+    pub schema_errors: bool,
     pub kind: PolicyKind,
     pub meta: ObjectMeta,
     pub spec: Option<Rule>,
@@ -263,6 +265,8 @@ pub struct CiliumPolicy {
 /// A networking.k8s.io/v1 NetworkPolicy.
 #[derive(Debug, Clone)]
 pub struct KubePolicy {
+    /// As for [`CiliumPolicy::schema_errors`].
+    pub schema_errors: bool,
     pub meta: ObjectMeta,
     pub pod_selector: Option<LabelSelector>,
     pub policy_types: Option<Vec<SString>>,
@@ -311,8 +315,8 @@ pub struct CidrGroup {
 /// Any resource found in a manifest.
 #[derive(Debug, Clone)]
 pub enum Resource {
-    Cilium(CiliumPolicy),
-    Kube(KubePolicy),
+    Cilium(Box<CiliumPolicy>),
+    Kube(Box<KubePolicy>),
     CidrGroup(CidrGroup),
     /// Kinds the policy engine does not read (Pods, Deployments, ...); kept for the cluster
     /// loader.
@@ -1034,6 +1038,7 @@ fn decode_cilium(
         &["apiVersion", "kind", "metadata", "spec", "specs", "status"],
     );
     CiliumPolicy {
+        schema_errors: false,
         kind,
         meta,
         spec,
@@ -1048,6 +1053,7 @@ fn decode_knp(d: &mut Decoder, mut top: Fields<'_>, span: Span) -> KubePolicy {
         .map(|n| decode_meta(d, n))
         .unwrap_or_default();
     let mut policy = KubePolicy {
+        schema_errors: false,
         meta,
         pod_selector: None,
         policy_types: None,
@@ -1263,25 +1269,17 @@ pub fn decode_resources(d: &mut Decoder, node: &Node, out: &mut Vec<Resource>) {
     match kind.as_str() {
         "CiliumNetworkPolicy" => {
             check_group(d, &["cilium.io/v2"]);
-            out.push(Resource::Cilium(decode_cilium(
-                d,
-                top,
-                PolicyKind::CiliumNetworkPolicy,
-                span,
-            )));
+            let policy = decode_cilium(d, top, PolicyKind::CiliumNetworkPolicy, span);
+            out.push(Resource::Cilium(Box::new(policy)));
         }
         "CiliumClusterwideNetworkPolicy" => {
             check_group(d, &["cilium.io/v2"]);
-            out.push(Resource::Cilium(decode_cilium(
-                d,
-                top,
-                PolicyKind::CiliumClusterwideNetworkPolicy,
-                span,
-            )));
+            let policy = decode_cilium(d, top, PolicyKind::CiliumClusterwideNetworkPolicy, span);
+            out.push(Resource::Cilium(Box::new(policy)));
         }
         "NetworkPolicy" => {
             check_group(d, &["networking.k8s.io/v1"]);
-            out.push(Resource::Kube(decode_knp(d, top, span)));
+            out.push(Resource::Kube(Box::new(decode_knp(d, top, span))));
         }
         "CiliumCIDRGroup" => {
             check_group(d, &["cilium.io/v2alpha1", "cilium.io/v2"]);

@@ -26,10 +26,18 @@ pub fn parse_resources(text: &str, embedding: Embedding) -> (Vec<Resource>, Vec<
         let mut dec = Decoder::default();
         let mut resources = Vec::new();
         decode_resources(&mut dec, doc, &mut resources);
-        // An object with schema errors is not enforced: the API server would refuse it.
-        if !dec.has_errors() {
-            out.extend(resources);
+        // An object with schema errors is still validated (so every mistake is reported at
+        // once) but never enforced: the API server would refuse it.
+        if dec.has_errors() {
+            for r in &mut resources {
+                match r {
+                    Resource::Cilium(p) => p.schema_errors = true,
+                    Resource::Kube(p) => p.schema_errors = true,
+                    _ => {}
+                }
+            }
         }
+        out.extend(resources);
         diagnostics.extend(dec.diagnostics);
     }
     (out, diagnostics)

@@ -410,11 +410,10 @@ impl PeerContext<'_> {
         }) || s.mentions_key_prefix(PREFIX_NAMESPACE_LABELS);
         if !names_ns {
             match (self.kind, self.namespace) {
-                (PolicyKind::CiliumClusterwideNetworkPolicy, _) => {
-                    if !self.subject_selects_init {
-                        s.push(SelectorKey::k8s(KEY_NAMESPACE), Operator::Exists, vec![]);
-                    }
+                (PolicyKind::CiliumClusterwideNetworkPolicy, _) if !self.subject_selects_init => {
+                    s.push(SelectorKey::k8s(KEY_NAMESPACE), Operator::Exists, vec![]);
                 }
+                (PolicyKind::CiliumClusterwideNetworkPolicy, _) => {}
                 (_, Some(ns)) => s.push(
                     SelectorKey::k8s(KEY_NAMESPACE),
                     Operator::In,
@@ -1527,7 +1526,7 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
             });
         }
     }
-    let valid = !errs.diags.iter().any(Diagnostic::is_error);
+    let valid = !policy.schema_errors && !errs.diags.iter().any(Diagnostic::is_error);
     let rules = if valid {
         vec![Rule {
             origin: rule_origin,

@@ -256,7 +256,7 @@ pub fn decide_side(
             if with_http.len() < sni_ok.len() {
                 // Some matching rule has no HTTP rules: the TLS handshake and everything after pass.
                 if let Some(p) = sni_ok.iter().find(|p| p.http.is_none()) {
-                    d.deciding = vec![(**p).origin.clone()];
+                    d.deciding = vec![p.origin.clone()];
                 }
                 d.l7_detail = Some(format!("SNI `{sni}` allowed"));
                 return d;
@@ -269,7 +269,7 @@ pub fn decide_side(
                     continue;
                 }
                 if let Some(inj) = http_policy_accepts(p, req) {
-                    d.deciding = vec![(***p).origin.clone()];
+                    d.deciding = vec![p.origin.clone()];
                     d.injected_headers = inj;
                     d.l7_detail = Some(format!(
                         "{} {} matched an HTTP rule inside TLS",
@@ -279,7 +279,7 @@ pub fn decide_side(
                 }
             }
             d.outcome = Outcome::Http403;
-            d.deciding = with_http.iter().map(|p| (***p).origin.clone()).collect();
+            d.deciding = with_http.iter().map(|p| p.origin.clone()).collect();
             d.l7_detail = Some(format!("no HTTP rule matches {} {}", req.method, req.path));
         }
     }
