@@ -106,6 +106,7 @@ impl PolicySet {
                 _ => {}
             }
         }
+        reject_conflicting_parsers(&mut policies);
         PolicySet {
             policies,
             cidr_groups,
@@ -124,5 +125,71 @@ impl PolicySet {
         self.policies
             .iter()
             .flat_map(|p| p.diagnostics.iter().map(move |d| (p.origin.file, d)))
+    }
+}
+
+/// §2.15: two allows for the same subject, peers and port with different L7 parsers make
+/// Cilium's policy computation fail (`cannot merge conflicting L7 parsers`). This checks the
+/// structurally identical case statically; the later policy is reported and not enforced.
+fn reject_conflicting_parsers(policies: &mut [Translated]) {
+    use crate::model::{Entry, PortValue};
+    struct Seen {
+        subject: String,
+        peers: String,
+        direction: crate::model::Direction,
+        protocol: crate::model::Protocol,
+        range: (u16, u16),
+        parser: String,
+    }
+    let mut seen: Vec<Seen> = Vec::new();
+    for p in policies.iter_mut() {
+        let mut conflicts = Vec::new();
+        for rule in &p.rules {
+            let subject = format!("{:?}", rule.subject);
+            for entry in rule.entries.iter().filter(|e: &&Entry| !e.deny) {
+                let peers = format!("{:?}", entry.peers);
+                for pr in entry.ports.iter().flatten() {
+                    let Some(l7) = &pr.l7 else { continue };
+                    let parser = l7.parser().to_string();
+                    for spec in &pr.ports {
+                        let PortValue::Range(lo, hi) = spec.port else {
+                            continue;
+                        };
+                        let clash = seen.iter().find(|s| {
+                            s.subject == subject
+                                && s.peers == peers
+                                && s.direction == entry.direction
+                                && s.protocol == spec.protocol
+                                && s.range.0 <= hi
+                                && lo <= s.range.1
+                                && s.parser != parser
+                        });
+                        if let Some(other) = clash {
+                            conflicts.push(
+                                Diagnostic::error(
+                                    "invalid-policy",
+                                    format!("cannot merge conflicting L7 parsers ({} and {parser}) on port {lo}/{}", other.parser, spec.protocol),
+                                    Some(l7.span),
+                                )
+                                .with_help("one port and peer can only have one kind of L7 rules: split the ports or merge the rules"),
+                            );
+                        }
+                        seen.push(Seen {
+                            subject: subject.clone(),
+                            peers: peers.clone(),
+                            direction: entry.direction,
+                            protocol: spec.protocol,
+                            range: (lo, hi),
+                            parser: parser.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        if !conflicts.is_empty() {
+            p.diagnostics.extend(conflicts);
+            p.valid = false;
+            p.rules.clear();
+        }
     }
 }

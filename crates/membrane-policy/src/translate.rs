@@ -48,6 +48,9 @@ pub struct Translated {
 struct Errors<'p> {
     prefix: &'p str,
     diags: Vec<Diagnostic>,
+    /// The object already failed schema decoding: checks whose input may be missing only
+    /// because of that stay quiet, so the user sees the cause rather than its echoes.
+    after_schema_errors: bool,
 }
 
 impl Errors<'_> {
@@ -110,13 +113,19 @@ pub fn translate_cilium(policy: &CiliumPolicy, cx: &Context<'_>) -> Translated {
         file: cx.file,
         span: policy.span,
     });
+    // Without a `metadata:` block, point at the object itself.
+    let meta_span = if policy.meta.span.line == 0 {
+        policy.span
+    } else {
+        policy.meta.span
+    };
     let mut diags = Vec::new();
     if name.is_empty() {
         diags.push(
             Diagnostic::error(
                 "invalid-policy",
                 format!("{} has no metadata.name", kind.as_str()),
-                Some(policy.meta.span),
+                Some(meta_span),
             )
             .with_help("every Kubernetes object needs a name"),
         );
@@ -130,7 +139,7 @@ pub fn translate_cilium(policy: &CiliumPolicy, cx: &Context<'_>) -> Translated {
         }
     } else if policy.meta.namespace.is_none() {
         diags.push(
-            Diagnostic::warning("namespace-missing", format!("{} `{name}` has no metadata.namespace: it applies to the namespace it is created in (kubectl's default: `default`)", kind.as_str()), Some(policy.meta.span))
+            Diagnostic::warning("namespace-missing", format!("{} `{name}` has no metadata.namespace: it applies to the namespace it is created in (kubectl's default: `default`)", kind.as_str()), Some(meta_span))
                 .with_help("set metadata.namespace explicitly; a CiliumNetworkPolicy only ever selects pods of its own namespace"),
         );
     }
@@ -157,6 +166,7 @@ pub fn translate_cilium(policy: &CiliumPolicy, cx: &Context<'_>) -> Translated {
         let mut errs = Errors {
             prefix,
             diags: Vec::new(),
+            after_schema_errors: policy.schema_errors,
         };
         let rule_origin = Arc::new(RuleOrigin {
             policy: origin.clone(),
@@ -193,7 +203,7 @@ fn translate_rule(
     let nonempty = |l: &Option<Vec<api::PeerRule>>| l.as_ref().is_some_and(|v| !v.is_empty());
     let has_ingress = nonempty(&raw.ingress) || nonempty(&raw.ingress_deny);
     let has_egress = nonempty(&raw.egress) || nonempty(&raw.egress_deny);
-    if !has_ingress && !has_egress {
+    if !has_ingress && !has_egress && !errs.after_schema_errors {
         errs.reject_help(
             "rule must have at least one of Ingress, IngressDeny, Egress, EgressDeny",
             raw.span,
@@ -208,6 +218,7 @@ fn translate_rule(
             );
             return None;
         }
+        (None, None) if errs.after_schema_errors => return None,
         (None, None) => {
             errs.reject_help(
                 "rule must have one of EndpointSelector or NodeSelector",
@@ -310,14 +321,22 @@ fn translate_rule(
 
 fn convert_selector(sel: &LabelSelector, errs: &mut Errors<'_>) -> Option<Selector> {
     let mut out = Selector::default();
+    let mut ok = true;
     for (k, v) in &sel.match_labels {
+        if !is_label_value(&v.value) {
+            errs.reject_help(
+                format!("invalid label selector: matchLabels: Invalid value: {:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character", v.value),
+                v.span,
+                "label values are at most 63 characters of A-Z a-z 0-9 - _ .",
+            );
+            ok = false;
+        }
         out.push(
             SelectorKey::parse(&k.value),
             Operator::In,
             vec![v.value.clone()],
         );
     }
-    let mut ok = true;
     for (i, req) in sel.match_expressions.iter().enumerate() {
         let Some(op) = Operator::parse(&req.operator.value) else {
             errs.reject_help(
@@ -503,8 +522,9 @@ fn translate_entry(
     let dir = if ingress { "From" } else { "To" };
     let options = pc.cx.options;
 
-    // §2.3, not for deny rules (§9.10: Cilium never sanitizes them, both parts apply).
-    if !deny {
+    // §2.3, for deny rules too: a v1.17 development build skipped them (§9.10), a bug
+    // membrane does not reproduce.
+    {
         let mut l3: Vec<(String, usize)> = vec![
             (
                 format!("{dir}Endpoints"),
@@ -694,7 +714,8 @@ fn translate_entry(
             "move `icmps` into a rule of its own with the same peers",
         );
     }
-    let icmps = pr.icmps.as_ref().map(|list| {
+    // Go's len()==0: an empty list is the same as an absent one.
+    let icmps = pr.icmps.as_ref().filter(|l| !l.is_empty()).map(|list| {
         if !options.icmp_rules && !list.is_empty() {
             errs.reject(
                 "ICMP rules can only be applied when the \"enable-icmp-rules\" flag is set",
@@ -714,7 +735,7 @@ fn translate_entry(
         }
         out
     });
-    let ports = pr.to_ports.as_ref().map(|list| {
+    let ports = pr.to_ports.as_ref().filter(|l| !l.is_empty()).map(|list| {
         let mut out = Vec::new();
         for rule in list {
             if let Some(p) = translate_port_rule(rule, &origin, ingress, deny, is_host, pc, errs) {
@@ -883,6 +904,7 @@ fn translate_fqdn(f: &api::FqdnSelector, errs: &mut Errors<'_>) -> Option<DnsMat
                 None
             }
         },
+        (None, None) if errs.after_schema_errors => None,
         (None, None) => {
             errs.reject_help(
                 "one of MatchName or MatchPattern is required",
@@ -969,6 +991,17 @@ fn translate_icmp(f: &api::IcmpField, errs: &mut Errors<'_>) -> Option<IcmpSpec>
         );
     }
     Some(IcmpSpec { v6, icmp_type: t? })
+}
+
+/// Kubernetes label values: empty, or at most 63 of `[A-Za-z0-9-_.]` starting and ending
+/// alphanumeric.
+fn is_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
 
 /// IANA service names (RFC 6335): 1-15 of `[a-z0-9-]`, at least one letter, no hyphen at
@@ -1127,7 +1160,14 @@ fn translate_port_rule(
 
     let mut ports = Vec::new();
     for p in ports_in {
-        let Some(port_text) = &p.port else {
+        let port_text = match &p.port {
+            Some(t) if t.value.is_empty() => None,
+            other => other.as_ref(),
+        };
+        let Some(port_text) = port_text else {
+            if errs.after_schema_errors {
+                continue;
+            }
             errs.reject_help(
                 "port must be specified",
                 p.span,
@@ -1165,6 +1205,16 @@ fn translate_port_rule(
             }
         };
         let value = match (value, &p.end_port) {
+            (_, Some(end)) if end.value < 0 => {
+                errs.reject(
+                    format!(
+                        "endPort: Invalid value: {}: must be between 0 and 65535, inclusive",
+                        end.value
+                    ),
+                    end.span,
+                );
+                continue;
+            }
             (PortValue::Range(lo, _), Some(end)) if end.value > 0 && lo > 0 => {
                 if end.value > 65535 {
                     errs.reject(
@@ -1284,7 +1334,7 @@ fn translate_port_rule(
         } else {
             Some(Arc::new(L7Policy {
                 origin: origin.clone(),
-                span: rule.span,
+                span: l7.map_or(rule.span, |r| r.span),
                 http,
                 dns,
                 other_parser: other,
@@ -1423,15 +1473,21 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
     let mut errs = Errors {
         prefix,
         diags: Vec::new(),
+        after_schema_errors: policy.schema_errors,
+    };
+    let meta_span = if policy.meta.span.line == 0 {
+        policy.span
+    } else {
+        policy.meta.span
     };
     if name.is_empty() {
-        errs.reject("metadata.name is required", policy.meta.span);
+        errs.reject("metadata.name is required", meta_span);
     }
     if policy.meta.namespace.is_none() {
         errs.warn(
             "namespace-missing",
             format!("NetworkPolicy `{name}` has no metadata.namespace: it applies to the namespace it is created in (kubectl's default: `default`)"),
-            policy.meta.span,
+            meta_span,
             "set metadata.namespace explicitly",
         );
     }

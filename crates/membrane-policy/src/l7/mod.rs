@@ -1,5 +1,3 @@
-//! L7 matchers.
-#[path = "stub_dns.rs"]
+//! L7 matchers: Go RE2 regexes for HTTP, DNS names and patterns, TLS server names.
 pub mod dns_pattern;
-#[path = "stub_regex.rs"]
 pub mod go_regex;
