@@ -39,7 +39,13 @@ pub enum Party {
 
 /// What identifies a subject endpoint's resolved policy: cache key, host labels (host
 /// endpoints only), whether it is a host endpoint, its container ports, its node's addresses.
-type SubjectParts = (String, Option<LabelSet>, bool, Vec<(String, Protocol, u16)>, Vec<IpAddr>);
+type SubjectParts = (
+    String,
+    Option<LabelSet>,
+    bool,
+    Vec<(String, Protocol, u16)>,
+    Vec<IpAddr>,
+);
 
 pub struct World {
     pub scenario: Scenario,
