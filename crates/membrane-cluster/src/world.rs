@@ -56,6 +56,8 @@ pub struct World {
     pod_ids: Vec<IdentityId>,
     node_ids: Vec<Option<IdentityId>>,
     kube_dns: Option<usize>,
+    endpoint_by_name: HashMap<String, usize>,
+    endpoint_by_ip: HashMap<IpAddr, usize>,
     cache: RefCell<HashMap<(String, Direction), Rc<DirectionPolicy>>>,
 }
 
@@ -125,10 +127,20 @@ impl World {
                 table.cidr(*ip, Some(&ext.name));
             }
         }
+        // First endpoint wins for a name or address, as a linear search would.
+        let mut endpoint_by_name: HashMap<String, usize> = HashMap::new();
+        let mut endpoint_by_ip: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, e) in scenario.endpoints.iter().enumerate() {
+            endpoint_by_name.entry(e.name.clone()).or_insert(i);
+            if !e.host_network {
+                endpoint_by_ip.entry(e.ip).or_insert(i);
+            }
+        }
         for flow in &scenario.flows {
             for name in [Some(&flow.from), flow.to.as_ref()].into_iter().flatten() {
                 if let Ok(ip) = name.parse::<IpAddr>() {
-                    if !scenario.endpoints.iter().any(|e| e.ip == ip)
+                    if !endpoint_by_ip.contains_key(&ip)
+                        && !scenario.endpoints.iter().any(|e| e.host_network && e.ip == ip)
                         && !scenario.nodes.iter().any(|n| n.ip == ip)
                     {
                         table.cidr(ip, None);
@@ -163,6 +175,8 @@ impl World {
             pod_ids,
             node_ids,
             kube_dns,
+            endpoint_by_name,
+            endpoint_by_ip,
             cache: RefCell::new(HashMap::new()),
         }
     }
@@ -174,8 +188,8 @@ impl World {
     /// Finds a party by endpoint name, node name, external name or IP address.
     pub fn party(&self, name: &str) -> Option<Party> {
         let s = &self.scenario;
-        if let Some(i) = s.endpoints.iter().position(|e| e.name == name) {
-            return Some(self.endpoint_party(i));
+        if let Some(i) = self.endpoint_by_name.get(name) {
+            return Some(self.endpoint_party(*i));
         }
         if let Some(i) = s.nodes.iter().position(|n| n.name == name) {
             let n = &s.nodes[i];
@@ -199,12 +213,8 @@ impl World {
             });
         }
         let ip: IpAddr = name.parse().ok()?;
-        if let Some(i) = s
-            .endpoints
-            .iter()
-            .position(|e| e.ip == ip && !e.host_network)
-        {
-            return Some(self.endpoint_party(i));
+        if let Some(i) = self.endpoint_by_ip.get(&ip) {
+            return Some(self.endpoint_party(*i));
         }
         if let Some(i) = s.nodes.iter().position(|n| n.ip == ip) {
             let n = &s.nodes[i];
@@ -305,7 +315,11 @@ impl World {
                     .node_of(p)
                     .map(|n| vec![self.scenario.nodes[n].ip])
                     .unwrap_or_default();
-                (format!("ep:{i}"), None, false, ports, addrs)
+                // Endpoints with the same identity and container ports share a policy; the
+                // node only matters when CIDR selectors can select the local host.
+                let node_part = if self.options.cidr_match_nodes { format!("{addrs:?}") } else { String::new() };
+                let key = format!("id:{}:{ports:?}{node_part}", self.pod_ids[i]);
+                (key, None, false, ports, addrs)
             }
             Party::Node { node, .. } if self.options.host_firewall => {
                 let n = &self.scenario.nodes[node];

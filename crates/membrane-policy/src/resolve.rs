@@ -7,7 +7,8 @@ use crate::identity::{HOST, Identity, IdentityId, IdentityKind, IdentityTable};
 use crate::labels::{LabelSet, Selector};
 use crate::model::*;
 use crate::options::{EnforcementMode, Options};
-use std::collections::{BTreeMap, HashMap, HashSet};
+// Policy-map keys are small integers hashed millions of times: FxHash, not SipHash.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -107,16 +108,24 @@ pub struct Contribution {
     pub exact_port: bool,
 }
 
-/// What a key decides.
-#[derive(Debug, Clone, Default)]
-pub struct MapValue {
+/// What a key decides in the datapath: drop, or pass (through a proxy when `redirect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MapEntry {
     pub deny: bool,
-    pub contributions: Vec<Contribution>,
+    pub redirect: bool,
 }
 
-impl MapValue {
+/// A matched key with the rule entries behind it, gathered at lookup time so that building
+/// the map stays cheap even when hundreds of rules cover every key.
+#[derive(Debug, Clone, Default)]
+pub struct MapValue<'a> {
+    pub deny: bool,
+    pub contributions: Vec<&'a Contribution>,
+}
+
+impl<'a> MapValue<'a> {
     /// L7 policies to enforce, unless some plain allow wildcards them.
-    pub fn l7(&self) -> L7Decision<'_> {
+    pub fn l7(&self) -> L7Decision<'a> {
         let mut d = L7Decision {
             policies: Vec::new(),
             plain_allow: false,
@@ -134,9 +143,9 @@ impl MapValue {
         d
     }
 
-    pub fn deciding(&self) -> impl Iterator<Item = &Contribution> {
+    pub fn deciding(&self) -> impl Iterator<Item = &'a Contribution> + '_ {
         let deny = self.deny;
-        self.contributions.iter().filter(move |c| c.deny == deny)
+        self.contributions.iter().copied().filter(move |c| c.deny == deny)
     }
 }
 
@@ -165,16 +174,30 @@ pub struct DirectionPolicy {
     pub enforced: bool,
     pub enforcement: Enforcement,
     pub default_deny: bool,
-    pub map: HashMap<MapKey, MapValue>,
+    /// The datapath-shaped map: what the nftables compiler and the lookup read.
+    pub map: HashMap<MapKey, MapEntry>,
+    /// The entries as the rules produced them, for explanations and L7 rules.
+    raw: RawMap,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LookupResult<'a> {
     pub key: MapKey,
-    pub value: &'a MapValue,
+    pub value: MapValue<'a>,
 }
 
 impl DirectionPolicy {
+    fn result(&self, key: MapKey) -> LookupResult<'_> {
+        let contributions: Vec<&Contribution> = self.raw.covering(&key).flat_map(|(_, c)| c.iter()).collect();
+        let deny = contributions.iter().any(|c| c.deny);
+        LookupResult { key, value: MapValue { deny, contributions } }
+    }
+
+    /// The rule entries behind one key.
+    pub fn contributions(&self, key: &MapKey) -> Vec<&Contribution> {
+        self.raw.covering(key).flat_map(|(_, c)| c.iter()).collect()
+    }
+
     /// The datapath's lookup: first match in precedence order, longest port prefix first.
     pub fn lookup(&self, peer: IdentityId, protocol: u8, port: u16) -> Option<LookupResult<'_>> {
         let with_port: [(IdentityId, u8); 4] = [
@@ -192,8 +215,8 @@ impl DirectionPolicy {
                         port: mask(port, plen),
                         prefix_len: plen,
                     };
-                    if let Some(v) = self.map.get(&key) {
-                        return Some(LookupResult { key, value: v });
+                    if self.map.contains_key(&key) {
+                        return Some(self.result(key));
                     }
                 }
             } else {
@@ -203,8 +226,8 @@ impl DirectionPolicy {
                     port: 0,
                     prefix_len: 0,
                 };
-                if let Some(v) = self.map.get(&key) {
-                    return Some(LookupResult { key, value: v });
+                if self.map.contains_key(&key) {
+                    return Some(self.result(key));
                 }
             }
         }
@@ -215,8 +238,8 @@ impl DirectionPolicy {
                 port: 0,
                 prefix_len: 0,
             };
-            if let Some(v) = self.map.get(&key) {
-                return Some(LookupResult { key, value: v });
+            if self.map.contains_key(&key) {
+                return Some(self.result(key));
             }
         }
         None
@@ -253,14 +276,14 @@ impl Repository {
         identities: IdentityTable,
         cluster_ports: &[(String, Protocol, u16)],
     ) -> Self {
-        let mut ports: HashMap<String, HashSet<(Protocol, u16)>> = HashMap::new();
+        let mut ports: HashMap<String, HashSet<(Protocol, u16)>> = HashMap::default();
         for (name, proto, port) in cluster_ports {
             ports
                 .entry(name.clone())
                 .or_default()
                 .insert((*proto, *port));
         }
-        let mut cache: HashMap<String, Arc<[IdentityId]>> = HashMap::new();
+        let mut cache: HashMap<String, Arc<[IdentityId]>> = HashMap::default();
         let mut selections = Vec::with_capacity(rules.len());
         for rule in &rules {
             let mut per_entry = Vec::with_capacity(rule.entries.len());
@@ -342,7 +365,8 @@ impl Repository {
             enforced,
             enforcement,
             default_deny: enforced,
-            map: HashMap::new(),
+            map: HashMap::default(),
+            raw: RawMap::default(),
         };
         if !enforced {
             return policy;
@@ -436,6 +460,7 @@ impl Repository {
             );
         }
         policy.map = raw.finish();
+        policy.raw = raw;
         policy
     }
 
@@ -638,13 +663,19 @@ pub fn peer_selects(s: &PeerSelector, identity: &Identity, options: &Options) ->
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 struct RawMap {
-    keys: BTreeMap<MapKey, Vec<Contribution>>,
+    keys: HashMap<MapKey, Vec<Contribution>>,
+    /// The port prefix lengths in use: covering keys are only looked for at these.
+    prefix_lens: Vec<u8>,
 }
 
 impl RawMap {
     fn add(&mut self, key: MapKey, c: Contribution) {
+        if !self.prefix_lens.contains(&key.prefix_len) {
+            self.prefix_lens.push(key.prefix_len);
+            self.prefix_lens.sort_unstable();
+        }
         self.keys.entry(key).or_default().push(c);
     }
 
@@ -653,20 +684,19 @@ impl RawMap {
     }
 
     /// Adds the intersections a first-match lookup needs (deny and L7 keys against every
-    /// overlapping key, to a fixpoint), then gives each key the contributions of every raw
-    /// key that covers it.
-    fn finish(self) -> HashMap<MapKey, MapValue> {
-        let raw_keys: Vec<MapKey> = self.keys.keys().copied().collect();
+    /// overlapping key, to a fixpoint), then decides each key from every raw key covering it.
+    fn finish(&self) -> HashMap<MapKey, MapEntry> {
+        let mut raw_keys: Vec<MapKey> = self.keys.keys().copied().collect();
+        raw_keys.sort_unstable();
         let mut all: HashSet<MapKey> = raw_keys.iter().copied().collect();
-        let mut by_peer: HashMap<IdentityId, Vec<MapKey>> = HashMap::new();
+        let mut by_peer: HashMap<IdentityId, Vec<MapKey>> = HashMap::default();
         for k in &raw_keys {
             by_peer.entry(k.peer).or_default().push(*k);
         }
-        let mut work: Vec<MapKey> = self
-            .keys
+        let mut work: Vec<MapKey> = raw_keys
             .iter()
-            .filter(|(_, c)| Self::is_special(c))
-            .map(|(k, _)| *k)
+            .filter(|k| self.keys.get(k).is_some_and(|c| Self::is_special(c)))
+            .copied()
             .collect();
         while let Some(s) = work.pop() {
             let candidates: Box<dyn Iterator<Item = &MapKey>> = if s.peer == 0 {
@@ -696,44 +726,32 @@ impl RawMap {
                 }
             }
         }
-        let mut out = HashMap::with_capacity(all.len());
+        let mut out = HashMap::with_capacity_and_hasher(all.len(), Default::default());
         for k in all {
-            let mut value = MapValue::default();
-            for (rk, contributions) in self.covering(&k) {
-                let _ = rk;
-                value.contributions.extend(contributions.iter().cloned());
+            let mut entry = MapEntry::default();
+            for (_, contributions) in self.covering(&k) {
+                for c in contributions {
+                    entry.deny |= c.deny;
+                    entry.redirect |= c.l7.is_some();
+                }
             }
-            value.deny = value.contributions.iter().any(|c| c.deny);
-            out.insert(k, value);
+            if entry.deny {
+                entry.redirect = false;
+            }
+            out.insert(k, entry);
         }
         out
     }
 
-    fn covering<'s>(
-        &'s self,
-        k: &MapKey,
-    ) -> impl Iterator<Item = (MapKey, &'s Vec<Contribution>)> + 's {
+    fn covering<'s>(&'s self, k: &MapKey) -> impl Iterator<Item = (MapKey, &'s Vec<Contribution>)> + 's {
         let k = *k;
-        let peers = if k.peer == 0 {
-            vec![0]
-        } else {
-            vec![k.peer, 0]
-        };
-        let protos = if k.protocol == 0 {
-            vec![0]
-        } else {
-            vec![k.protocol, 0]
-        };
+        let peers: &[IdentityId] = if k.peer == 0 { &[0] } else { &[k.peer, 0] };
+        let protos: Vec<u8> = if k.protocol == 0 { vec![0] } else { vec![k.protocol, 0] };
         let mut found = Vec::new();
-        for p in &peers {
+        for p in peers {
             for proto in &protos {
-                for plen in 0..=k.prefix_len {
-                    let key = MapKey {
-                        peer: *p,
-                        protocol: *proto,
-                        port: mask(k.port, plen),
-                        prefix_len: plen,
-                    };
+                for plen in self.prefix_lens.iter().copied().take_while(|l| *l <= k.prefix_len) {
+                    let key = MapKey { peer: *p, protocol: *proto, port: mask(k.port, plen), prefix_len: plen };
                     if let Some(c) = self.keys.get(&key) {
                         found.push((key, c));
                     }
