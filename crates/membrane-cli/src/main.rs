@@ -1,6 +1,7 @@
 //! The `membrane` command: a thin layer over the engine crates.
 #![forbid(unsafe_code)]
 
+mod check;
 mod explain;
 mod printer;
 
@@ -46,6 +47,40 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Load manifests (workloads, services, gateways, policies, ConnectivityTests), check
+    /// every expectation and explain the ones that do not hold. Exit 0 when all hold, 1 when
+    /// some do not, 2 on unusable input.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Explain one flow: both sides, the deciding rules with file:line, and why each side
+    /// is enforced.
+    Explain {
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Source: namespace/name of a workload, a node, `world`, an external name or an IP.
+        #[arg(long)]
+        from: String,
+        /// Destination, as --from (a Gateway's namespace/name routes by --http-path).
+        #[arg(long, default_value = "")]
+        to: String,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        #[arg(long)]
+        http_method: Option<String>,
+        #[arg(long)]
+        http_path: Option<String>,
+        /// A DNS query from --from to kube-dns instead of a connection.
+        #[arg(long)]
+        dns: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Time the engine on the conformance-shaped workloads (see the README).
     Bench {
         /// Scenario files to evaluate repeatedly.
@@ -65,6 +100,11 @@ fn main() -> ExitCode {
         } => printer::run_tests(&files, output, verbose),
         Command::Validate { paths, output } => printer::run_validate(&paths, output),
         Command::Bench { files, iterations } => printer::run_bench(&files, iterations),
+        Command::Check { paths, output } => check::run_check(&paths, output),
+        Command::Explain { paths, from, to, port, protocol, http_method, http_path, dns, output } => {
+            let args = check::ExplainArgs { from, to, port, protocol, http_method, http_path, dns };
+            check::run_explain(&paths, args, output)
+        }
     };
     ExitCode::from(code)
 }

@@ -1,9 +1,9 @@
 //! Runs a scenario's flows through the engine and compares with the expectations.
 
-use crate::scenario::{FlowSpec, Scenario};
+use crate::scenario::{FlowSpec, GatewayRoute, Scenario};
 use crate::world::{Party, World, l7_request};
 use membrane_policy::model::{Direction, Protocol};
-use membrane_policy::verdict::{FlowDecision, Outcome, Verdict};
+use membrane_policy::verdict::{FlowDecision, L7Request, Outcome, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct FlowResult {
@@ -12,6 +12,8 @@ pub struct FlowResult {
     pub actual: Option<Verdict>,
     /// The DNS lookup a flow to an external name made first.
     pub lookup: Option<FlowDecision>,
+    /// Through a gateway: the route and the client → gateway hop.
+    pub gateway: Option<(String, FlowDecision)>,
     pub decision: Option<FlowDecision>,
     pub passed: bool,
     /// Why the flow could not be evaluated, or what differed besides the verdict.
@@ -81,10 +83,55 @@ pub fn run_scenario(world: &World) -> ScenarioResult {
     }
 }
 
+/// A flow's outcome with every step that led to it.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    /// The DNS lookup of an external name, made first.
+    pub lookup: Option<FlowDecision>,
+    /// Through a Gateway: the route taken and the client → gateway hop.
+    pub gateway: Option<(String, FlowDecision)>,
+    /// The (last) connection.
+    pub decision: Option<FlowDecision>,
+}
+
 pub fn evaluate(
     world: &World,
     flow: &FlowSpec,
 ) -> Result<(Verdict, Option<FlowDecision>, Option<FlowDecision>), String> {
+    let e = evaluate_flow(world, flow)?;
+    Ok((e.verdict, e.lookup, e.decision))
+}
+
+/// The route of a gateway that serves `path` (longest match; PathPrefix matches whole
+/// path segments, as the Gateway API says).
+pub fn route_for<'w>(world: &'w World, gateway: &str, path: &str) -> Option<&'w GatewayRoute> {
+    let path = path.split('?').next().unwrap_or(path);
+    world
+        .scenario
+        .routes
+        .iter()
+        .filter(|r| r.gateway == gateway)
+        .filter(|r| {
+            if r.exact {
+                path == r.path
+            } else {
+                let prefix = r.path.trim_end_matches('/');
+                prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/"))
+            }
+        })
+        .max_by_key(|r| (r.exact, r.path.len()))
+}
+
+pub fn evaluate_flow(world: &World, flow: &FlowSpec) -> Result<Evaluation, String> {
+    let done = |verdict, lookup, decision| {
+        Ok(Evaluation {
+            verdict,
+            lookup,
+            gateway: None,
+            decision,
+        })
+    };
     let from = world
         .party(&flow.from)
         .ok_or_else(|| format!("unknown source `{}`", flow.from))?;
@@ -92,7 +139,7 @@ pub fn evaluate(
         let d = world
             .dns_query(from, q)
             .ok_or("no kube-dns endpoint in the scenario (label k8s-app: kube-dns)")?;
-        return Ok((d.verdict, None, Some(d)));
+        return done(d.verdict, None, Some(d));
     }
     let to_name = flow.to.as_deref().ok_or("a flow needs `to` or `dns`")?;
     let to = world
@@ -110,7 +157,7 @@ pub fn evaluate(
             .dns_query(from, to_name)
             .ok_or("no kube-dns endpoint to resolve external names")?;
         if d.verdict != Verdict::DnsOk {
-            return Ok((Verdict::Deny, Some(d), None));
+            return done(Verdict::Deny, Some(d), None);
         }
         learned = d.egress.proxy.as_deref() == Some("dns");
         lookup = Some(d);
@@ -142,7 +189,48 @@ pub fn evaluate(
     };
     let req = l7_request(flow.http.as_ref(), flow.tls.as_ref(), host);
     let d = world.decide(from, to, protocol, port, &req, learned);
-    Ok((d.verdict, lookup, Some(d)))
+    let is_gateway = world.scenario.routes.iter().any(|r| r.gateway == to_name);
+    if let (true, L7Request::Http(http)) = (is_gateway, &req) {
+        // Through the gateway: the client reaches the gateway's proxy, which connects to the
+        // backend the route names, with the ingress identity.
+        if d.verdict != Verdict::Allow {
+            return Ok(Evaluation {
+                verdict: d.verdict,
+                lookup,
+                gateway: Some((String::new(), d.clone())),
+                decision: Some(d),
+            });
+        }
+        let route = route_for(world, to_name, &http.path).ok_or_else(|| {
+            format!(
+                "no HTTPRoute of {to_name} matches {} (the gateway answers 404)",
+                http.path
+            )
+        })?;
+        let (backend, backend_port) = route.backends.first().ok_or_else(|| {
+            format!(
+                "HTTPRoute {} has no backend endpoints (the gateway answers 503)",
+                route.route
+            )
+        })?;
+        let backend_party = world
+            .party(backend)
+            .ok_or_else(|| format!("unknown backend `{backend}`"))?;
+        let hop = world.decide(to, backend_party, Protocol::Tcp, *backend_port, &req, false);
+        let label = format!(
+            "{} {}{} → {backend}:{backend_port}",
+            route.route,
+            route.path,
+            if route.exact { "" } else { "*" }
+        );
+        return Ok(Evaluation {
+            verdict: hop.verdict,
+            lookup,
+            gateway: Some((label, d)),
+            decision: Some(hop),
+        });
+    }
+    done(d.verdict, lookup, Some(d))
 }
 
 fn run_flow(world: &World, index: usize, flow: &FlowSpec) -> FlowResult {
@@ -151,15 +239,22 @@ fn run_flow(world: &World, index: usize, flow: &FlowSpec) -> FlowResult {
         flow: flow.clone(),
         actual: None,
         lookup: None,
+        gateway: None,
         decision: None,
         passed: false,
         problem: None,
     };
-    match evaluate(world, flow) {
+    match evaluate_flow(world, flow) {
         Err(e) => r.problem = Some(e),
-        Ok((verdict, lookup, decision)) => {
+        Ok(Evaluation {
+            verdict,
+            lookup,
+            gateway,
+            decision,
+        }) => {
             r.actual = Some(verdict);
             r.lookup = lookup;
+            r.gateway = gateway;
             r.decision = decision;
             r.passed = verdict == flow.expect;
             if r.passed && verdict == Verdict::Deny {

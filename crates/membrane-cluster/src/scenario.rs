@@ -71,7 +71,24 @@ pub struct FlowSpec {
     pub drop: Option<Direction>,
     pub reason: Option<String>,
     pub inject_headers: Vec<(String, String)>,
+    /// What the flow stands for (a claim, a requirement), shown with results.
+    pub note: Option<String>,
     pub span: Span,
+}
+
+/// One HTTPRoute rule attached to a Gateway: requests whose path matches go to the backends.
+#[derive(Debug, Clone)]
+pub struct GatewayRoute {
+    /// The gateway endpoint's name.
+    pub gateway: String,
+    pub route: String,
+    pub path: String,
+    /// `Exact` rather than `PathPrefix`.
+    pub exact: bool,
+    /// Backend endpoint names with the port the gateway connects to (the target port).
+    pub backends: Vec<(String, u16)>,
+    pub file: u32,
+    pub line: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +104,8 @@ pub struct Scenario {
     pub policies: String,
     pub policies_embedding: Embedding,
     pub flows: Vec<FlowSpec>,
+    /// Gateway routes (from manifests; scenario files have none).
+    pub routes: Vec<GatewayRoute>,
 }
 
 /// Scenario features membrane knows (`requires:`).
@@ -322,6 +341,7 @@ fn decode(d: &mut Decoder, root: &Node, text: &str) -> Option<Scenario> {
         policies,
         policies_embedding,
         flows,
+        routes: Vec::new(),
     })
 }
 
@@ -433,7 +453,7 @@ fn decode_endpoint(d: &mut Decoder, n: &Node) -> Option<EndpointSpec> {
     })
 }
 
-fn decode_flow(d: &mut Decoder, n: &Node) -> Option<FlowSpec> {
+pub fn decode_flow(d: &mut Decoder, n: &Node) -> Option<FlowSpec> {
     let mut f = d.fields(n, "a flow")?;
     let span = n.span;
     let from = req_string(d, &mut f, "from", "a flow")?.value;
@@ -534,7 +554,8 @@ fn decode_flow(d: &mut Decoder, n: &Node) -> Option<FlowSpec> {
                 .collect()
         })
         .unwrap_or_default();
-    f.ignore(&["cilium", "kubernetes", "origin", "note"]);
+    let note = f.get("note").and_then(|n| d.string(n, "note")).map(|s| s.value);
+    f.ignore(&["cilium", "kubernetes", "origin"]);
     f.finish(
         d,
         "a flow",
@@ -570,6 +591,7 @@ fn decode_flow(d: &mut Decoder, n: &Node) -> Option<FlowSpec> {
         drop,
         reason,
         inject_headers,
+        note,
         span,
     })
 }

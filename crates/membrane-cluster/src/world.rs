@@ -16,6 +16,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 
+/// The address that stands for "somewhere outside the cluster" (`world` in flows): from
+/// TEST-NET-3, a documentation range that is never a real destination.
+pub const WORLD_ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 10));
+
 /// One party of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Party {
@@ -67,6 +71,18 @@ fn protocol_of(text: &str) -> Protocol {
 
 impl World {
     pub fn from_scenario(scenario: Scenario, file: FileId) -> World {
+        let (resources, diagnostics) =
+            parse_resources(&scenario.policies, scenario.policies_embedding);
+        let resources: Vec<(FileId, Resource)> = resources.into_iter().map(|r| (file, r)).collect();
+        World::from_parts(scenario, resources, diagnostics)
+    }
+
+    /// A world from a cluster model and policy resources from any number of files.
+    pub fn from_parts(
+        scenario: Scenario,
+        resources: Vec<(FileId, Resource)>,
+        mut diagnostics: Vec<Diagnostic>,
+    ) -> World {
         let mut options = Options {
             cluster_name: scenario.cluster_name.clone(),
             ..Options::default()
@@ -78,9 +94,6 @@ impl World {
                 _ => {}
             }
         }
-        let (resources, mut diagnostics) =
-            parse_resources(&scenario.policies, scenario.policies_embedding);
-        let resources: Vec<(FileId, Resource)> = resources.into_iter().map(|r| (file, r)).collect();
         let policy_set = PolicySet::build(&resources, &options, &scenario.secrets);
         diagnostics.extend(policy_set.diagnostics().map(|(_, d)| d.clone()));
 
@@ -140,7 +153,10 @@ impl World {
             for name in [Some(&flow.from), flow.to.as_ref()].into_iter().flatten() {
                 if let Ok(ip) = name.parse::<IpAddr>() {
                     if !endpoint_by_ip.contains_key(&ip)
-                        && !scenario.endpoints.iter().any(|e| e.host_network && e.ip == ip)
+                        && !scenario
+                            .endpoints
+                            .iter()
+                            .any(|e| e.host_network && e.ip == ip)
                         && !scenario.nodes.iter().any(|n| n.ip == ip)
                     {
                         table.cidr(ip, None);
@@ -148,6 +164,7 @@ impl World {
                 }
             }
         }
+        table.cidr(WORLD_ADDR, None);
         let mut ports = Vec::new();
         for ep in &scenario.endpoints {
             for p in &ep.ports {
@@ -188,6 +205,9 @@ impl World {
     /// Finds a party by endpoint name, node name, external name or IP address.
     pub fn party(&self, name: &str) -> Option<Party> {
         let s = &self.scenario;
+        if name == "world" && !s.external.iter().any(|e| e.name == "world") {
+            return Some(Party::World { addr: WORLD_ADDR, learned_as: None });
+        }
         if let Some(i) = self.endpoint_by_name.get(name) {
             return Some(self.endpoint_party(*i));
         }
@@ -317,7 +337,11 @@ impl World {
                     .unwrap_or_default();
                 // Endpoints with the same identity and container ports share a policy; the
                 // node only matters when CIDR selectors can select the local host.
-                let node_part = if self.options.cidr_match_nodes { format!("{addrs:?}") } else { String::new() };
+                let node_part = if self.options.cidr_match_nodes {
+                    format!("{addrs:?}")
+                } else {
+                    String::new()
+                };
                 let key = format!("id:{}:{ports:?}{node_part}", self.pod_ids[i]);
                 (key, None, false, ports, addrs)
             }
@@ -467,4 +491,51 @@ pub fn describe_labels(labels: &LabelSet) -> String {
         .map(ToString::to_string)
         .collect();
     shown.join(",")
+}
+
+impl World {
+    /// Why a direction of an endpoint may not be enforced as its author expected: policies
+    /// that would select it but are invalid, or that select the same labels in another
+    /// namespace.
+    pub fn hints(&self, p: Party, direction: Direction) -> Vec<String> {
+        let identity = match p {
+            Party::Pod(i) | Party::Entity { endpoint: i, .. } => self.identities().get(self.pod_ids[i]).cloned(),
+            _ => None,
+        };
+        let Some(identity) = identity else { return vec![] };
+        let ns_key = membrane_policy::labels::SelectorKey::k8s(membrane_policy::labels::KEY_NAMESPACE);
+        let mut out = Vec::new();
+        for t in &self.policy_set.policies {
+            let all_rules = t.rules.iter().chain(t.rejected.iter());
+            for rule in all_rules {
+                let membrane_policy::model::Subject::Endpoints(sel) = &rule.subject else { continue };
+                // An invalid policy's lists may be exactly what made it invalid.
+                if t.valid && !rule.has(direction) {
+                    continue;
+                }
+                if sel.matches(&identity.labels) {
+                    if !t.valid {
+                        let why = t.diagnostics.iter().find(|d| d.is_error()).map(|d| d.message.clone()).unwrap_or_default();
+                        out.push(format!("{} would select this endpoint but is not enforced: {why}", t.origin));
+                    }
+                    continue;
+                }
+                let mut relaxed = sel.clone();
+                let before = relaxed.requirements.len();
+                let ns = relaxed.requirements.iter().find(|r| r.key == ns_key).and_then(|r| r.values.first().cloned());
+                relaxed.requirements.retain(|r| r.key != ns_key);
+                if relaxed.requirements.len() < before && relaxed.matches(&identity.labels) {
+                    let ns = ns.unwrap_or_default();
+                    let status = if t.valid { "" } else { " (and it is invalid)" };
+                    out.push(format!(
+                        "{} matches these labels but applies to namespace `{ns}` only{status}: a CiliumNetworkPolicy selects pods of its own namespace",
+                        t.origin
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }

@@ -189,7 +189,7 @@ fn reject_conflicting_parsers(policies: &mut [Translated]) {
         if !conflicts.is_empty() {
             p.diagnostics.extend(conflicts);
             p.valid = false;
-            p.rules.clear();
+            p.rejected = std::mem::take(&mut p.rules);
         }
     }
 }

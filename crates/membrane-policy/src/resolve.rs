@@ -145,7 +145,10 @@ impl<'a> MapValue<'a> {
 
     pub fn deciding(&self) -> impl Iterator<Item = &'a Contribution> + '_ {
         let deny = self.deny;
-        self.contributions.iter().copied().filter(move |c| c.deny == deny)
+        self.contributions
+            .iter()
+            .copied()
+            .filter(move |c| c.deny == deny)
     }
 }
 
@@ -188,9 +191,19 @@ pub struct LookupResult<'a> {
 
 impl DirectionPolicy {
     fn result(&self, key: MapKey) -> LookupResult<'_> {
-        let contributions: Vec<&Contribution> = self.raw.covering(&key).flat_map(|(_, c)| c.iter()).collect();
+        let contributions: Vec<&Contribution> = self
+            .raw
+            .covering(&key)
+            .flat_map(|(_, c)| c.iter())
+            .collect();
         let deny = contributions.iter().any(|c| c.deny);
-        LookupResult { key, value: MapValue { deny, contributions } }
+        LookupResult {
+            key,
+            value: MapValue {
+                deny,
+                contributions,
+            },
+        }
     }
 
     /// The rule entries behind one key.
@@ -743,15 +756,32 @@ impl RawMap {
         out
     }
 
-    fn covering<'s>(&'s self, k: &MapKey) -> impl Iterator<Item = (MapKey, &'s Vec<Contribution>)> + 's {
+    fn covering<'s>(
+        &'s self,
+        k: &MapKey,
+    ) -> impl Iterator<Item = (MapKey, &'s Vec<Contribution>)> + 's {
         let k = *k;
         let peers: &[IdentityId] = if k.peer == 0 { &[0] } else { &[k.peer, 0] };
-        let protos: Vec<u8> = if k.protocol == 0 { vec![0] } else { vec![k.protocol, 0] };
+        let protos: Vec<u8> = if k.protocol == 0 {
+            vec![0]
+        } else {
+            vec![k.protocol, 0]
+        };
         let mut found = Vec::new();
         for p in peers {
             for proto in &protos {
-                for plen in self.prefix_lens.iter().copied().take_while(|l| *l <= k.prefix_len) {
-                    let key = MapKey { peer: *p, protocol: *proto, port: mask(k.port, plen), prefix_len: plen };
+                for plen in self
+                    .prefix_lens
+                    .iter()
+                    .copied()
+                    .take_while(|l| *l <= k.prefix_len)
+                {
+                    let key = MapKey {
+                        peer: *p,
+                        protocol: *proto,
+                        port: mask(k.port, plen),
+                        prefix_len: plen,
+                    };
                     if let Some(c) = self.keys.get(&key) {
                         found.push((key, c));
                     }

@@ -41,6 +41,9 @@ pub struct Translated {
     pub origin: Arc<PolicyOrigin>,
     /// Empty when the policy is invalid: the agent refuses to enforce it as a whole.
     pub rules: Vec<Rule>,
+    /// What an invalid policy would have enforced (for explanations: "policy X would
+    /// select this endpoint but is invalid").
+    pub rejected: Vec<Rule>,
     pub diagnostics: Vec<Diagnostic>,
     pub valid: bool,
 }
@@ -180,11 +183,14 @@ pub fn translate_cilium(policy: &CiliumPolicy, cx: &Context<'_>) -> Translated {
         }
         diags.extend(errs.diags);
     }
-    let valid = !diags.iter().any(Diagnostic::is_error);
-    if !valid {
-        rules.clear();
-    }
+    let valid = !policy.schema_errors && !diags.iter().any(Diagnostic::is_error);
+    let rejected = if valid {
+        Vec::new()
+    } else {
+        std::mem::take(&mut rules)
+    };
     Translated {
+        rejected,
         origin,
         rules,
         diagnostics: diags,
@@ -1583,22 +1589,24 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
         }
     }
     let valid = !policy.schema_errors && !errs.diags.iter().any(Diagnostic::is_error);
-    let rules = if valid {
-        vec![Rule {
-            origin: rule_origin,
-            subject: Subject::Endpoints(subject),
-            has_ingress: ingress_type,
-            has_egress: egress_type,
-            default_deny_ingress: None,
-            default_deny_egress: None,
-            entries,
-            requires_ingress: vec![],
-            requires_egress: vec![],
-        }]
+    let rule = Rule {
+        origin: rule_origin,
+        subject: Subject::Endpoints(subject),
+        has_ingress: ingress_type,
+        has_egress: egress_type,
+        default_deny_ingress: None,
+        default_deny_egress: None,
+        entries,
+        requires_ingress: vec![],
+        requires_egress: vec![],
+    };
+    let (rules, rejected) = if valid {
+        (vec![rule], vec![])
     } else {
-        vec![]
+        (vec![], vec![rule])
     };
     Translated {
+        rejected,
         origin,
         rules,
         diagnostics: errs.diags,

@@ -19,7 +19,7 @@ fn is_dns_char(b: u8) -> bool {
 }
 
 /// Lower-cases and trims `name` and makes it fully qualified, like Cilium's
-/// `strings.ToLower(dns.FQDN(strings.TrimSpace(name)))`.
+/// `strings.ToLower(dns.Fqdn(strings.TrimSpace(name)))`.
 ///
 /// - Only ASCII letters are lowered: DNS compares names case-insensitively for ASCII only
 ///   (RFC 4343), and names on the wire are ASCII (IDNs travel as punycode).

@@ -1,0 +1,752 @@
+//! The manifests users already have: Namespaces, Nodes, Pods and workloads, Services,
+//! Gateways and HTTPRoutes, policies, and membrane's own `ConnectivityTest` kind, turned into
+//! the cluster model the engine evaluates.
+//!
+//! Pod templates become endpoints (one per workload); addresses are synthesized
+//! deterministically where the manifests have none, so results are reproducible.
+
+use crate::scenario::{
+    ContainerPort, EndpointSpec, ExternalName, FlowSpec, GatewayRoute, Namespace, NodeSpec,
+    Scenario, decode_flow,
+};
+use crate::world::World;
+use membrane_policy::api::Resource;
+use membrane_policy::decode::Decoder;
+use membrane_policy::diag::Diagnostic;
+use membrane_policy::model::FileId;
+use membrane_policy::policy_set::parse_resources;
+use membrane_policy::translate::Secrets;
+use membrane_policy::yaml::{Embedding, Node, Span};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+pub const TEST_API_VERSION: &str = "membrane.dev/v1alpha1";
+pub const TEST_KIND: &str = "ConnectivityTest";
+
+/// A file as read by the caller (the engine does no I/O).
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// A workload as written: what became of it in the model.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub replicas: u32,
+    /// The endpoint that stands for its pods.
+    pub endpoint: String,
+    pub file: FileId,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    /// A number, or a container port name.
+    pub target: String,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Vec<(String, String)>,
+    pub ports: Vec<ServicePort>,
+    pub file: FileId,
+    pub span: Span,
+}
+
+/// One `ConnectivityTest` expectation.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    pub test: String,
+    pub flow: FlowSpec,
+    pub file: FileId,
+}
+
+/// Everything loaded from a set of files.
+pub struct Loaded {
+    pub files: Vec<SourceFile>,
+    pub world: World,
+    /// Problems with the input itself (syntax, schema, validation), per file.
+    pub diagnostics: Vec<(FileId, Diagnostic)>,
+    pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+    pub expectations: Vec<Expectation>,
+    /// Objects without a namespace that landed in `default`.
+    pub defaulted_namespace: Vec<(FileId, Span, String)>,
+}
+
+impl Loaded {
+    pub fn file_name(&self, id: FileId) -> &str {
+        self.files
+            .get(id as usize)
+            .map_or("<agent>", |f| f.name.as_str())
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|(_, d)| d.is_error())
+    }
+}
+
+fn s(node: Option<&Node>) -> Option<String> {
+    node.and_then(Node::scalar_text).map(str::to_string)
+}
+
+fn labels_of(node: Option<&Node>) -> Vec<(String, String)> {
+    node.and_then(Node::as_map)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.scalar_text().unwrap_or("").to_string(),
+                        v.scalar_text().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn path<'n>(node: &'n Node, keys: &[&str]) -> Option<&'n Node> {
+    let mut cur = node;
+    for k in keys {
+        cur = cur.get(k)?;
+    }
+    Some(cur)
+}
+
+struct PodTemplate<'n> {
+    labels: Vec<(String, String)>,
+    spec: Option<&'n Node>,
+}
+
+fn container_ports(spec: Option<&Node>) -> Vec<ContainerPort> {
+    let mut out = Vec::new();
+    for key in ["containers", "initContainers"] {
+        for c in spec
+            .and_then(|s| s.get(key))
+            .and_then(Node::as_seq)
+            .unwrap_or(&[])
+        {
+            for p in c.get("ports").and_then(Node::as_seq).unwrap_or(&[]) {
+                let port = s(p.get("containerPort")).and_then(|t| t.parse::<u16>().ok());
+                if let Some(port) = port {
+                    out.push(ContainerPort {
+                        name: s(p.get("name")).unwrap_or_default(),
+                        port,
+                        protocol: s(p.get("protocol")).unwrap_or_else(|| "TCP".into()),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct Builder {
+    namespaces: BTreeMap<String, Vec<(String, String)>>,
+    nodes: Vec<NodeSpec>,
+    endpoints: Vec<EndpointSpec>,
+    /// Endpoints still to be placed on a node.
+    unplaced: Vec<usize>,
+    external: Vec<ExternalName>,
+    workloads: Vec<Workload>,
+    services: Vec<Service>,
+    gateways: Vec<(String, String, Vec<u16>)>,
+    routes: Vec<(FileId, Node)>,
+    expectations: Vec<Expectation>,
+    secrets: Secrets,
+    defaulted: Vec<(FileId, Span, String)>,
+    diagnostics: Vec<(FileId, Diagnostic)>,
+}
+
+impl Builder {
+    fn namespace_of(&mut self, file: FileId, node: &Node, kind: &str) -> String {
+        match s(path(node, &["metadata", "namespace"])) {
+            Some(ns) => {
+                self.namespaces.entry(ns.clone()).or_default();
+                ns
+            }
+            None => {
+                let name = s(path(node, &["metadata", "name"])).unwrap_or_default();
+                self.defaulted
+                    .push((file, node.span, format!("{kind} {name}")));
+                self.namespaces.entry("default".into()).or_default();
+                "default".into()
+            }
+        }
+    }
+
+    fn add_endpoint(&mut self, ep: EndpointSpec, placed: bool) -> usize {
+        self.endpoints.push(ep);
+        let i = self.endpoints.len() - 1;
+        if !placed {
+            self.unplaced.push(i);
+        }
+        i
+    }
+
+    fn workload(
+        &mut self,
+        file: FileId,
+        node: &Node,
+        kind: &str,
+        template: PodTemplate<'_>,
+        replicas: u32,
+    ) {
+        let name = s(path(node, &["metadata", "name"])).unwrap_or_default();
+        let namespace = self.namespace_of(file, node, kind);
+        let endpoint_name = format!("{namespace}/{name}");
+        let spec = template.spec;
+        let host_network = s(spec.and_then(|s| s.get("hostNetwork"))).as_deref() == Some("true");
+        let service_account = s(spec.and_then(|s| s.get("serviceAccountName")))
+            .or_else(|| s(spec.and_then(|s| s.get("serviceAccount"))))
+            .unwrap_or_else(|| "default".into());
+        let node_name = s(spec.and_then(|s| s.get("nodeName"))).unwrap_or_default();
+        let ep = EndpointSpec {
+            name: endpoint_name.clone(),
+            namespace: namespace.clone(),
+            node: node_name.clone(),
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            service_account,
+            labels: template.labels,
+            ports: container_ports(spec),
+            host_network,
+            entity: None,
+        };
+        self.add_endpoint(ep, false);
+        self.workloads.push(Workload {
+            kind: kind.into(),
+            namespace,
+            name,
+            replicas,
+            endpoint: endpoint_name,
+            file,
+            span: node.span,
+        });
+    }
+
+    fn object(&mut self, file: FileId, api_version: &str, kind: &str, node: &Node) {
+        let name = s(path(node, &["metadata", "name"])).unwrap_or_default();
+        let replicas = |n: &Node| {
+            s(path(n, &["spec", "replicas"]))
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(1)
+        };
+        match kind {
+            "Namespace" => {
+                let mut labels = labels_of(path(node, &["metadata", "labels"]));
+                if !labels
+                    .iter()
+                    .any(|(k, _)| k == "kubernetes.io/metadata.name")
+                {
+                    labels.push(("kubernetes.io/metadata.name".into(), name.clone()));
+                }
+                self.namespaces.insert(name, labels);
+            }
+            "Node" => {
+                let ip = path(node, &["status", "addresses"])
+                    .and_then(Node::as_seq)
+                    .and_then(|a| {
+                        a.iter()
+                            .find(|x| s(x.get("type")).as_deref() == Some("InternalIP"))
+                    })
+                    .and_then(|x| s(x.get("address")))
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or_else(|| {
+                        IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2 + self.nodes.len() as u8))
+                    });
+                let labels = labels_of(path(node, &["metadata", "labels"]));
+                let cilium = !labels
+                    .iter()
+                    .any(|(k, v)| k == "membrane.dev/cilium" && v == "false");
+                self.nodes.push(NodeSpec {
+                    name,
+                    ip,
+                    cilium,
+                    labels,
+                });
+            }
+            "Pod" => {
+                let namespace = self.namespace_of(file, node, kind);
+                let spec = node.get("spec");
+                let ip = s(path(node, &["status", "podIP"])).and_then(|t| t.parse().ok());
+                let ep = EndpointSpec {
+                    name: format!("{namespace}/{name}"),
+                    namespace: namespace.clone(),
+                    node: s(spec.and_then(|s| s.get("nodeName"))).unwrap_or_default(),
+                    ip: ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    service_account: s(spec.and_then(|s| s.get("serviceAccountName")))
+                        .unwrap_or_else(|| "default".into()),
+                    labels: labels_of(path(node, &["metadata", "labels"])),
+                    ports: container_ports(spec),
+                    host_network: s(spec.and_then(|s| s.get("hostNetwork"))).as_deref()
+                        == Some("true"),
+                    entity: None,
+                };
+                let placed = false;
+                self.add_endpoint(ep, placed);
+                self.workloads.push(Workload {
+                    kind: kind.into(),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    replicas: 1,
+                    endpoint: format!("{namespace}/{name}"),
+                    file,
+                    span: node.span,
+                });
+            }
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+                let t = PodTemplate {
+                    labels: labels_of(path(node, &["spec", "template", "metadata", "labels"])),
+                    spec: path(node, &["spec", "template", "spec"]),
+                };
+                let r = if kind == "DaemonSet" {
+                    self.nodes.len().max(1) as u32
+                } else {
+                    replicas(node)
+                };
+                self.workload(file, node, kind, t, r);
+            }
+            "CronJob" => {
+                let t = PodTemplate {
+                    labels: labels_of(path(
+                        node,
+                        &[
+                            "spec",
+                            "jobTemplate",
+                            "spec",
+                            "template",
+                            "metadata",
+                            "labels",
+                        ],
+                    )),
+                    spec: path(node, &["spec", "jobTemplate", "spec", "template", "spec"]),
+                };
+                self.workload(file, node, kind, t, 1);
+            }
+            "Service" => {
+                let namespace = self.namespace_of(file, node, kind);
+                let ports = path(node, &["spec", "ports"])
+                    .and_then(Node::as_seq)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|p| {
+                        let port: u16 = s(p.get("port"))?.parse().ok()?;
+                        Some(ServicePort {
+                            name: s(p.get("name")).unwrap_or_default(),
+                            port,
+                            target: s(p.get("targetPort")).unwrap_or_else(|| port.to_string()),
+                            protocol: s(p.get("protocol")).unwrap_or_else(|| "TCP".into()),
+                        })
+                    })
+                    .collect();
+                let selector = labels_of(path(node, &["spec", "selector"]));
+                self.services.push(Service {
+                    namespace,
+                    name,
+                    selector,
+                    ports,
+                    file,
+                    span: node.span,
+                });
+            }
+            "Gateway" if api_version.starts_with("gateway.networking.k8s.io/") => {
+                let namespace = self.namespace_of(file, node, kind);
+                let class = s(path(node, &["spec", "gatewayClassName"])).unwrap_or_default();
+                let ports: Vec<u16> = path(node, &["spec", "listeners"])
+                    .and_then(Node::as_seq)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|l| s(l.get("port"))?.parse().ok())
+                    .collect();
+                let endpoint = format!("{namespace}/{name}");
+                if class.contains("cilium") {
+                    // Cilium's gateway proxy is an endpoint with the reserved ingress identity.
+                    let ep = EndpointSpec {
+                        name: endpoint.clone(),
+                        namespace: namespace.clone(),
+                        node: String::new(),
+                        ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        service_account: "default".into(),
+                        labels: vec![],
+                        ports: ports
+                            .iter()
+                            .map(|p| ContainerPort {
+                                name: String::new(),
+                                port: *p,
+                                protocol: "TCP".into(),
+                            })
+                            .collect(),
+                        host_network: false,
+                        entity: Some("ingress".into()),
+                    };
+                    self.add_endpoint(ep, false);
+                    self.gateways.push((namespace, name, ports));
+                } else {
+                    self.diagnostics.push((
+                        file,
+                        Diagnostic::warning("gateway-class", format!("Gateway {endpoint} has class `{class}`, not Cilium's: membrane does not model it"), Some(node.span))
+                            .with_help("gatewayClassName: cilium makes traffic through the gateway carry the `ingress` identity"),
+                    ));
+                }
+            }
+            "HTTPRoute" if api_version.starts_with("gateway.networking.k8s.io/") => {
+                self.namespace_of(file, node, kind);
+                self.routes.push((file, node.clone()));
+            }
+            "Secret" => {
+                let namespace = self.namespace_of(file, node, kind);
+                let data = labels_of(node.get("stringData")).into_iter().collect();
+                self.secrets.insert((namespace, name), data);
+            }
+            TEST_KIND if api_version == TEST_API_VERSION => self.test(file, node, &name),
+            _ => {}
+        }
+    }
+
+    fn test(&mut self, file: FileId, node: &Node, name: &str) {
+        let mut d = Decoder::default();
+        if let Some(spec) = node.get("spec") {
+            if let Some(ext) = spec.get("external").and_then(Node::as_seq) {
+                for e in ext {
+                    let ips: Vec<IpAddr> = e
+                        .get("ips")
+                        .and_then(Node::as_seq)
+                        .unwrap_or(&[])
+                        .iter()
+                        .filter_map(|n| n.scalar_text()?.parse().ok())
+                        .collect();
+                    if let Some(n) = s(e.get("name")) {
+                        self.external.push(ExternalName { name: n, ips });
+                    }
+                }
+            }
+            match spec.get("flows").and_then(Node::as_seq) {
+                Some(flows) => {
+                    for f in flows {
+                        if let Some(flow) = decode_flow(&mut d, f) {
+                            self.expectations.push(Expectation {
+                                test: name.to_string(),
+                                flow,
+                                file,
+                            });
+                        }
+                    }
+                }
+                None => d.error_help(
+                    "a ConnectivityTest needs `spec.flows`",
+                    node.span,
+                    "list flows as in scenario files: {from, to, port, protocol, expect}",
+                ),
+            }
+        }
+        self.diagnostics
+            .extend(d.diagnostics.into_iter().map(|x| (file, x)));
+    }
+
+    /// Places pods on nodes and gives them addresses, deterministically.
+    fn place(&mut self) {
+        if self.nodes.is_empty() {
+            self.nodes.push(NodeSpec {
+                name: "node-1".into(),
+                ip: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
+                cilium: true,
+                labels: vec![("kubernetes.io/hostname".into(), "node-1".into())],
+            });
+        }
+        let mut next_host: Vec<u32> = vec![10; self.nodes.len()];
+        for &i in &self.unplaced.clone() {
+            let ep = &mut self.endpoints[i];
+            let node_idx = self
+                .nodes
+                .iter()
+                .position(|n| n.name == ep.node)
+                .unwrap_or(0);
+            ep.node = self.nodes[node_idx].name.clone();
+            if ep.ip.is_unspecified() {
+                if ep.host_network {
+                    ep.ip = self.nodes[node_idx].ip;
+                } else {
+                    let host = next_host[node_idx];
+                    next_host[node_idx] += 1;
+                    ep.ip = IpAddr::V4(Ipv4Addr::new(
+                        10,
+                        244,
+                        (node_idx + 1).min(255) as u8,
+                        (host % 250) as u8 + 1,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn add_kube_dns(&mut self) {
+        let has = self.endpoints.iter().any(|e| {
+            e.labels
+                .iter()
+                .any(|(k, v)| k == "k8s-app" && v == "kube-dns")
+        });
+        if has {
+            return;
+        }
+        self.namespaces.entry("kube-system".into()).or_default();
+        let ep = EndpointSpec {
+            name: "kube-system/kube-dns".into(),
+            namespace: "kube-system".into(),
+            node: String::new(),
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            service_account: "coredns".into(),
+            labels: vec![("k8s-app".into(), "kube-dns".into())],
+            ports: vec![
+                ContainerPort {
+                    name: "dns".into(),
+                    port: 53,
+                    protocol: "UDP".into(),
+                },
+                ContainerPort {
+                    name: "dns-tcp".into(),
+                    port: 53,
+                    protocol: "TCP".into(),
+                },
+            ],
+            host_network: false,
+            entity: None,
+        };
+        self.add_endpoint(ep, false);
+    }
+
+    /// HTTPRoutes: each rule's path goes to the endpoints behind its backend Services.
+    fn resolve_routes(&self) -> Vec<GatewayRoute> {
+        let mut out = Vec::new();
+        for (file, node) in &self.routes {
+            let ns = s(path(node, &["metadata", "namespace"])).unwrap_or_else(|| "default".into());
+            let route_name = s(path(node, &["metadata", "name"])).unwrap_or_default();
+            let parents = path(node, &["spec", "parentRefs"])
+                .and_then(Node::as_seq)
+                .unwrap_or(&[]);
+            for parent in parents {
+                let gw_name = s(parent.get("name")).unwrap_or_default();
+                let gw_ns = s(parent.get("namespace")).unwrap_or_else(|| ns.clone());
+                if !self
+                    .gateways
+                    .iter()
+                    .any(|(n, name, _)| *n == gw_ns && *name == gw_name)
+                {
+                    continue;
+                }
+                for rule in path(node, &["spec", "rules"])
+                    .and_then(Node::as_seq)
+                    .unwrap_or(&[])
+                {
+                    let mut backends = Vec::new();
+                    for b in rule
+                        .get("backendRefs")
+                        .and_then(Node::as_seq)
+                        .unwrap_or(&[])
+                    {
+                        let svc_name = s(b.get("name")).unwrap_or_default();
+                        let svc_ns = s(b.get("namespace")).unwrap_or_else(|| ns.clone());
+                        let port: Option<u16> = s(b.get("port")).and_then(|p| p.parse().ok());
+                        backends.extend(self.service_backends(&svc_ns, &svc_name, port));
+                    }
+                    let matches = rule.get("matches").and_then(Node::as_seq).unwrap_or(&[]);
+                    let paths: Vec<(String, bool)> = if matches.is_empty() {
+                        vec![("/".into(), false)]
+                    } else {
+                        matches
+                            .iter()
+                            .map(|m| {
+                                let value =
+                                    s(path(m, &["path", "value"])).unwrap_or_else(|| "/".into());
+                                let exact =
+                                    s(path(m, &["path", "type"])).as_deref() == Some("Exact");
+                                (value, exact)
+                            })
+                            .collect()
+                    };
+                    for (p, exact) in paths {
+                        out.push(GatewayRoute {
+                            gateway: format!("{gw_ns}/{gw_name}"),
+                            route: format!("{ns}/{route_name}"),
+                            path: p,
+                            exact,
+                            backends: backends.clone(),
+                            file: *file,
+                            line: rule.span.line,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The endpoints a Service selects, with the target port for `port`.
+    fn service_backends(&self, ns: &str, name: &str, port: Option<u16>) -> Vec<(String, u16)> {
+        let Some(svc) = self
+            .services
+            .iter()
+            .find(|s| s.namespace == ns && s.name == name)
+        else {
+            return vec![];
+        };
+        let sp = svc
+            .ports
+            .iter()
+            .find(|p| Some(p.port) == port)
+            .or(svc.ports.first());
+        let mut out = Vec::new();
+        for ep in self
+            .endpoints
+            .iter()
+            .filter(|e| e.namespace == ns && e.entity.is_none())
+        {
+            if svc.selector.is_empty() || !svc.selector.iter().all(|kv| ep.labels.contains(kv)) {
+                continue;
+            }
+            let target = match sp {
+                Some(p) => match p.target.parse::<u16>() {
+                    Ok(n) => Some(n),
+                    Err(_) => ep.ports.iter().find(|c| c.name == p.target).map(|c| c.port),
+                },
+                None => port,
+            };
+            if let Some(t) = target {
+                out.push((ep.name.clone(), t));
+            }
+        }
+        out
+    }
+}
+
+/// Whether a YAML text is a scenario file rather than manifests.
+fn is_scenario(root: &Node) -> bool {
+    root.get("kind").is_none() && (root.get("flows").is_some() || root.get("endpoints").is_some())
+}
+
+/// Loads files of manifests (or one scenario file) into a world.
+pub fn load(files: Vec<SourceFile>) -> Loaded {
+    let mut b = Builder::default();
+    let mut resources: Vec<(FileId, Resource)> = Vec::new();
+    let mut scenario_base: Option<Scenario> = None;
+    for (i, f) in files.iter().enumerate() {
+        let file = i as FileId;
+        if let Ok(docs) = membrane_policy::yaml::parse_documents(&f.text, Embedding::default()) {
+            if docs.len() == 1 && is_scenario(&docs[0]) {
+                match crate::scenario::parse_scenario(&f.text) {
+                    Ok(sc) => {
+                        let (res, diags) = parse_resources(&sc.policies, sc.policies_embedding);
+                        resources.extend(res.into_iter().map(|r| (file, r)));
+                        b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
+                        for flow in &sc.flows {
+                            b.expectations.push(Expectation {
+                                test: sc.name.clone(),
+                                flow: flow.clone(),
+                                file,
+                            });
+                        }
+                        scenario_base = Some(sc);
+                    }
+                    Err(diags) => b.diagnostics.extend(diags.into_iter().map(|d| (file, d))),
+                }
+                continue;
+            }
+        }
+        let (res, diags) = parse_resources(&f.text, Embedding::default());
+        b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
+        for r in res {
+            match r {
+                Resource::Other {
+                    api_version,
+                    kind,
+                    node,
+                } => b.object(file, &api_version, &kind, &node),
+                other => {
+                    if let Resource::Cilium(p) = &other {
+                        if p.kind == membrane_policy::api::PolicyKind::CiliumNetworkPolicy
+                            && p.meta.namespace.is_none()
+                        {
+                            b.namespaces.entry("default".into()).or_default();
+                        }
+                    }
+                    if let Resource::Kube(p) = &other {
+                        if let Some(ns) = &p.meta.namespace {
+                            b.namespaces.entry(ns.value.clone()).or_default();
+                        }
+                    }
+                    if let Resource::Cilium(p) = &other {
+                        if let Some(ns) = &p.meta.namespace {
+                            b.namespaces.entry(ns.value.clone()).or_default();
+                        }
+                    }
+                    resources.push((file, other));
+                }
+            }
+        }
+    }
+    let scenario = match scenario_base {
+        Some(mut sc) => {
+            sc.policies.clear();
+            sc
+        }
+        None => {
+            b.add_kube_dns();
+            b.place();
+            let routes = b.resolve_routes();
+            let namespaces = b
+                .namespaces
+                .iter()
+                .map(|(name, labels)| {
+                    let mut labels = labels.clone();
+                    if !labels
+                        .iter()
+                        .any(|(k, _)| k == "kubernetes.io/metadata.name")
+                    {
+                        labels.push(("kubernetes.io/metadata.name".into(), name.clone()));
+                    }
+                    Namespace {
+                        name: name.clone(),
+                        labels,
+                    }
+                })
+                .collect();
+            Scenario {
+                name: "manifests".into(),
+                requires: vec![],
+                cluster_name: "default".into(),
+                namespaces,
+                nodes: std::mem::take(&mut b.nodes),
+                endpoints: std::mem::take(&mut b.endpoints),
+                external: std::mem::take(&mut b.external),
+                secrets: std::mem::take(&mut b.secrets),
+                policies: String::new(),
+                policies_embedding: Embedding::default(),
+                flows: b.expectations.iter().map(|e| e.flow.clone()).collect(),
+                routes,
+            }
+        }
+    };
+    let world = World::from_parts(scenario, resources, vec![]);
+    let mut diagnostics = b.diagnostics;
+    for p in &world.policy_set.policies {
+        diagnostics.extend(p.diagnostics.iter().map(|d| (p.origin.file, d.clone())));
+    }
+    Loaded {
+        files,
+        world,
+        diagnostics,
+        workloads: b.workloads,
+        services: b.services,
+        expectations: b.expectations,
+        defaulted_namespace: b.defaulted,
+    }
+}
