@@ -3,6 +3,9 @@
 
 mod check;
 mod explain;
+mod lab_cmd;
+mod lint_cmd;
+mod matrix_cmd;
 mod printer;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -81,6 +84,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Find mistakes in policies: stable rule ids, severity, file:line:column, message and
+    /// help. Exit 1 when a finding of warning or worse exists.
+    Lint(lint_cmd::LintArgs),
+    /// Who can talk to whom: workloads × workloads for each port and protocol in play.
+    Matrix(matrix_cmd::MatrixArgs),
+    /// Real enforcement in network namespaces with nftables (root only).
+    #[command(subcommand)]
+    Lab(lab_cmd::LabCommand),
     /// Time the engine on the conformance-shaped workloads (see the README).
     Bench {
         /// Scenario files to evaluate repeatedly.
@@ -101,6 +112,9 @@ fn main() -> ExitCode {
         Command::Validate { paths, output } => printer::run_validate(&paths, output),
         Command::Bench { files, iterations } => printer::run_bench(&files, iterations),
         Command::Check { paths, output } => check::run_check(&paths, output),
+        Command::Lint(args) => lint_cmd::run(args),
+        Command::Matrix(args) => matrix_cmd::run(args),
+        Command::Lab(cmd) => lab_cmd::run(cmd),
         Command::Explain { paths, from, to, port, protocol, http_method, http_path, dns, output } => {
             let args = check::ExplainArgs { from, to, port, protocol, http_method, http_path, dns };
             check::run_explain(&paths, args, output)
