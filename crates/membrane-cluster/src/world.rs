@@ -206,7 +206,10 @@ impl World {
     pub fn party(&self, name: &str) -> Option<Party> {
         let s = &self.scenario;
         if name == "world" && !s.external.iter().any(|e| e.name == "world") {
-            return Some(Party::World { addr: WORLD_ADDR, learned_as: None });
+            return Some(Party::World {
+                addr: WORLD_ADDR,
+                learned_as: None,
+            });
         }
         if let Some(i) = self.endpoint_by_name.get(name) {
             return Some(self.endpoint_party(*i));
@@ -499,32 +502,58 @@ impl World {
     /// namespace.
     pub fn hints(&self, p: Party, direction: Direction) -> Vec<String> {
         let identity = match p {
-            Party::Pod(i) | Party::Entity { endpoint: i, .. } => self.identities().get(self.pod_ids[i]).cloned(),
+            Party::Pod(i) | Party::Entity { endpoint: i, .. } => {
+                self.identities().get(self.pod_ids[i]).cloned()
+            }
             _ => None,
         };
-        let Some(identity) = identity else { return vec![] };
-        let ns_key = membrane_policy::labels::SelectorKey::k8s(membrane_policy::labels::KEY_NAMESPACE);
+        let Some(identity) = identity else {
+            return vec![];
+        };
+        let ns_key =
+            membrane_policy::labels::SelectorKey::k8s(membrane_policy::labels::KEY_NAMESPACE);
         let mut out = Vec::new();
         for t in &self.policy_set.policies {
             let all_rules = t.rules.iter().chain(t.rejected.iter());
             for rule in all_rules {
-                let membrane_policy::model::Subject::Endpoints(sel) = &rule.subject else { continue };
+                let membrane_policy::model::Subject::Endpoints(sel) = &rule.subject else {
+                    continue;
+                };
                 // An invalid policy's lists may be exactly what made it invalid.
                 if t.valid && !rule.has(direction) {
                     continue;
                 }
                 if sel.matches(&identity.labels) {
                     if !t.valid {
-                        let why = t.diagnostics.iter().find(|d| d.is_error()).map(|d| d.message.clone()).unwrap_or_default();
-                        out.push(format!("{} would select this endpoint but is not enforced: {why}", t.origin));
+                        let why = t
+                            .diagnostics
+                            .iter()
+                            .find(|d| d.is_error())
+                            .map(|d| d.message.clone())
+                            .unwrap_or_default();
+                        out.push(format!(
+                            "{} would select this endpoint but is not enforced: {why}",
+                            t.origin
+                        ));
                     }
                     continue;
                 }
                 let mut relaxed = sel.clone();
                 let before = relaxed.requirements.len();
-                let ns = relaxed.requirements.iter().find(|r| r.key == ns_key).and_then(|r| r.values.first().cloned());
+                let ns = relaxed
+                    .requirements
+                    .iter()
+                    .find(|r| r.key == ns_key)
+                    .and_then(|r| r.values.first().cloned());
                 relaxed.requirements.retain(|r| r.key != ns_key);
-                if relaxed.requirements.len() < before && relaxed.matches(&identity.labels) {
+                // Only a policy that selects nothing where it lives is a likely misplacement.
+                let selects_something = self.identities().iter().any(|i| {
+                    i.kind == membrane_policy::identity::IdentityKind::Pod && sel.matches(&i.labels)
+                });
+                if relaxed.requirements.len() < before
+                    && !selects_something
+                    && relaxed.matches(&identity.labels)
+                {
                     let ns = ns.unwrap_or_default();
                     let status = if t.valid { "" } else { " (and it is invalid)" };
                     out.push(format!(
