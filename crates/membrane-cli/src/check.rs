@@ -29,12 +29,16 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, String> {
     for f in files {
         let text = if f.as_os_str() == "-" {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| format!("-: {e}"))?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| format!("-: {e}"))?;
             s
         } else {
             std::fs::read_to_string(&f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?
         };
-        sources.push(SourceFile { name: f.display().to_string(), text });
+        sources.push(SourceFile {
+            name: f.display().to_string(),
+            text,
+        });
     }
     Ok(load(sources))
 }
@@ -45,14 +49,23 @@ fn hints(loaded: &Loaded, flow: &FlowSpec, d: &FlowDecision) -> Vec<String> {
     let mut out = Vec::new();
     let parties = [
         (world.party(&flow.from), Direction::Egress, &d.egress),
-        (flow.to.as_deref().and_then(|t| world.party(t)), Direction::Ingress, d.ingress.as_ref().unwrap_or(&d.egress)),
+        (
+            flow.to.as_deref().and_then(|t| world.party(t)),
+            Direction::Ingress,
+            d.ingress.as_ref().unwrap_or(&d.egress),
+        ),
     ];
     for (party, dir, side) in parties {
         if side.direction != dir || side.outcome != Outcome::NotEnforced {
             continue;
         }
         if let Some(p @ (Party::Pod(_) | Party::Entity { .. })) = party {
-            out.extend(world.hints(p, dir).into_iter().map(|h| format!("{dir}: {h}")));
+            out.extend(
+                world
+                    .hints(p, dir)
+                    .into_iter()
+                    .map(|h| format!("{dir}: {h}")),
+            );
         }
     }
     out
@@ -61,18 +74,38 @@ fn hints(loaded: &Loaded, flow: &FlowSpec, d: &FlowDecision) -> Vec<String> {
 fn evaluation_lines(loaded: &Loaded, flow: &FlowSpec, e: &Evaluation) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(l) = &e.lookup {
-        lines.extend(decision_lines(l, loaded).into_iter().map(|s| format!("dns lookup {s}")));
+        lines.extend(
+            decision_lines(l, loaded)
+                .into_iter()
+                .map(|s| format!("dns lookup {s}")),
+        );
     }
     if let Some((route, hop)) = &e.gateway {
-        lines.extend(decision_lines(hop, loaded).into_iter().map(|s| format!("to the gateway, {s}")));
+        lines.extend(
+            decision_lines(hop, loaded)
+                .into_iter()
+                .map(|s| format!("to the gateway, {s}")),
+        );
         if !route.is_empty() {
             lines.push(format!("routed by HTTPRoute {route}"));
         }
     }
     if let Some(d) = &e.decision {
-        let prefix = if e.gateway.is_some() { "gateway to backend, " } else { "" };
-        lines.extend(decision_lines(d, loaded).into_iter().map(|s| format!("{prefix}{s}")));
-        lines.extend(hints(loaded, flow, d).into_iter().map(|h| format!("hint: {h}")));
+        let prefix = if e.gateway.is_some() {
+            "gateway to backend, "
+        } else {
+            ""
+        };
+        lines.extend(
+            decision_lines(d, loaded)
+                .into_iter()
+                .map(|s| format!("{prefix}{s}")),
+        );
+        lines.extend(
+            hints(loaded, flow, d)
+                .into_iter()
+                .map(|h| format!("hint: {h}")),
+        );
     }
     lines
 }
@@ -87,7 +120,10 @@ pub fn run_check(paths: &[PathBuf], output: Output) -> u8 {
     };
     if loaded.diagnostics.iter().any(|(_, d)| d.code == "yaml") {
         for (f, d) in loaded.diagnostics.iter().filter(|(_, d)| d.code == "yaml") {
-            eprint!("{}", render_diagnostic(loaded.file_name(*f), &loaded.files[*f as usize].text, d));
+            eprint!(
+                "{}",
+                render_diagnostic(loaded.file_name(*f), &loaded.files[*f as usize].text, d)
+            );
         }
         return 2;
     }
@@ -96,11 +132,19 @@ pub fn run_check(paths: &[PathBuf], output: Output) -> u8 {
         let r = evaluate_flow(&loaded.world, &exp.flow);
         results.push((exp, r));
     }
-    let holds = |r: &Result<Evaluation, String>, f: &FlowSpec| r.as_ref().is_ok_and(|e| e.verdict == f.expect);
+    let holds = |r: &Result<Evaluation, String>, f: &FlowSpec| {
+        r.as_ref().is_ok_and(|e| e.verdict == f.expect)
+    };
     let held = results.iter().filter(|(e, r)| holds(r, &e.flow)).count();
     let total = results.len();
     let policies = loaded.world.policy_set.policies.len();
-    let invalid: Vec<_> = loaded.world.policy_set.policies.iter().filter(|p| !p.valid).collect();
+    let invalid: Vec<_> = loaded
+        .world
+        .policy_set
+        .policies
+        .iter()
+        .filter(|p| !p.valid)
+        .collect();
     match output {
         Output::Json => {
             let v = json!({
@@ -138,8 +182,15 @@ pub fn run_check(paths: &[PathBuf], output: Output) -> u8 {
             );
             for p in &invalid {
                 let why = p.diagnostics.iter().find(|d| d.is_error());
-                let (line, msg) = why.map_or((0, String::new()), |d| (d.span.map_or(0, |s| s.line), d.message.clone()));
-                let _ = writeln!(out, "  not enforced: {} ({}:{line}): {msg}", p.origin, loaded.file_name(p.origin.file));
+                let (line, msg) = why.map_or((0, String::new()), |d| {
+                    (d.span.map_or(0, |s| s.line), d.message.clone())
+                });
+                let _ = writeln!(
+                    out,
+                    "  not enforced: {} ({}:{line}): {msg}",
+                    p.origin,
+                    loaded.file_name(p.origin.file)
+                );
             }
             let mut current_test = String::new();
             for (e, r) in &results {
@@ -149,7 +200,11 @@ pub fn run_check(paths: &[PathBuf], output: Output) -> u8 {
                 }
                 let ok = holds(r, &e.flow);
                 let mark = if ok { "holds        " } else { "DOES NOT HOLD" };
-                let claim = e.flow.note.clone().unwrap_or_else(|| describe_flow(&e.flow));
+                let claim = e
+                    .flow
+                    .note
+                    .clone()
+                    .unwrap_or_else(|| describe_flow(&e.flow));
                 let _ = writeln!(out, "  {mark} {claim}  [line {}]", e.flow.span.line);
                 let indent = "                ";
                 match r {
@@ -157,7 +212,13 @@ pub fn run_check(paths: &[PathBuf], output: Output) -> u8 {
                         let _ = writeln!(out, "{indent}{}: {err}", describe_flow(&e.flow));
                     }
                     Ok(ev) => {
-                        let _ = writeln!(out, "{indent}{}: expected {}, got {}", describe_flow(&e.flow), e.flow.expect, ev.verdict);
+                        let _ = writeln!(
+                            out,
+                            "{indent}{}: expected {}, got {}",
+                            describe_flow(&e.flow),
+                            e.flow.expect,
+                            ev.verdict
+                        );
                         if !ok {
                             for l in evaluation_lines(&loaded, &e.flow, ev) {
                                 let _ = writeln!(out, "{indent}{l}");
@@ -166,9 +227,16 @@ pub fn run_check(paths: &[PathBuf], output: Output) -> u8 {
                     }
                 }
             }
-            let errors = loaded.diagnostics.iter().filter(|(_, d)| d.is_error()).count();
+            let errors = loaded
+                .diagnostics
+                .iter()
+                .filter(|(_, d)| d.is_error())
+                .count();
             let warnings = loaded.diagnostics.len() - errors;
-            let _ = writeln!(out, "\ninput: {errors} error(s), {warnings} warning(s) (`membrane validate` shows them)");
+            let _ = writeln!(
+                out,
+                "\ninput: {errors} error(s), {warnings} warning(s) (`membrane validate` shows them)"
+            );
             let _ = writeln!(out, "{held} of {total} expectations hold");
         }
     }
@@ -204,7 +272,11 @@ pub fn run_explain(paths: &[PathBuf], args: ExplainArgs, output: Output) -> u8 {
     };
     let flow = FlowSpec {
         from: args.from.clone(),
-        to: if args.dns.is_some() { None } else { Some(args.to.clone()) },
+        to: if args.dns.is_some() {
+            None
+        } else {
+            Some(args.to.clone())
+        },
         port: args.port,
         protocol: Some(args.protocol.to_ascii_uppercase()),
         icmp: None,
@@ -220,7 +292,9 @@ pub fn run_explain(paths: &[PathBuf], args: ExplainArgs, output: Output) -> u8 {
     };
     for name in [Some(&flow.from), flow.to.as_ref()].into_iter().flatten() {
         if loaded.world.party(name).is_none() {
-            eprintln!("error: unknown endpoint `{name}`; use namespace/name of a workload, a node name, `world`, an external name or an IP address");
+            eprintln!(
+                "error: unknown endpoint `{name}`; use namespace/name of a workload, a node name, `world`, an external name or an IP address"
+            );
             return 2;
         }
     }

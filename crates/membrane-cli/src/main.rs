@@ -115,8 +115,26 @@ fn main() -> ExitCode {
         Command::Lint(args) => lint_cmd::run(args),
         Command::Matrix(args) => matrix_cmd::run(args),
         Command::Lab(cmd) => lab_cmd::run(cmd),
-        Command::Explain { paths, from, to, port, protocol, http_method, http_path, dns, output } => {
-            let args = check::ExplainArgs { from, to, port, protocol, http_method, http_path, dns };
+        Command::Explain {
+            paths,
+            from,
+            to,
+            port,
+            protocol,
+            http_method,
+            http_path,
+            dns,
+            output,
+        } => {
+            let args = check::ExplainArgs {
+                from,
+                to,
+                port,
+                protocol,
+                http_method,
+                http_path,
+                dns,
+            };
             check::run_explain(&paths, args, output)
         }
     };

@@ -554,7 +554,10 @@ pub fn decode_flow(d: &mut Decoder, n: &Node) -> Option<FlowSpec> {
                 .collect()
         })
         .unwrap_or_default();
-    let note = f.get("note").and_then(|n| d.string(n, "note")).map(|s| s.value);
+    let note = f
+        .get("note")
+        .and_then(|n| d.string(n, "note"))
+        .map(|s| s.value);
     f.ignore(&["cilium", "kubernetes", "origin"]);
     f.finish(
         d,
