@@ -140,6 +140,9 @@ pub struct Entry {
     /// `None`: every port and protocol (an L3-only rule); otherwise the port rules.
     pub ports: Option<Vec<PortRule>>,
     pub icmps: Option<Vec<IcmpSpec>>,
+    /// The peers are `fromEndpoints`/`toEndpoints` selectors: only those are narrowed by
+    /// `fromRequires`/`toRequires`.
+    pub endpoint_peers: bool,
 }
 
 impl Entry {

@@ -391,7 +391,10 @@ impl Repository {
             .map(|(_, r)| *r)
             .filter(|r| r.default_deny(direction) == Some(false))
             .collect();
-        if !with_dir.is_empty() && opted_out.len() == with_dir.len() {
+        // Forced enforcement (mode always, the init identity) ignores the opt-out, as Cilium's
+        // computePolicyEnforcementAndRules returns before reading enableDefaultDeny.
+        let forced = !matches!(policy.enforcement, Enforcement::Selected { .. });
+        if !forced && !with_dir.is_empty() && opted_out.len() == with_dir.len() {
             policy.default_deny = false;
             for r in opted_out {
                 let origin = Arc::new(EntryOrigin {
@@ -491,10 +494,12 @@ impl Repository {
             .and_then(|r| r.get(entry_index))
             .cloned()
             .flatten();
-        let mut ids: Vec<IdentityId> = match (&selected, requires.is_empty() || entry.deny) {
-            (None, true) => return vec![0],
-            (None, false) => self.identities.iter().map(|i| i.id).collect(),
-            (Some(ids), _) => ids.to_vec(),
+        // fromRequires/toRequires narrow only fromEndpoints/toEndpoints selectors (Cilium's
+        // GetSourceEndpointSelectorsWithRequirements), in allow and deny sections alike.
+        let narrow = entry.endpoint_peers && !requires.is_empty();
+        let mut ids: Vec<IdentityId> = match &selected {
+            None => return vec![0],
+            Some(ids) => ids.to_vec(),
         };
         // The local host's address is the subject's node: CIDR selection of `host` depends on it.
         if self.options.cidr_match_nodes {
@@ -511,7 +516,7 @@ impl Repository {
                 }
             }
         }
-        if !entry.deny && !requires.is_empty() {
+        if narrow {
             ids.retain(|id| {
                 self.identities
                     .get(*id)

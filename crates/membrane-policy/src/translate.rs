@@ -761,6 +761,7 @@ fn translate_entry(
         peers,
         ports,
         icmps,
+        endpoint_peers: pr.endpoints.as_ref().is_some_and(|e| !e.is_empty()),
     })
 }
 
@@ -1585,6 +1586,7 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
                 peers,
                 ports,
                 icmps: None,
+                endpoint_peers: false,
             });
         }
     }
