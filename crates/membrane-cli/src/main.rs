@@ -3,6 +3,7 @@
 
 mod check;
 mod explain;
+mod html;
 mod lab_cmd;
 mod lint_cmd;
 mod matrix_cmd;

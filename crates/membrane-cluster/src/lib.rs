@@ -2,7 +2,9 @@
 //! from scenario files; identities derived from them; flows evaluated against the engine.
 #![forbid(unsafe_code)]
 
+pub mod lint;
 pub mod manifests;
+pub mod matrix;
 pub mod runner;
 pub mod scenario;
 pub mod world;

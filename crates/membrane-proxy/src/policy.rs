@@ -1,0 +1,439 @@
+//! The policy snapshot the proxies decide with, and their typed denials.
+//!
+//! [`ProxyPolicy`] is an owned copy of what the proxies need from the engine: the ipcache
+//! (address → identity) and the resolved policy of each local endpoint, per direction. It is
+//! `Send + Sync` and cheap to share (`Arc`), so a control plane publishes a new one through a
+//! `tokio::sync::watch` channel and every request borrows the latest.
+
+use membrane_policy::identity::{self, IdentityId};
+use membrane_policy::model::{
+    Direction, EntryOrigin, HttpRule, L7Policy, MismatchAction, PolicyOrigin, Protocol,
+};
+use membrane_policy::resolve::DirectionPolicy;
+use membrane_policy::verdict::{
+    self, HttpRequest, L7Request, Outcome, SideDecision, Verdict, http_rule_accepts,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// The resolved policies of one local endpoint. `None`: that direction is not enforced by
+/// this snapshot (the endpoint is not managed, or nothing selects it).
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPolicies {
+    pub egress: Option<Arc<DirectionPolicy>>,
+    pub ingress: Option<Arc<DirectionPolicy>>,
+}
+
+/// What the proxies know about the cluster at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyPolicy {
+    ipcache: HashMap<IpAddr, IdentityId>,
+    endpoints: HashMap<IpAddr, EndpointPolicies>,
+}
+
+/// A header rewrite that a `headerMatches` mismatch action asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderAction {
+    /// `mismatch: ADD`: append a value.
+    Add { name: String, value: String },
+    /// `mismatch: REPLACE`: set the header to this single value.
+    Set { name: String, value: String },
+    /// `mismatch: DELETE`: remove the header.
+    Remove { name: String },
+}
+
+/// A decision for one request, query or connection, with both sides.
+#[derive(Debug, Clone)]
+pub struct ProxyDecision {
+    /// `Allow`/`DnsOk` pass; `Deny` is an L3/L4 drop; the others are L7 denials.
+    pub verdict: Verdict,
+    /// The source's egress; `None` when the source is not a local endpoint.
+    pub egress: Option<SideDecision>,
+    /// The destination's ingress; `None` when it is not a local endpoint or egress already
+    /// stopped the flow.
+    pub ingress: Option<SideDecision>,
+    /// Header rewrites for an allowed HTTP request, egress side first.
+    pub header_actions: Vec<HeaderAction>,
+}
+
+impl ProxyDecision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self.verdict, Verdict::Allow | Verdict::DnsOk)
+    }
+
+    /// The side that stopped the flow.
+    pub fn blocking_side(&self) -> Option<&SideDecision> {
+        [self.egress.as_ref(), self.ingress.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|s| !s.outcome.passes())
+    }
+
+    /// The typed denial for this decision, if it is one.
+    pub fn denial(&self, src: SocketAddr, dst: SocketAddr, request: String) -> Option<Denial> {
+        if self.is_allowed() {
+            return None;
+        }
+        let side = self.blocking_side();
+        let kind = match self.verdict {
+            Verdict::Http403 => DenialKind::Http403,
+            Verdict::DnsRefused => DenialKind::DnsRefused,
+            Verdict::TlsDenied => DenialKind::TlsDenied,
+            _ => DenialKind::Dropped,
+        };
+        Some(Denial {
+            kind,
+            src,
+            dst,
+            direction: side.map_or(Direction::Egress, |s| s.direction),
+            reason: side.map_or("denied", |s| s.outcome.reason()),
+            rules: side.map(|s| s.deciding.clone()).unwrap_or_default(),
+            detail: side.and_then(|s| s.l7_detail.clone()).unwrap_or_default(),
+            request,
+        })
+    }
+}
+
+/// What kind of denial a proxy applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialKind {
+    /// An HTTP request no rule allows: `403 Access denied`.
+    Http403,
+    /// A DNS name no rule allows: REFUSED (or NXDOMAIN).
+    DnsRefused,
+    /// A TLS server name no `serverNames` allows: the connection is closed.
+    TlsDenied,
+    /// L3/L4 does not allow the flow (default deny or a deny rule): dropped without answer.
+    Dropped,
+}
+
+impl DenialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenialKind::Http403 => "http-403",
+            DenialKind::DnsRefused => "dns-refused",
+            DenialKind::TlsDenied => "tls-denied",
+            DenialKind::Dropped => "deny",
+        }
+    }
+}
+
+impl fmt::Display for DenialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A typed denial: what was denied, on which side, and the rules that decided it.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub kind: DenialKind,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub direction: Direction,
+    /// `default-deny`, `deny-rule` or `l7-mismatch`.
+    pub reason: &'static str,
+    /// The policy entries that decided (for an L7 denial: the L7 rules that were checked).
+    pub rules: Vec<Arc<EntryOrigin>>,
+    /// The engine's explanation.
+    pub detail: String,
+    /// The request as the proxy saw it (`GET /path`, the query name, the SNI).
+    pub request: String,
+}
+
+impl Denial {
+    /// The policy resources behind the denial (deduplicated, in order).
+    pub fn policies(&self) -> Vec<&PolicyOrigin> {
+        let mut out: Vec<&PolicyOrigin> = Vec::new();
+        for r in &self.rules {
+            let p = r.rule.policy.as_ref();
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Logs the denial as a structured `tracing` event (target `membrane_proxy::denied`).
+    pub fn log(&self) {
+        let policies: Vec<String> = self.policies().iter().map(|p| p.to_string()).collect();
+        let rules: Vec<String> = self.rules.iter().map(|r| r.to_string()).collect();
+        tracing::info!(
+            target: "membrane_proxy::denied",
+            kind = %self.kind,
+            src = %self.src,
+            dst = %self.dst,
+            direction = %self.direction,
+            reason = self.reason,
+            policy = %policies.join(", "),
+            rule = %rules.join(", "),
+            request = %self.request,
+            detail = %self.detail,
+            "denied"
+        );
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} → {} ({}): {} by {}",
+            self.kind, self.src, self.dst, self.request, self.reason, self.direction
+        )?;
+        if !self.rules.is_empty() {
+            let rules: Vec<String> = self.rules.iter().map(|r| r.to_string()).collect();
+            write!(f, " [{}]", rules.join("; "))?;
+        }
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Called for every denial, after it is logged (flow events, metrics, tests).
+pub type DenialHook = Arc<dyn Fn(&Denial) + Send + Sync>;
+
+/// Logs a denial and hands it to the hook.
+pub(crate) fn report(denial: &Denial, hook: Option<&DenialHook>) {
+    denial.log();
+    if let Some(h) = hook {
+        h(denial);
+    }
+}
+
+impl ProxyPolicy {
+    pub fn new() -> ProxyPolicy {
+        ProxyPolicy::default()
+    }
+
+    /// A snapshot from plain maps: the ipcache and each local endpoint's resolved policies.
+    pub fn from_maps(
+        ipcache: HashMap<IpAddr, IdentityId>,
+        egress: HashMap<IpAddr, Arc<DirectionPolicy>>,
+        ingress: HashMap<IpAddr, Arc<DirectionPolicy>>,
+    ) -> ProxyPolicy {
+        let mut endpoints: HashMap<IpAddr, EndpointPolicies> = HashMap::new();
+        for (ip, p) in egress {
+            endpoints.entry(ip).or_default().egress = Some(p);
+        }
+        for (ip, p) in ingress {
+            endpoints.entry(ip).or_default().ingress = Some(p);
+        }
+        ProxyPolicy { ipcache, endpoints }
+    }
+
+    /// Maps `ip` to `identity` in the ipcache.
+    pub fn set_identity(&mut self, ip: IpAddr, identity: IdentityId) {
+        self.ipcache.insert(ip, identity);
+    }
+
+    /// Sets the resolved policies of the local endpoint at `ip`.
+    pub fn set_endpoint(&mut self, ip: IpAddr, policies: EndpointPolicies) {
+        self.endpoints.insert(ip, policies);
+    }
+
+    pub fn ipcache(&self) -> &HashMap<IpAddr, IdentityId> {
+        &self.ipcache
+    }
+
+    pub fn endpoints(&self) -> &HashMap<IpAddr, EndpointPolicies> {
+        &self.endpoints
+    }
+
+    /// The identity of an address: the ipcache's, `world` when unknown.
+    pub fn identity_of(&self, ip: IpAddr) -> IdentityId {
+        self.ipcache
+            .get(&canonical(ip))
+            .copied()
+            .unwrap_or(identity::WORLD)
+    }
+
+    fn endpoint(&self, ip: IpAddr) -> Option<&EndpointPolicies> {
+        self.endpoints.get(&canonical(ip))
+    }
+
+    /// Decides one flow: the source's egress first, then (if it passes) the destination's
+    /// ingress, each with one lookup; `dst.port()` is the destination port.
+    pub fn decide(
+        &self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        protocol: Protocol,
+        request: &L7Request,
+    ) -> ProxyDecision {
+        let src_id = self.identity_of(src.ip());
+        let dst_id = self.identity_of(dst.ip());
+        let port = dst.port();
+        let mut actions = Vec::new();
+        let egress = self
+            .endpoint(src.ip())
+            .and_then(|e| e.egress.as_deref())
+            .map(|p| {
+                let d = verdict::decide_side(p, dst_id, protocol, port, request);
+                if d.outcome == Outcome::Allowed {
+                    actions.extend(header_actions(p, dst_id, protocol, port, request));
+                }
+                d
+            });
+        let ingress = if egress.as_ref().is_none_or(|e| e.outcome.passes()) {
+            self.endpoint(dst.ip())
+                .and_then(|e| e.ingress.as_deref())
+                .map(|p| {
+                    let d = verdict::decide_side(p, src_id, protocol, port, request);
+                    if d.outcome == Outcome::Allowed {
+                        actions.extend(header_actions(p, src_id, protocol, port, request));
+                    }
+                    d
+                })
+        } else {
+            None
+        };
+        let is_dns = matches!(request, L7Request::Dns { .. });
+        let verdict = first_denial(egress.as_ref())
+            .or_else(|| first_denial(ingress.as_ref()))
+            .unwrap_or(if is_dns {
+                Verdict::DnsOk
+            } else {
+                Verdict::Allow
+            });
+        if !matches!(verdict, Verdict::Allow | Verdict::DnsOk) {
+            actions.clear();
+        }
+        ProxyDecision {
+            verdict,
+            egress,
+            ingress,
+            header_actions: actions,
+        }
+    }
+
+    /// An HTTP request on a TCP connection from `src` to the original destination `dst`.
+    pub fn decide_http(
+        &self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        request: &HttpRequest,
+    ) -> ProxyDecision {
+        self.decide(src, dst, Protocol::Tcp, &L7Request::Http(request.clone()))
+    }
+
+    /// A DNS query for `qname` (UDP or TCP) from `src` to the server `dst`.
+    pub fn decide_dns(
+        &self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        protocol: Protocol,
+        qname: &str,
+    ) -> ProxyDecision {
+        let request = L7Request::Dns {
+            qname: qname.to_string(),
+        };
+        self.decide(src, dst, protocol, &request)
+    }
+
+    /// A TLS connection whose ClientHello names `sni` (empty: no SNI).
+    pub fn decide_tls(&self, src: SocketAddr, dst: SocketAddr, sni: &str) -> ProxyDecision {
+        let request = L7Request::Tls {
+            sni: sni.to_string(),
+            http: None,
+        };
+        self.decide(src, dst, Protocol::Tcp, &request)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) are their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn first_denial(side: Option<&SideDecision>) -> Option<Verdict> {
+    match side?.outcome {
+        Outcome::NotEnforced | Outcome::Allowed => None,
+        Outcome::DefaultDeny | Outcome::DenyRule => Some(Verdict::Deny),
+        Outcome::Http403 => Some(Verdict::Http403),
+        Outcome::TlsDenied => Some(Verdict::TlsDenied),
+        Outcome::DnsRefused => Some(Verdict::DnsRefused),
+    }
+}
+
+/// The header rewrites of the HTTP rule that allowed `request` on this side.
+///
+/// `decide_side` reports the headers to set but neither which rule matched nor the
+/// `DELETE` actions, so this follows its choice: the first non-DNS L7 policy without
+/// `serverNames` (in lookup order) with an accepting rule, and that policy's first accepting
+/// rule. A plain allow of the same peer and port wildcards the L7 rules: no rewrites then.
+fn header_actions(
+    policy: &DirectionPolicy,
+    peer: IdentityId,
+    protocol: Protocol,
+    port: u16,
+    request: &L7Request,
+) -> Vec<HeaderAction> {
+    let L7Request::Http(req) = request else {
+        return vec![];
+    };
+    let Some(hit) = policy.lookup(peer, protocol.number(), port) else {
+        return vec![];
+    };
+    if hit.value.deny {
+        return vec![];
+    }
+    let l7 = hit.value.l7();
+    if l7.plain_allow || l7.policies.iter().any(|p| p.dns.is_some()) {
+        return vec![];
+    }
+    let rule = l7
+        .policies
+        .iter()
+        .filter(|p| p.server_names.is_empty())
+        .find_map(|p| accepting_rule(p, req));
+    rule.map(|r| rule_actions(r, req)).unwrap_or_default()
+}
+
+fn accepting_rule<'a>(p: &'a L7Policy, req: &HttpRequest) -> Option<&'a HttpRule> {
+    p.http
+        .as_ref()?
+        .iter()
+        .find(|r| http_rule_accepts(r, req).is_some())
+}
+
+fn rule_actions(rule: &HttpRule, req: &HttpRequest) -> Vec<HeaderAction> {
+    let mut out = Vec::new();
+    for m in &rule.header_matches {
+        let have: Vec<&str> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(&m.name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let matched = match &m.value {
+            Some(want) => have.first().is_some_and(|v| v == want),
+            None => false,
+        };
+        if matched {
+            continue;
+        }
+        match (m.mismatch, &m.value) {
+            (MismatchAction::Add, Some(v)) => out.push(HeaderAction::Add {
+                name: m.name.clone(),
+                value: v.clone(),
+            }),
+            (MismatchAction::Replace, Some(v)) => out.push(HeaderAction::Set {
+                name: m.name.clone(),
+                value: v.clone(),
+            }),
+            (MismatchAction::Delete, _) if !have.is_empty() => out.push(HeaderAction::Remove {
+                name: m.name.clone(),
+            }),
+            _ => {}
+        }
+    }
+    out
+}
