@@ -227,16 +227,27 @@ pub fn run_check(paths: &[PathBuf], output: Output) -> u8 {
                     }
                 }
             }
-            let errors = loaded
-                .diagnostics
-                .iter()
-                .filter(|(_, d)| d.is_error())
-                .count();
-            let warnings = loaded.diagnostics.len() - errors;
+            let findings = membrane_cluster::lint::lint(&loaded);
+            let count = |sev| findings.iter().filter(|f| f.severity == sev).count();
             let _ = writeln!(
                 out,
-                "\ninput: {errors} error(s), {warnings} warning(s) (`membrane validate` shows them)"
+                "\nlint: {} error(s), {} warning(s), {} info (`membrane lint` shows them)",
+                count(membrane_policy::Severity::Error),
+                count(membrane_policy::Severity::Warning),
+                count(membrane_policy::Severity::Info),
             );
+            let mut by_rule: std::collections::BTreeMap<&str, usize> =
+                std::collections::BTreeMap::new();
+            for f in findings
+                .iter()
+                .filter(|f| f.severity >= membrane_policy::Severity::Warning)
+            {
+                *by_rule.entry(f.rule).or_default() += 1;
+            }
+            for (rule, n) in by_rule {
+                let summary = membrane_cluster::lint::rule(rule).map_or("", |r| r.summary);
+                let _ = writeln!(out, "  {rule} x{n}: {summary}");
+            }
             let _ = writeln!(out, "{held} of {total} expectations hold");
         }
     }
