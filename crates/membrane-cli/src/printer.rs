@@ -326,11 +326,19 @@ pub fn run_bench(paths: &[PathBuf], iterations: u32) -> u8 {
     let n = f64::from(iterations);
     let ms = |x: f64| x / n * 1000.0;
     let whole = total.as_secs_f64() / n * 1000.0 - ms(yaml);
-    println!("{} files, {} flows per run, mean of {iterations} runs:", texts.len(), flows / iterations as usize);
+    println!(
+        "{} files, {} flows per run, mean of {iterations} runs:",
+        texts.len(),
+        flows / iterations as usize
+    );
     println!("  yaml parse only (baseline)     {:9.3} ms", ms(yaml));
     println!("  scenario decode                {:9.3} ms", ms(parse));
     println!("  policies + identities + repo   {:9.3} ms", ms(build));
     println!("  resolve + every flow           {:9.3} ms", ms(flows_t));
-    println!("  whole engine                   {:9.3} ms  ({:.1}x the yaml baseline)", whole, whole / ms(yaml).max(1e-9));
+    println!(
+        "  whole engine                   {:9.3} ms  ({:.1}x the yaml baseline)",
+        whole,
+        whole / ms(yaml).max(1e-9)
+    );
     0
 }
