@@ -489,6 +489,30 @@ impl Builder {
         }
     }
 
+    /// The API server, so flows can name `kube-apiserver` (identity 7, as a remote node
+    /// hosting it has).
+    fn add_kube_apiserver(&mut self) {
+        if self.endpoints.iter().any(|e| e.name == "kube-apiserver") {
+            return;
+        }
+        let ep = EndpointSpec {
+            name: "kube-apiserver".into(),
+            namespace: "default".into(),
+            node: String::new(),
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            service_account: "default".into(),
+            labels: vec![],
+            ports: vec![ContainerPort {
+                name: "https".into(),
+                port: 6443,
+                protocol: "TCP".into(),
+            }],
+            host_network: false,
+            entity: Some("kube-apiserver".into()),
+        };
+        self.add_endpoint(ep, false);
+    }
+
     fn add_kube_dns(&mut self) {
         let has = self.endpoints.iter().any(|e| {
             e.labels
@@ -700,6 +724,7 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         }
         None => {
             b.add_kube_dns();
+            b.add_kube_apiserver();
             b.place();
             let routes = b.resolve_routes();
             let namespaces = b

@@ -20,6 +20,16 @@ use std::rc::Rc;
 /// TEST-NET-3, a documentation range that is never a real destination.
 pub const WORLD_ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 10));
 
+/// An address named in a flow: an IP, or a CIDR standing for an address inside it.
+pub fn address_of_name(name: &str) -> Option<IpAddr> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let net: ipnet::IpNet = name.parse().ok()?;
+    // The first host address: inside the range, and not its network address.
+    net.hosts().next().or(Some(net.addr()))
+}
+
 /// One party of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Party {
@@ -151,7 +161,7 @@ impl World {
         }
         for flow in &scenario.flows {
             for name in [Some(&flow.from), flow.to.as_ref()].into_iter().flatten() {
-                if let Ok(ip) = name.parse::<IpAddr>() {
+                if let Some(ip) = address_of_name(name) {
                     if !endpoint_by_ip.contains_key(&ip)
                         && !scenario
                             .endpoints
@@ -235,7 +245,15 @@ impl World {
                 learned_as: Some(i),
             });
         }
-        let ip: IpAddr = name.parse().ok()?;
+        if name == "host" {
+            // The node a flow's other side runs on is not known here: the first node.
+            let n = s.nodes.first()?;
+            return Some(Party::Node {
+                node: 0,
+                addr: n.ip,
+            });
+        }
+        let ip: IpAddr = address_of_name(name)?;
         if let Some(i) = self.endpoint_by_ip.get(&ip) {
             return Some(self.endpoint_party(*i));
         }
