@@ -163,8 +163,8 @@ fn l3_ingress(bar_every: usize) -> L3Ingress {
         }
     }
     // Cilium's `fooIdentity`: the endpoint the policy is computed for.
-    let foo = table.pod(pod_labels(&[("foo", "")]));
-    let subject = table.get(foo).unwrap().clone();
+    let foo_id = table.pod(pod_labels(&[("foo", "")]));
+    let subject = table.get(foo_id).unwrap().clone();
     assert_eq!(table.len(), IDENTITIES + 1 + 10);
     L3Ingress {
         rules,

@@ -160,7 +160,11 @@ impl Builder<'_> {
         Span {
             line: s.start.line() as u32 + self.embedding.line_offset,
             col: s.start.col() as u32 + 1 + self.embedding.col_offset,
-            offset: start + self.embedding.byte_offset,
+            // A block scalar loses its indentation on every line: add it back per line
+            // (exact when every line of the block carries that indentation).
+            offset: start
+                + self.embedding.byte_offset
+                + self.embedding.col_offset * (s.start.line() as u32).saturating_sub(1),
             len: end - start,
         }
     }
