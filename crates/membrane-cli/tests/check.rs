@@ -132,3 +132,11 @@ fn explain_dns_query() {
     assert!(out.contains("dns-ok"), "{out}");
     assert!(out.contains("dns proxy"), "{out}");
 }
+
+#[test]
+fn to_services_selects_the_backends() {
+    let o = membrane(&["check", "tests/manifests/to-services.yaml"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("2 of 2 expectations hold"), "{out}");
+}

@@ -56,6 +56,7 @@ pub struct ServicePort {
 pub struct Service {
     pub namespace: String,
     pub name: String,
+    pub labels: Vec<(String, String)>,
     pub selector: Vec<(String, String)>,
     pub ports: Vec<ServicePort>,
     pub file: FileId,
@@ -350,9 +351,11 @@ impl Builder {
                     })
                     .collect();
                 let selector = labels_of(path(node, &["spec", "selector"]));
+                let labels = labels_of(path(node, &["metadata", "labels"]));
                 self.services.push(Service {
                     namespace,
                     name,
+                    labels,
                     selector,
                     ports,
                     file,
@@ -757,6 +760,16 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                 policies_embedding: Embedding::default(),
                 flows: b.expectations.iter().map(|e| e.flow.clone()).collect(),
                 routes,
+                services: b
+                    .services
+                    .iter()
+                    .map(|svc| crate::scenario::ServiceSpec {
+                        namespace: svc.namespace.clone(),
+                        name: svc.name.clone(),
+                        labels: svc.labels.clone(),
+                        selector: svc.selector.clone(),
+                    })
+                    .collect(),
             }
         }
     };

@@ -106,6 +106,17 @@ pub struct Scenario {
     pub flows: Vec<FlowSpec>,
     /// Gateway routes (from manifests; scenario files have none).
     pub routes: Vec<GatewayRoute>,
+    /// Services (from manifests), which `toServices` peers name.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// A Service as `toServices` sees it: its backends are the pods its selector selects.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub selector: Vec<(String, String)>,
 }
 
 /// Scenario features membrane knows (`requires:`).
@@ -342,6 +353,7 @@ fn decode(d: &mut Decoder, root: &Node, text: &str) -> Option<Scenario> {
         policies_embedding,
         flows,
         routes: Vec::new(),
+        services: Vec::new(),
     })
 }
 

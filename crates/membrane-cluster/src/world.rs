@@ -183,7 +183,8 @@ impl World {
                 }
             }
         }
-        let repo = Repository::new(policy_set.rules(), options.clone(), table, &ports);
+        let rules = expand_services(policy_set.rules(), &scenario.services);
+        let repo = Repository::new(rules, options.clone(), table, &ports);
         let kube_dns = scenario
             .endpoints
             .iter()
@@ -585,4 +586,71 @@ impl World {
         out.dedup();
         out
     }
+}
+
+/// `toServices` peers become the selectors of the Services' backends (Cilium translates them
+/// the same way); a Service without a selector has no pod backends.
+fn expand_services(
+    mut rules: Vec<membrane_policy::model::Rule>,
+    services: &[crate::scenario::ServiceSpec],
+) -> Vec<membrane_policy::model::Rule> {
+    use membrane_policy::labels::{KEY_NAMESPACE, LabelSet, Operator, Selector, SelectorKey};
+    use membrane_policy::model::{PeerSelector, Peers};
+    let backends = |svc: &crate::scenario::ServiceSpec| {
+        let mut sel = Selector::default();
+        for (k, v) in &svc.selector {
+            sel.push(SelectorKey::k8s(k), Operator::In, vec![v.clone()]);
+        }
+        sel.push(
+            SelectorKey::k8s(KEY_NAMESPACE),
+            Operator::In,
+            vec![svc.namespace.clone()],
+        );
+        PeerSelector::Labels(sel)
+    };
+    for rule in &mut rules {
+        for entry in &mut rule.entries {
+            let Peers::Selectors(list) = &mut entry.peers else {
+                continue;
+            };
+            if !list
+                .iter()
+                .any(|p| matches!(p, PeerSelector::Service { .. }))
+            {
+                continue;
+            }
+            let mut out = Vec::new();
+            for p in list.drain(..) {
+                match p {
+                    PeerSelector::Service {
+                        namespace,
+                        name,
+                        selector,
+                    } => {
+                        for svc in services
+                            .iter()
+                            .filter(|s| s.namespace == namespace && !s.selector.is_empty())
+                        {
+                            let by_name = name.as_ref().is_some_and(|n| *n == svc.name);
+                            let by_labels = selector.as_ref().is_some_and(|sel| {
+                                let labels = LabelSet::new(
+                                    svc.labels
+                                        .iter()
+                                        .map(|(k, v)| membrane_policy::labels::Label::k8s(k, v))
+                                        .collect(),
+                                );
+                                sel.matches(&labels)
+                            });
+                            if by_name || by_labels {
+                                out.push(backends(svc));
+                            }
+                        }
+                    }
+                    other => out.push(other),
+                }
+            }
+            *list = out;
+        }
+    }
+    rules
 }
