@@ -206,7 +206,15 @@ fn print_reports(reports: &[FileReport], output: Output) -> u8 {
             let _ = writeln!(out, "{passed} passed, {failed} failed, {skipped} skipped");
         }
     }
-    u8::from(failed > 0)
+    // As `membrane test`: 2 when a file could not be read or parsed, 1 when a flow failed.
+    if reports
+        .iter()
+        .any(|r| r.error.is_some() && r.plans.is_empty())
+    {
+        2
+    } else {
+        u8::from(failed > 0)
+    }
 }
 
 fn run_files(

@@ -1,3 +1,20 @@
 //! Linux enforcement: nftables compilation (pure) and application, the network-namespace
 //! lab, probes and flow events.
+//!
+//! * [`compile`]: the engine's resolved policy → nftables ruleset text (pure).
+//! * [`nftsim`]: an interpreter of that text, to check it against the engine offline.
+//! * [`topology`]: where each party of a scenario lives in the lab (pure).
+//! * [`lab`]: namespaces, veths, `nft`, servers and agents; teardown.
+//! * [`agent`]: the processes inside the lab (servers, probes) and the reaper.
+//! * [`probe`]: flows as real traffic, compared with the expectation and the engine.
+//! * [`events`]: drops from NFLOG as Hubble-like flow events.
 #![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod compile;
+pub mod events;
+pub mod lab;
+pub mod nftsim;
+pub mod probe;
+pub mod topology;
+pub mod wire;

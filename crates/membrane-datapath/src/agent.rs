@@ -1,0 +1,698 @@
+//! The lab's helper processes, in the `membrane` binary (`membrane lab helper …`) and in
+//! `membrane-lab-helper` (tests):
+//!
+//! * `agent`: runs inside one lab namespace. It sets the namespace's sysctls, serves TCP
+//!   (accept loop) and UDP (echo) on the ports flows use, watches raw ICMP and SCTP (so a
+//!   destination can say it received a datagram, which is what "delivered" means for UDP,
+//!   SCTP and ICMP other than echo), and answers probe requests on a Unix socket, making the
+//!   connections from inside the namespace with millisecond timeouts.
+//! * `reaper`: started by the lab in its own process group, it waits for its standard input
+//!   to close, which happens when the lab process exits for any reason (Ctrl-C, a panic, a
+//!   kill), and then tears the lab down unless it was handed over (`membrane lab up`).
+//!   This is how Ctrl-C cleans up without a signal handler (unsafe is forbidden here).
+//! * `connrate`: new connections per second, for the benchmark script.
+
+use crate::wire::{Reply, Request};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Payload marker of UDP and ICMP probes, followed by an 8-byte nonce.
+const MAGIC: &[u8; 8] = b"mbrprobe";
+
+/// Runs a helper subcommand; returns the exit status.
+pub fn helper_main(args: &[String]) -> i32 {
+    let rest = args.get(1..).unwrap_or_default();
+    let r = match args.first().map(String::as_str) {
+        Some("agent") => agent(rest),
+        Some("reaper") => reaper(rest),
+        Some("connrate") => connrate(rest),
+        _ => Err("usage: helper agent|reaper|connrate …".into()),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("membrane lab helper: {e}");
+            1
+        }
+    }
+}
+
+fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn opts<'a>(args: &'a [String], name: &str) -> Vec<&'a str> {
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+fn ports(list: Option<&str>) -> Result<Vec<u16>, String> {
+    list.unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|p| p.parse::<u16>().map_err(|e| format!("port `{p}`: {e}")))
+        .collect()
+}
+
+type SeenSet = Arc<Mutex<HashSet<(u8, Ipv4Addr, u64)>>>;
+
+fn remember(seen: &SeenSet, proto: u8, src: Ipv4Addr, key: u64) {
+    seen.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((proto, src, key));
+}
+
+/// Writes `value` to `/proc/sys/<key with dots as slashes>`: /proc/sys/net is the
+/// namespace of the process that opens it, so the agent configures its own namespace.
+fn sysctl(key: &str, value: &str) -> Result<(), String> {
+    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))
+}
+
+fn agent(args: &[String]) -> Result<(), String> {
+    let control = PathBuf::from(opt(args, "--control").ok_or("agent needs --control")?);
+    for kv in opts(args, "--sysctl") {
+        let (k, v) = kv.split_once('=').ok_or("sysctl needs key=value")?;
+        sysctl(k, v)?;
+    }
+    if args.iter().any(|a| a == "--router") {
+        // A router between addressless veths: forward, and no reverse-path filter (replies
+        // come back on other interfaces than the lookup would pick for /32 routes).
+        sysctl("net.ipv4.ip_forward", "1")?;
+        if let Ok(dir) = std::fs::read_dir("/proc/sys/net/ipv4/conf") {
+            for e in dir.flatten() {
+                let _ = std::fs::write(e.path().join("rp_filter"), "0");
+            }
+        }
+    }
+    let seen: SeenSet = Arc::default();
+    for port in ports(opt(args, "--tcp"))? {
+        let l = listener(port).map_err(|e| format!("tcp :{port}: {e}"))?;
+        // Probes only need the handshake: accepted connections are closed at once, in the
+        // accept loop (a thread per connection cannot keep up with the connection-rate
+        // loops). Two threads, so that one descheduled thread does not stall the queue.
+        for _ in 0..2 {
+            let l = l.try_clone().map_err(|e| format!("tcp :{port}: {e}"))?;
+            thread::spawn(move || {
+                for c in l.incoming() {
+                    drop(c);
+                }
+            });
+        }
+    }
+    for port in ports(opt(args, "--udp"))? {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+            .map_err(|e| format!("udp :{port}: {e}"))?;
+        let seen = seen.clone();
+        thread::spawn(move || serve_udp(s, seen));
+    }
+    for proto in [1u8, 132] {
+        let s = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(i32::from(proto))),
+        )
+        .map_err(|e| format!("raw socket {proto}: {e}"))?;
+        let seen = seen.clone();
+        thread::spawn(move || observe_raw(s, proto, seen));
+    }
+    let _ = std::fs::remove_file(&control);
+    let listener =
+        UnixListener::bind(&control).map_err(|e| format!("{}: {e}", control.display()))?;
+    {
+        // The lab removes its state directory on teardown: then nobody needs this agent.
+        let control = control.clone();
+        thread::spawn(move || {
+            loop {
+                thread::sleep(Duration::from_millis(500));
+                if !control.exists() {
+                    std::process::exit(0);
+                }
+            }
+        });
+    }
+    for conn in listener.incoming().flatten() {
+        let seen = seen.clone();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(&conn);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => handle(req, &seen),
+                Err(e) => Reply {
+                    error: Some(format!("bad request: {e}")),
+                    ..Reply::default()
+                },
+            };
+            let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{}".into());
+            out.push('\n');
+            let _ = (&conn).write_all(out.as_bytes());
+        });
+    }
+    Ok(())
+}
+
+/// A listener with a deep accept queue: std's 128 overflows when the connection-rate loops
+/// and the probes of several labs share two CPUs, and an overflowing queue drops SYNs
+/// silently (the client's retransmit comes a second later: a false "lost").
+fn listener(port: u16) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&SockAddr::from(SocketAddrV4::new(
+        Ipv4Addr::UNSPECIFIED,
+        port,
+    )))?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+fn serve_udp(s: UdpSocket, seen: SeenSet) {
+    let mut buf = [0u8; 2048];
+    loop {
+        let Ok((n, from)) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        if let (SocketAddr::V4(a), true) = (from, n >= 16 && &buf[..8] == MAGIC) {
+            let mut nonce = [0u8; 8];
+            nonce.copy_from_slice(&buf[8..16]);
+            remember(&seen, 17, *a.ip(), u64::from_be_bytes(nonce));
+        }
+        let _ = s.send_to(&buf[..n], from);
+    }
+}
+
+/// Records what raw sockets see: ICMP (type, identifier) and SCTP INIT tags, by source.
+fn observe_raw(mut s: Socket, proto: u8, seen: SeenSet) {
+    let mut buf = [0u8; 2048];
+    loop {
+        let Ok(n) = s.read(&mut buf) else { continue };
+        let p = &buf[..n];
+        if n < 20 || p[0] >> 4 != 4 {
+            continue;
+        }
+        let ihl = usize::from(p[0] & 0xf) * 4;
+        let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+        let Some(l4) = p.get(ihl..) else { continue };
+        match proto {
+            1 if l4.len() >= 8 => {
+                let id = u16::from_be_bytes([l4[4], l4[5]]);
+                remember(&seen, 1, src, (u64::from(l4[0]) << 16) | u64::from(id));
+            }
+            132 if l4.len() >= 20 && l4[12] == 1 => {
+                let tag = u32::from_be_bytes([l4[16], l4[17], l4[18], l4[19]]);
+                remember(&seen, 132, src, u64::from(tag));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn handle(req: Request, seen: &SeenSet) -> Reply {
+    let r = match req {
+        Request::Ping => Ok(Reply {
+            delivered: true,
+            pid: std::process::id(),
+            ..Reply::default()
+        }),
+        Request::Tcp {
+            src,
+            sport,
+            dst,
+            port,
+            timeout_ms,
+        } => tcp_probe(src, sport, dst, port, Duration::from_millis(timeout_ms)),
+        Request::Udp {
+            src,
+            sport,
+            dst,
+            port,
+            timeout_ms,
+            nonce,
+        } => udp_probe(
+            src,
+            sport,
+            dst,
+            port,
+            Duration::from_millis(timeout_ms),
+            nonce,
+        ),
+        Request::Sctp {
+            src,
+            dst,
+            port,
+            tag,
+        } => sctp_probe(src, dst, port, tag),
+        Request::Icmp {
+            src,
+            dst,
+            icmp_type,
+            id,
+            timeout_ms,
+        } => icmp_probe(src, dst, icmp_type, id, Duration::from_millis(timeout_ms)),
+        Request::Dns {
+            src,
+            sport,
+            server,
+            name,
+            timeout_ms,
+        } => dns_probe(src, sport, server, &name, Duration::from_millis(timeout_ms)),
+        Request::Seen { proto, src, key } => Ok(Reply {
+            seen: seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(proto, src, key)),
+            ..Reply::default()
+        }),
+        Request::ConnLoop {
+            src,
+            dst,
+            port,
+            duration_ms,
+            timeout_ms,
+        } => Ok(conn_loop(
+            src,
+            dst,
+            port,
+            Duration::from_millis(duration_ms),
+            Duration::from_millis(timeout_ms),
+        )),
+    };
+    r.unwrap_or_else(|e| Reply {
+        error: Some(e),
+        ..Reply::default()
+    })
+}
+
+fn bound(ty: Type, proto: Protocol, src: Ipv4Addr, port: u16) -> Result<Socket, String> {
+    let s = Socket::new(Domain::IPV4, ty, Some(proto)).map_err(|e| format!("socket: {e}"))?;
+    // Chosen source ports are reused by later probes: never refuse them for a lingering
+    // socket of an earlier probe.
+    let _ = s.set_reuse_address(true);
+    s.bind(&SockAddr::from(SocketAddrV4::new(src, port)))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    Ok(s)
+}
+
+fn local_port(s: &Socket) -> u16 {
+    s.local_addr()
+        .ok()
+        .and_then(|a| a.as_socket_ipv4())
+        .map_or(0, |a| a.port())
+}
+
+fn tcp_probe(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let s = bound(Type::STREAM, Protocol::TCP, src, sport)?;
+    let sport = local_port(&s);
+    let mut r = Reply {
+        sport,
+        ..Reply::default()
+    };
+    match s.connect_timeout(&SockAddr::from(SocketAddrV4::new(dst, port)), timeout) {
+        Ok(()) => {
+            r.delivered = true;
+            // Close with a reset: no TIME_WAIT, so probes never collide on a 4-tuple.
+            let _ = s.set_linger(Some(Duration::ZERO));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            r.delivered = true;
+            r.refused = true;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        Err(e) if e.raw_os_error() == Some(115) => {} // EINPROGRESS at the deadline
+        Err(e) => r.error = Some(format!("connect {dst}:{port}: {e}")),
+    }
+    Ok(r)
+}
+
+fn udp_probe(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+    nonce: u64,
+) -> Result<Reply, String> {
+    let s: UdpSocket = bound(Type::DGRAM, Protocol::UDP, src, sport)?.into();
+    let sport = s.local_addr().map_or(0, |a| a.port());
+    s.connect((dst, port))
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut payload = MAGIC.to_vec();
+    payload.extend_from_slice(&nonce.to_be_bytes());
+    s.send(&payload).map_err(|e| format!("send: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let mut r = Reply {
+        sport,
+        ..Reply::default()
+    };
+    let mut buf = [0u8; 2048];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match s.recv(&mut buf) {
+            Ok(n) if buf[..n] == payload[..] => {
+                r.delivered = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                r.delivered = true;
+                r.refused = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(r)
+}
+
+/// CRC32c (Castagnoli), the SCTP checksum.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An SCTP INIT: common header, INIT chunk, CRC32c (little-endian on the wire).
+pub fn sctp_init(sport: u16, dport: u16, tag: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&0u32.to_be_bytes()); // verification tag: 0 in an INIT
+    p.extend_from_slice(&0u32.to_be_bytes()); // checksum, filled below
+    p.extend_from_slice(&[1, 0]); // chunk type INIT, flags
+    p.extend_from_slice(&20u16.to_be_bytes());
+    p.extend_from_slice(&tag.to_be_bytes()); // initiate tag
+    p.extend_from_slice(&65535u32.to_be_bytes()); // a_rwnd
+    p.extend_from_slice(&1u16.to_be_bytes()); // outbound streams
+    p.extend_from_slice(&1u16.to_be_bytes()); // inbound streams
+    p.extend_from_slice(&tag.to_be_bytes()); // initial TSN
+    let c = crc32c(&p);
+    p[8..12].copy_from_slice(&c.to_le_bytes());
+    p
+}
+
+fn sctp_probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, tag: u32) -> Result<Reply, String> {
+    let s = bound(Type::RAW, Protocol::from(132), src, 0)?;
+    // A source port from the tag: known to the lab for matching drops.
+    let sport = 20000 + (tag % 40000) as u16;
+    s.send_to(
+        &sctp_init(sport, port, tag),
+        &SockAddr::from(SocketAddrV4::new(dst, 0)),
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    Ok(Reply {
+        sport,
+        ..Reply::default()
+    })
+}
+
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+        sum += u32::from(w);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn icmp_probe(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: u8,
+    id: u16,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let mut s = bound(Type::RAW, Protocol::ICMPV4, src, 0)?;
+    let mut p = vec![icmp_type, 0, 0, 0];
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&1u16.to_be_bytes());
+    p.extend_from_slice(MAGIC);
+    p.extend_from_slice(&u64::from(id).to_be_bytes());
+    let c = inet_checksum(&p);
+    p[2..4].copy_from_slice(&c.to_be_bytes());
+    s.send_to(&p, &SockAddr::from(SocketAddrV4::new(dst, 0)))
+        .map_err(|e| format!("send: {e}"))?;
+    let mut r = Reply {
+        sport: id,
+        ..Reply::default()
+    };
+    if icmp_type != 8 {
+        // No reply to wait for: the destination's agent says whether it arrived.
+        return Ok(r);
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        let Ok(n) = s.read(&mut buf) else { break };
+        let q = &buf[..n];
+        if n < 28 {
+            continue;
+        }
+        let ihl = usize::from(q[0] & 0xf) * 4;
+        let from = Ipv4Addr::new(q[12], q[13], q[14], q[15]);
+        let Some(l4) = q.get(ihl..ihl + 8) else {
+            continue;
+        };
+        if from == dst && l4[0] == 0 && u16::from_be_bytes([l4[4], l4[5]]) == id {
+            r.delivered = true;
+            break;
+        }
+    }
+    Ok(r)
+}
+
+/// A DNS query for an A record (RD set).
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::new();
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len().min(63) as u8);
+        q.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn skip_name(m: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let len = *m.get(i)?;
+        if len & 0xc0 == 0xc0 {
+            return Some(i + 2);
+        }
+        if len == 0 {
+            return Some(i + 1);
+        }
+        i += 1 + usize::from(len);
+    }
+}
+
+/// The response code and A records of a DNS response to query `id`.
+pub fn dns_answer(m: &[u8], id: u16) -> Option<(u8, Vec<Ipv4Addr>)> {
+    if m.len() < 12 || u16::from_be_bytes([m[0], m[1]]) != id || m[2] & 0x80 == 0 {
+        return None;
+    }
+    let rcode = m[3] & 0x0f;
+    let qd = u16::from_be_bytes([m[4], m[5]]);
+    let an = u16::from_be_bytes([m[6], m[7]]);
+    let mut i = 12;
+    for _ in 0..qd {
+        i = skip_name(m, i)? + 4;
+    }
+    let mut addrs = Vec::new();
+    for _ in 0..an {
+        i = skip_name(m, i)?;
+        let ty = u16::from_be_bytes([*m.get(i)?, *m.get(i + 1)?]);
+        let len = usize::from(u16::from_be_bytes([*m.get(i + 8)?, *m.get(i + 9)?]));
+        let data = m.get(i + 10..i + 10 + len)?;
+        if ty == 1 && len == 4 {
+            addrs.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        i += 10 + len;
+    }
+    Some((rcode, addrs))
+}
+
+fn dns_probe(
+    src: Ipv4Addr,
+    sport: u16,
+    server: Ipv4Addr,
+    name: &str,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let s: UdpSocket = bound(Type::DGRAM, Protocol::UDP, src, sport)?.into();
+    let sport = s.local_addr().map_or(0, |a| a.port());
+    s.connect((server, 53))
+        .map_err(|e| format!("connect: {e}"))?;
+    let id = sport ^ 0x5a5a;
+    s.send(&dns_query(id, name))
+        .map_err(|e| format!("send: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let mut r = Reply {
+        sport,
+        ..Reply::default()
+    };
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match s.recv(&mut buf) {
+            Ok(n) => {
+                if let Some((rcode, addrs)) = dns_answer(&buf[..n], id) {
+                    r.delivered = true;
+                    r.rcode = Some(rcode);
+                    r.addrs = addrs;
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                r.delivered = true;
+                r.refused = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(r)
+}
+
+fn conn_loop(src: Ipv4Addr, dst: Ipv4Addr, port: u16, d: Duration, timeout: Duration) -> Reply {
+    let end = Instant::now() + d;
+    let mut r = Reply::default();
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        let why = match tcp_probe(src, 0, dst, port, timeout) {
+            Ok(p) if p.delivered && !p.refused => {
+                r.ok += 1;
+                continue;
+            }
+            Ok(p) if p.refused => "refused".to_string(),
+            Ok(p) => p
+                .error
+                .unwrap_or_else(|| format!("timeout after {:?} (sport {})", t0.elapsed(), p.sport)),
+            Err(e) => e,
+        };
+        r.failed += 1;
+        if r.errors.len() < 8 {
+            r.errors.push(why);
+        }
+    }
+    r.delivered = r.failed == 0;
+    r
+}
+
+fn reaper(args: &[String]) -> Result<(), String> {
+    let root = PathBuf::from(opt(args, "--root").ok_or("reaper needs --root")?);
+    let name = opt(args, "--lab").ok_or("reaper needs --lab")?.to_string();
+    // Blocks until every writer is gone: the lab process ended, however it ended.
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    if crate::lab::is_kept(&root, &name) {
+        return Ok(());
+    }
+    // Torn down by its owner already (the normal end): nothing to do.
+    if !root.join(&name).exists() && crate::lab::lab_namespaces(&name).is_empty() {
+        return Ok(());
+    }
+    crate::lab::teardown(&root, &name)?;
+    // A command the dead lab process had started (`ip -batch`, `nft -f`) may still be
+    // creating namespaces: look again once it had time to finish.
+    thread::sleep(Duration::from_secs(1));
+    crate::lab::teardown(&root, &name)
+}
+
+fn connrate(args: &[String]) -> Result<(), String> {
+    let parse = |n: &str| -> Result<Ipv4Addr, String> {
+        opt(args, n)
+            .ok_or(format!("connrate needs {n}"))?
+            .parse()
+            .map_err(|e| format!("{n}: {e}"))
+    };
+    let (src, dst) = (parse("--src")?, parse("--dst")?);
+    let port: u16 = opt(args, "--port")
+        .unwrap_or("5201")
+        .parse()
+        .map_err(|e| format!("--port: {e}"))?;
+    let secs: f64 = opt(args, "--secs")
+        .unwrap_or("3")
+        .parse()
+        .map_err(|e| format!("--secs: {e}"))?;
+    let threads: usize = opt(args, "--threads")
+        .unwrap_or("2")
+        .parse()
+        .map_err(|e| format!("--threads: {e}"))?;
+    let d = Duration::from_secs_f64(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| thread::spawn(move || conn_loop(src, dst, port, d, Duration::from_secs(1))))
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for h in handles {
+        if let Ok(r) = h.join() {
+            ok += r.ok;
+            failed += r.failed;
+        }
+    }
+    println!("{:.0} conn/s ({ok} ok, {failed} failed)", ok as f64 / secs);
+    Ok(())
+}
+
+/// Where an agent's control socket is.
+pub fn control_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_rfc_vector() {
+        // RFC 3720 B.4: 32 bytes of zeros.
+        assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
+    }
+
+    #[test]
+    fn dns_round_trip() {
+        let q = dns_query(7, "one.one.one.one.");
+        // A response: the query with QR set, one answer pointing at the question name.
+        let mut r = q.clone();
+        r[2] |= 0x80;
+        r[7] = 1;
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 1, 1, 1, 1]);
+        assert_eq!(
+            dns_answer(&r, 7),
+            Some((0, vec![Ipv4Addr::new(1, 1, 1, 1)]))
+        );
+        assert_eq!(dns_answer(&r, 8), None);
+    }
+}

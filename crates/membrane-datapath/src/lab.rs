@@ -1,0 +1,707 @@
+//! A lab: the scenario's nodes, pods and world as network namespaces on this machine, the
+//! compiled rulesets loaded with `nft`, servers and probe agents in every namespace,
+//! `dnsmasq` as kube-dns and `tcpdump` reading each node's NFLOG group.
+//!
+//! Everything of lab `NAME` is named `mb.NAME.<key>` (namespaces) or lives under
+//! `<root>/NAME/` (state, agent sockets, NFLOG captures, logs), so labs coexist and tests
+//! run in parallel. Nothing touches the root namespace: routes, addresses and nft tables
+//! are all inside the lab's namespaces, and no packet can leave them (no uplink).
+//!
+//! Teardown kills every process inside the lab's namespaces (by pid, from
+//! `ip netns pids`), then deletes the namespaces, which removes their veths, routes and
+//! nft tables with them. It runs from `Drop`, from `membrane lab down`, and from the
+//! reaper process when the lab's owner dies without cleaning up.
+
+use crate::agent::control_path;
+use crate::compile::{Ruleset, compile_node};
+use crate::topology::{NsRef, Topology};
+use crate::wire::{self, Request};
+use membrane_cluster::world::World;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Default directory for lab state (tmpfs, root only).
+pub const STATE_ROOT: &str = "/run/membrane-lab";
+/// Gateway address of the pods (on each node's `lo`), as in Calico and Cilium.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Next hop of the nodes towards the world namespace (on the world's `lo`).
+pub const WORLD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 2, 1);
+
+/// How to run the helper processes (`agent`, `reaper`): a program and leading arguments.
+#[derive(Debug, Clone)]
+pub struct Helper {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub name: String,
+    pub root: PathBuf,
+    pub helper: Helper,
+    /// Start a reaper that tears the lab down when this process dies.
+    pub reaper: bool,
+}
+
+/// Checks a lab name: it becomes part of namespace names and a directory.
+pub fn valid_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "lab name `{name}`: use 1-40 characters among a-z, 0-9 and `-`"
+        ))
+    }
+}
+
+/// A lab name derived from a scenario name.
+pub fn name_from(text: &str) -> String {
+    let s: String = text
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let s = s.trim_matches('-');
+    let s: String = s.chars().take(40).collect();
+    if s.is_empty() {
+        "lab".into()
+    } else {
+        s.trim_end_matches('-').to_string()
+    }
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(cmd: &mut Command, input: Option<&str>) -> Result<String, String> {
+    let what = format!("{cmd:?}");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    } else {
+        cmd.stdin(Stdio::null());
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("{what}: {e}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("{what}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err: String = err.lines().take(8).collect::<Vec<_>>().join("\n");
+        return Err(format!("{what} failed: {err}"));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), String> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(["-batch", "-"]);
+    let mut text = lines.join("\n");
+    text.push('\n');
+    run(&mut cmd, Some(&text)).map(|_| ())
+}
+
+/// The lab's namespaces that exist now.
+pub fn lab_namespaces(name: &str) -> Vec<String> {
+    let prefix = format!("mb.{name}.");
+    let Ok(out) = run(Command::new("ip").args(["netns", "list"]), None) else {
+        return vec![];
+    };
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Labs with state under `root` or namespaces on the machine.
+pub fn list_labs(root: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Ok(dir) = std::fs::read_dir(root) {
+        for e in dir.flatten() {
+            out.insert(e.file_name().to_string_lossy().to_string());
+        }
+    }
+    if let Ok(list) = run(Command::new("ip").args(["netns", "list"]), None) {
+        for l in list.lines() {
+            let n = l.split_whitespace().next().unwrap_or("");
+            if let Some(rest) = n.strip_prefix("mb.") {
+                if let Some((lab, _)) = rest.rsplit_once('.') {
+                    out.insert(lab.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn netns_pids(ns: &str) -> Vec<u32> {
+    run(Command::new("ip").args(["netns", "pids", ns]), None)
+        .map(|o| {
+            o.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the lab was handed over (`membrane lab up`): then its reaper leaves it alone.
+pub fn is_kept(root: &Path, name: &str) -> bool {
+    root.join(name).join("kept").exists()
+}
+
+/// Tears a lab down: ends every process in its namespaces, deletes the namespaces and its
+/// state directory. Safe to run twice, and on a half-built lab.
+pub fn teardown(root: &Path, name: &str) -> Result<(), String> {
+    valid_name(name)?;
+    let dir = root.join(name);
+    // Agents exit by themselves once their control socket is gone; the kill below does not
+    // wait for that.
+    let _ = std::fs::remove_dir_all(&dir);
+    let namespaces = lab_namespaces(name);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids: Vec<u32> = namespaces.iter().flat_map(|n| netns_pids(n)).collect();
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        let mut cmd = Command::new("kill");
+        cmd.arg("-KILL").args(pids.iter().map(u32::to_string));
+        let _ = run(&mut cmd, None);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines: Vec<String> = namespaces
+        .iter()
+        .map(|n| format!("netns del {n}"))
+        .collect();
+    let r = ip_batch(None, &lines);
+    let left = lab_namespaces(name);
+    if !left.is_empty() {
+        return Err(format!(
+            "lab {name}: namespaces left behind: {}{}",
+            left.join(", "),
+            r.err().map(|e| format!(" ({e})")).unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// kube-dns: its namespace, its address and the (name, address) records it answers.
+pub type KubeDns = (NsRef, Ipv4Addr, Vec<(String, Ipv4Addr)>);
+
+/// What to serve in each namespace: TCP and UDP ports.
+#[derive(Debug, Clone, Default)]
+pub struct Servers {
+    pub tcp: BTreeMap<NsRef, BTreeSet<u16>>,
+    pub udp: BTreeMap<NsRef, BTreeSet<u16>>,
+    /// kube-dns, answered by dnsmasq: its namespace, address and (name, address) records.
+    pub dns: Option<KubeDns>,
+}
+
+impl Servers {
+    /// Every port a flow uses and every container port, where its destination lives.
+    pub fn plan(world: &World, topo: &Topology) -> Servers {
+        let mut s = Servers::default();
+        let add = |s: &mut Servers, ns: NsRef, proto: &str, port: u16| match proto {
+            "TCP" => {
+                s.tcp.entry(ns).or_default().insert(port);
+            }
+            "UDP" => {
+                s.udp.entry(ns).or_default().insert(port);
+            }
+            _ => {}
+        };
+        for f in &world.scenario.flows {
+            let Some(to) = f.to.as_deref().and_then(|t| world.party(t)) else {
+                continue;
+            };
+            let (Some((ns, _)), Some(port)) = (topo.place(to), f.port) else {
+                continue;
+            };
+            add(&mut s, ns, f.protocol.as_deref().unwrap_or("TCP"), port);
+        }
+        for (i, ep) in world.scenario.endpoints.iter().enumerate() {
+            let ns = if ep.host_network {
+                world
+                    .party(&ep.name)
+                    .and_then(|p| topo.place(p))
+                    .map(|(ns, _)| ns)
+            } else {
+                topo.pods
+                    .iter()
+                    .position(|p| p.endpoint == i)
+                    .map(NsRef::Pod)
+            };
+            let Some(ns) = ns else { continue };
+            for p in &ep.ports {
+                add(&mut s, ns, p.protocol.as_str(), p.port);
+            }
+        }
+        if let Some((ns, addr)) = world.kube_dns().and_then(|p| topo.place(p)) {
+            // dnsmasq owns port 53 there.
+            if let Some(t) = s.tcp.get_mut(&ns) {
+                t.remove(&53);
+            }
+            if let Some(u) = s.udp.get_mut(&ns) {
+                u.remove(&53);
+            }
+            let mut records = Vec::new();
+            for e in &world.scenario.external {
+                for ip in &e.ips {
+                    if let IpAddr::V4(a) = ip {
+                        records.push((e.name.trim_end_matches('.').to_string(), *a));
+                    }
+                }
+            }
+            // Names only queried (`dns:` flows) still get an answer: the query is what is
+            // tested, not the address.
+            for f in &world.scenario.flows {
+                if let Some(q) = &f.dns {
+                    let q = q.trim_end_matches('.').to_string();
+                    if !records.iter().any(|(n, _)| *n == q) {
+                        records.push((q, Ipv4Addr::new(203, 0, 113, 10)));
+                    }
+                }
+            }
+            s.dns = Some((ns, addr, records));
+        }
+        s
+    }
+}
+
+/// A running lab (or, after [`Lab::attach`], one that another process started).
+pub struct Lab {
+    pub name: String,
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    pub topo: Topology,
+    /// The rulesets loaded in each node namespace, for in-place updates.
+    pub rulesets: Vec<Ruleset>,
+    children: Vec<Child>,
+    reaper: Option<Child>,
+    /// Leave the lab running when this value is dropped.
+    kept: bool,
+    torn_down: bool,
+}
+
+impl Lab {
+    pub fn netns(&self, ns: NsRef) -> String {
+        format!("mb.{}.{}", self.name, self.topo.key(ns))
+    }
+
+    pub fn socket(&self, ns: NsRef) -> PathBuf {
+        control_path(&self.dir, &self.topo.key(ns))
+    }
+
+    pub fn pcap(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("{}.pcap", self.topo.nodes[node].key))
+    }
+
+    /// Builds the lab for a world. On any error the partial lab is torn down.
+    pub fn up(world: &World, opts: &LabOptions) -> Result<Lab, String> {
+        valid_name(&opts.name)?;
+        let dir = opts.root.join(&opts.name);
+        if dir.exists() || !lab_namespaces(&opts.name).is_empty() {
+            return Err(format!(
+                "lab `{}` already exists (`membrane lab down --name {}` removes it)",
+                opts.name, opts.name
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let topo = Topology::plan(world);
+        let mut lab = Lab {
+            name: opts.name.clone(),
+            root: opts.root.clone(),
+            dir,
+            topo,
+            rulesets: vec![],
+            children: vec![],
+            reaper: None,
+            kept: false,
+            torn_down: false,
+        };
+        if opts.reaper {
+            lab.reaper = Some(lab.spawn_reaper(&opts.helper)?);
+        }
+        // From here on, Drop tears down whatever was built if a step fails.
+        lab.build(world, opts)?;
+        Ok(lab)
+    }
+
+    fn spawn_reaper(&self, helper: &Helper) -> Result<Child, String> {
+        let log = self.log_file("reaper")?;
+        Command::new(&helper.program)
+            .args(&helper.args)
+            .args(["reaper", "--root"])
+            .arg(&self.root)
+            .args(["--lab", &self.name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group: Ctrl-C in the terminal does not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("reaper: {e}"))
+    }
+
+    fn log_file(&self, what: &str) -> Result<std::fs::File, String> {
+        let p = self.dir.join(format!("{what}.log"));
+        std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
+    }
+
+    fn spawn_in(
+        &mut self,
+        ns: &str,
+        log: &str,
+        program: &Path,
+        args: &[String],
+    ) -> Result<(), String> {
+        let out = self.log_file(log)?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("{ns}: {}: {e}", program.display()))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    fn build(&mut self, world: &World, opts: &LabOptions) -> Result<(), String> {
+        let t = self.topo.clone();
+        let nss: Vec<NsRef> = t.namespaces();
+        // 1. Namespaces and veth pairs, created straight into their namespaces.
+        let mut root: Vec<String> = nss
+            .iter()
+            .map(|n| format!("netns add {}", self.netns(*n)))
+            .collect();
+        for (i, _) in t.nodes.iter().enumerate() {
+            root.push(format!(
+                "link add up0 netns {} type veth peer name n{i} netns {}",
+                self.netns(NsRef::Node(i)),
+                self.netns(NsRef::World)
+            ));
+        }
+        for (i, p) in t.pods.iter().enumerate() {
+            root.push(format!(
+                "link add lxc{} netns {} type veth peer name eth0 netns {}",
+                p.endpoint,
+                self.netns(NsRef::Node(p.node)),
+                self.netns(NsRef::Pod(i))
+            ));
+        }
+        ip_batch(None, &root)?;
+        // 2. Addresses and routes: routed /32s, addressless veths, gateways on `lo`.
+        let mut world_cmds = vec![
+            "link set lo up".to_string(),
+            format!("addr add {WORLD_GATEWAY}/32 dev lo"),
+        ];
+        for a in &t.world_addrs {
+            world_cmds.push(format!("addr add {a}/32 dev lo"));
+        }
+        for (i, node) in t.nodes.iter().enumerate() {
+            world_cmds.push(format!("link set n{i} up"));
+            let mut cmds = vec![
+                "link set lo up".to_string(),
+                format!("addr add {POD_GATEWAY}/32 dev lo"),
+                "link set up0 up".to_string(),
+            ];
+            for a in &node.addrs {
+                cmds.push(format!("addr add {a}/32 dev lo"));
+            }
+            // The node's own address as source of what it sends (hostNetwork pods), so that
+            // peers see the node, not the pods' gateway address.
+            let src = node
+                .addrs
+                .first()
+                .map(|a| format!(" src {a}"))
+                .unwrap_or_default();
+            cmds.push(format!(
+                "route add default via {WORLD_GATEWAY} dev up0 onlink{src}"
+            ));
+            for a in &node.addrs {
+                world_cmds.push(format!(
+                    "route add {a}/32 via {POD_GATEWAY} dev n{i} onlink"
+                ));
+            }
+            for p in t.pods.iter().filter(|p| p.node == i) {
+                cmds.push(format!("link set lxc{} up", p.endpoint));
+                cmds.push(format!(
+                    "route add {}/32 dev lxc{} scope link{src}",
+                    p.addr, p.endpoint
+                ));
+                world_cmds.push(format!(
+                    "route add {}/32 via {POD_GATEWAY} dev n{i} onlink",
+                    p.addr
+                ));
+            }
+            ip_batch(Some(&self.netns(NsRef::Node(i))), &cmds)?;
+        }
+        ip_batch(Some(&self.netns(NsRef::World)), &world_cmds)?;
+        for (i, p) in t.pods.iter().enumerate() {
+            let cmds = vec![
+                "link set lo up".to_string(),
+                format!("addr add {}/32 dev eth0", p.addr),
+                "link set eth0 up".to_string(),
+                format!("route add {POD_GATEWAY} dev eth0 scope link"),
+                format!("route add default via {POD_GATEWAY} dev eth0"),
+            ];
+            ip_batch(Some(&self.netns(NsRef::Pod(i))), &cmds)?;
+        }
+        // 3. The policy, before any traffic.
+        let inputs = t.node_inputs(world);
+        for (i, input) in inputs.iter().enumerate() {
+            let rs = compile_node(input);
+            let ns = self.netns(NsRef::Node(i));
+            run(
+                Command::new("ip").args(["netns", "exec", &ns, "nft", "-f", "-"]),
+                Some(&rs.render()),
+            )
+            .map_err(|e| format!("loading the ruleset of node {}: {e}", input.node))?;
+            self.rulesets.push(rs);
+        }
+        // 4. Processes: NFLOG readers, kube-dns, agents.
+        for i in 0..t.nodes.len() {
+            let ns = self.netns(NsRef::Node(i));
+            let pcap = self.pcap(i);
+            let args: Vec<String> = ["-i", "nflog:1", "-U", "-n", "-s", "512", "-Z", "root", "-w"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([pcap.display().to_string()])
+                .collect();
+            self.spawn_in(
+                &ns,
+                &format!("tcpdump-{}", t.nodes[i].key),
+                Path::new("tcpdump"),
+                &args,
+            )?;
+        }
+        let servers = Servers::plan(world, &t);
+        if let Some((ns, addr, records)) = &servers.dns {
+            let mut args: Vec<String> = vec![
+                "--no-daemon".into(),
+                "--conf-file=/dev/null".into(),
+                "--no-resolv".into(),
+                "--no-hosts".into(),
+                "--bind-interfaces".into(),
+                format!("--listen-address={addr}"),
+                "--port=53".into(),
+                "--pid-file=".into(),
+            ];
+            for (name, ip) in records {
+                args.push(format!("--address=/{name}/{ip}"));
+            }
+            let nsn = self.netns(*ns);
+            self.spawn_in(&nsn, "dnsmasq", Path::new("dnsmasq"), &args)?;
+        }
+        for ns in &nss {
+            let mut args: Vec<String> = opts.helper.args.clone();
+            args.push("agent".into());
+            args.push("--control".into());
+            args.push(self.socket(*ns).display().to_string());
+            let join = |s: Option<&BTreeSet<u16>>| {
+                s.map(|p| p.iter().map(u16::to_string).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            };
+            args.extend(["--tcp".into(), join(servers.tcp.get(ns))]);
+            args.extend(["--udp".into(), join(servers.udp.get(ns))]);
+            if matches!(ns, NsRef::Node(_) | NsRef::World) {
+                args.push("--router".into());
+            }
+            // IPv6 is not part of the lab: no link-local chatter through the datapath.
+            args.extend(["--sysctl".into(), "net.ipv6.conf.all.disable_ipv6=1".into()]);
+            let nsn = self.netns(*ns);
+            let key = self.topo.key(*ns);
+            self.spawn_in(&nsn, &format!("agent-{key}"), &opts.helper.program, &args)?;
+        }
+        // 5. Ready: every agent answers, every capture has its header, kube-dns answers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for ns in &nss {
+            loop {
+                if wire::call(&self.socket(*ns), &Request::Ping, Duration::from_secs(2)).is_ok() {
+                    break;
+                }
+                self.check_children()?;
+                if Instant::now() > deadline {
+                    return Err(format!("agent in {} did not start", self.netns(*ns)));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        for i in 0..t.nodes.len() {
+            while std::fs::metadata(self.pcap(i)).map_or(0, |m| m.len()) < 24 {
+                self.check_children()?;
+                if Instant::now() > deadline {
+                    return Err(format!("tcpdump in node {} did not start", t.nodes[i].name));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Some((ns, addr, _)) = &servers.dns {
+            loop {
+                let r = wire::call(
+                    &self.socket(*ns),
+                    &Request::Dns {
+                        src: *addr,
+                        sport: 0,
+                        server: *addr,
+                        name: "ready.membrane.".into(),
+                        timeout_ms: 200,
+                    },
+                    Duration::from_secs(2),
+                );
+                if r.is_ok_and(|r| r.delivered) {
+                    break;
+                }
+                self.check_children()?;
+                if Instant::now() > deadline {
+                    return Err("dnsmasq (kube-dns) did not answer".into());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails if a lab process exited (it would be a setup error: a port in use, …).
+    fn check_children(&mut self) -> Result<(), String> {
+        for c in &mut self.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!(
+                    "a lab process exited early ({status}); see the logs in {}",
+                    self.dir.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the policy in place: one `nft -f` transaction per node that flushes and
+    /// refills only what changed (never deleting the table). The world must have the same
+    /// parties as the one the lab was built for.
+    pub fn apply(&mut self, world: &World) -> Result<(), String> {
+        let topo = Topology::plan(world);
+        let same = topo.pods.iter().map(|p| (p.addr, &p.key)).eq(self
+            .topo
+            .pods
+            .iter()
+            .map(|p| (p.addr, &p.key)))
+            && topo.nodes.len() == self.topo.nodes.len();
+        if !same {
+            return Err("the new scenario has other pods or nodes: build a new lab".into());
+        }
+        let inputs = topo.node_inputs(world);
+        for (i, input) in inputs.iter().enumerate() {
+            let next = compile_node(input);
+            let Some(prev) = self.rulesets.get(i) else {
+                return Err("no ruleset loaded".into());
+            };
+            let tx = next.update_from(prev);
+            let ns = self.netns(NsRef::Node(i));
+            run(
+                Command::new("ip").args(["netns", "exec", &ns, "nft", "-f", "-"]),
+                Some(&tx),
+            )
+            .map_err(|e| format!("updating node {}: {e}", input.node))?;
+            self.rulesets[i] = next;
+        }
+        Ok(())
+    }
+
+    /// Leaves the lab running after this process exits (`membrane lab up`).
+    pub fn keep(&mut self) -> Result<(), String> {
+        std::fs::write(self.dir.join("kept"), b"")
+            .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        self.kept = true;
+        Ok(())
+    }
+
+    /// A lab started by another process, for probing it or following its events.
+    pub fn attach(world: &World, root: &Path, name: &str) -> Result<Lab, String> {
+        valid_name(name)?;
+        let dir = root.join(name);
+        if !dir.exists() {
+            return Err(format!(
+                "no lab `{name}` (start one with `membrane lab up`)"
+            ));
+        }
+        let topo = Topology::plan(world);
+        let rulesets = topo.node_inputs(world).iter().map(compile_node).collect();
+        Ok(Lab {
+            name: name.to_string(),
+            root: root.to_path_buf(),
+            dir,
+            topo,
+            rulesets,
+            children: vec![],
+            reaper: None,
+            kept: true,
+            torn_down: false,
+        })
+    }
+
+    /// Tears the lab down now.
+    pub fn down(mut self) -> Result<(), String> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), String> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        let r = teardown(&self.root, &self.name);
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        if let Some(mut reaper) = self.reaper.take() {
+            // Closing its stdin wakes it; the lab is gone, so it just exits.
+            drop(reaper.stdin.take());
+            let _ = reaper.wait();
+        }
+        r
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.kept {
+            // Our children keep running; the reaper sees `kept` and exits.
+            if let Some(mut reaper) = self.reaper.take() {
+                drop(reaper.stdin.take());
+                let _ = reaper.wait();
+            }
+            return;
+        }
+        if let Err(e) = self.shutdown() {
+            eprintln!("membrane lab: teardown of {}: {e}", self.name);
+        }
+    }
+}

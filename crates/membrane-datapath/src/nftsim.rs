@@ -1,0 +1,649 @@
+//! An interpreter for the nftables text [`crate::compile`] emits: it loads the full table and
+//! applies update transactions the way `nft -f` does (checking what the kernel checks:
+//! references to missing chains or maps, deleting objects still in use, overlapping
+//! interval elements), and evaluates packets through the hooks.
+//!
+//! It only knows the rule shapes the compiler writes, and rejects anything else, so a test
+//! that agrees with the engine through this interpreter checks the rendered text, not an
+//! intermediate form. The lab checks the real kernel against the same expectations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Element {
+    key: Vec<(u64, u64)>,
+    value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Map {
+    ty: String,
+    interval: bool,
+    elements: Vec<Element>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chain {
+    hook: Option<String>,
+    rules: Vec<String>,
+}
+
+/// A loaded table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    maps: BTreeMap<String, Map>,
+    chains: BTreeMap<String, Chain>,
+}
+
+/// A packet as the hooks see it. `port` is the destination port, or the ICMP type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub port: u16,
+    /// Sent by the namespace itself (output hook) rather than forwarded or delivered to it.
+    pub local_out: bool,
+}
+
+/// What happened to a packet.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub accepted: bool,
+    /// The log prefix of the rule that dropped it, if it was logged.
+    pub log: Option<String>,
+    /// Proxy chains entered: (the chain that sent it there, the proxy chain).
+    pub proxies: Vec<(String, String)>,
+}
+
+fn proto_number(s: &str) -> Option<u64> {
+    Some(match s {
+        "tcp" => 6,
+        "udp" => 17,
+        "sctp" => 132,
+        "icmp" => 1,
+        "ipv6-icmp" => 58,
+        _ => return None,
+    })
+}
+
+fn scalar(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if let Some(n) = proto_number(s) {
+        return Ok(n);
+    }
+    if let Some(h) = s.strip_prefix("0x") {
+        return u64::from_str_radix(h, 16).map_err(|e| format!("`{s}`: {e}"));
+    }
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    if let Ok(a) = s.parse::<Ipv4Addr>() {
+        return Ok(u64::from(u32::from(a)));
+    }
+    Err(format!("cannot read value `{s}`"))
+}
+
+fn component(s: &str) -> Result<(u64, u64), String> {
+    let s = s.trim();
+    if proto_number(s).is_some() {
+        let n = scalar(s)?;
+        return Ok((n, n));
+    }
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (scalar(a)?, scalar(b)?);
+            if a > b {
+                return Err(format!("empty range `{s}`"));
+            }
+            Ok((a, b))
+        }
+        None => {
+            let n = scalar(s)?;
+            Ok((n, n))
+        }
+    }
+}
+
+fn parse_element(text: &str, map: &Map) -> Result<Element, String> {
+    let (k, v) = text
+        .rsplit_once(" : ")
+        .ok_or_else(|| format!("element `{text}` has no value"))?;
+    let key: Vec<(u64, u64)> = k.split(" . ").map(component).collect::<Result<_, _>>()?;
+    let arity = map
+        .ty
+        .split(" : ")
+        .next()
+        .map_or(0, |t| t.split(" . ").count());
+    if key.len() != arity {
+        return Err(format!("element `{text}` does not fit type `{}`", map.ty));
+    }
+    if !map.interval && key.iter().any(|(a, b)| a != b) {
+        return Err(format!("range in `{text}` needs `flags interval`"));
+    }
+    Ok(Element {
+        key,
+        value: v.trim().to_string(),
+    })
+}
+
+fn overlaps(a: &[(u64, u64)], b: &[(u64, u64)]) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|((a0, a1), (b0, b1))| a0 <= b1 && b0 <= a1)
+}
+
+/// Splits `{ a, b }` element lists at top-level commas.
+fn split_elements(body: &str) -> Vec<String> {
+    body.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl Table {
+    /// Loads a full table as rendered by [`crate::compile::Ruleset::render`].
+    pub fn load(text: &str) -> Result<Table, String> {
+        let mut t = Table::default();
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        let head = lines.next().ok_or("empty ruleset")?;
+        if !head.starts_with("table inet ") {
+            return Err(format!("expected a table, got `{head}`"));
+        }
+        let mut pending_elements: Vec<(String, String)> = Vec::new();
+        let mut pending_rules: Vec<(String, String)> = Vec::new();
+        while let Some(line) = lines.next() {
+            if line == "}" {
+                break;
+            }
+            if let Some(name) = line.strip_prefix("map ").and_then(|l| l.strip_suffix(" {")) {
+                let mut map = Map {
+                    ty: String::new(),
+                    interval: false,
+                    elements: vec![],
+                };
+                loop {
+                    let l = lines.next().ok_or("unterminated map")?;
+                    if l == "}" {
+                        break;
+                    }
+                    if let Some(ty) = l.strip_prefix("type ") {
+                        map.ty = ty.to_string();
+                    } else if l == "flags interval" {
+                        map.interval = true;
+                    } else if l == "elements = {" {
+                        loop {
+                            let e = lines.next().ok_or("unterminated elements")?;
+                            if e == "}" {
+                                break;
+                            }
+                            pending_elements
+                                .push((name.to_string(), e.trim_end_matches(',').to_string()));
+                        }
+                    } else {
+                        return Err(format!("unexpected line in map {name}: `{l}`"));
+                    }
+                }
+                t.add_map(name, map)?;
+            } else if let Some(name) = line
+                .strip_prefix("chain ")
+                .and_then(|l| l.strip_suffix(" {"))
+            {
+                let mut chain = Chain {
+                    hook: None,
+                    rules: vec![],
+                };
+                loop {
+                    let l = lines.next().ok_or("unterminated chain")?;
+                    if l == "}" {
+                        break;
+                    }
+                    if l.starts_with("type filter hook") {
+                        chain.hook = Some(l.to_string());
+                    } else {
+                        pending_rules.push((name.to_string(), l.to_string()));
+                    }
+                }
+                t.add_chain(name, chain.hook)?;
+            } else {
+                return Err(format!("unexpected line `{line}`"));
+            }
+        }
+        // As in nft, a table block declares everything before checking references.
+        for (m, e) in pending_elements {
+            t.add_elements(&m, &[e])?;
+        }
+        for (c, r) in pending_rules {
+            t.add_rule(&c, &r)?;
+        }
+        Ok(t)
+    }
+
+    fn add_map(&mut self, name: &str, map: Map) -> Result<(), String> {
+        match self.maps.get(name) {
+            Some(m) if m.ty != map.ty || m.interval != map.interval => {
+                Err(format!("map {name} exists with another type"))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.maps.insert(name.to_string(), map);
+                Ok(())
+            }
+        }
+    }
+
+    fn add_chain(&mut self, name: &str, hook: Option<String>) -> Result<(), String> {
+        if let Some(c) = self.chains.get(name) {
+            if c.hook != hook {
+                return Err(format!("chain {name} exists with another hook"));
+            }
+            return Ok(());
+        }
+        self.chains.insert(
+            name.to_string(),
+            Chain {
+                hook,
+                rules: vec![],
+            },
+        );
+        Ok(())
+    }
+
+    fn check_verdict(&self, v: &str) -> Result<(), String> {
+        let target = v.strip_prefix("jump ").or_else(|| v.strip_prefix("goto "));
+        if let Some(c) = target {
+            if !self.chains.contains_key(c) {
+                return Err(format!("`{v}`: no such chain"));
+            }
+        }
+        Ok(())
+    }
+
+    fn add_elements(&mut self, name: &str, elements: &[String]) -> Result<(), String> {
+        let verdict_map = self
+            .maps
+            .get(name)
+            .ok_or_else(|| format!("no map {name}"))?
+            .ty
+            .ends_with(": verdict");
+        for text in elements {
+            let map = self
+                .maps
+                .get(name)
+                .ok_or_else(|| format!("no map {name}"))?;
+            let e = parse_element(text, map)?;
+            if verdict_map {
+                self.check_verdict(&e.value)?;
+            }
+            let map = self
+                .maps
+                .get_mut(name)
+                .ok_or_else(|| format!("no map {name}"))?;
+            if let Some(old) = map.elements.iter().find(|o| overlaps(&o.key, &e.key)) {
+                // The kernel accepts re-adding an identical element, nothing else.
+                if old.key != e.key || old.value != e.value {
+                    return Err(format!("map {name}: `{text}` overlaps an existing element"));
+                }
+                continue;
+            }
+            map.elements.push(e);
+        }
+        Ok(())
+    }
+
+    fn add_rule(&mut self, chain: &str, rule: &str) -> Result<(), String> {
+        for word in rule.split_whitespace() {
+            if let Some(m) = word.strip_prefix('@') {
+                if !self.maps.contains_key(m) {
+                    return Err(format!("rule `{rule}`: no map {m}"));
+                }
+            }
+        }
+        for v in ["jump ", "goto "] {
+            if let Some(i) = rule.find(v) {
+                let target = rule[i + v.len()..].split_whitespace().next().unwrap_or("");
+                if !self.chains.contains_key(target) {
+                    return Err(format!("rule `{rule}`: no chain {target}"));
+                }
+            }
+        }
+        // Evaluate once against a dummy packet to reject shapes the interpreter does not know.
+        parse_rule(rule)?;
+        self.chains
+            .get_mut(chain)
+            .ok_or_else(|| format!("no chain {chain}"))?
+            .rules
+            .push(rule.to_string());
+        Ok(())
+    }
+
+    fn chain_in_use(&self, name: &str) -> bool {
+        let by_rule = self.chains.values().any(|c| {
+            c.rules.iter().any(|r| {
+                let w: Vec<&str> = r.split_whitespace().collect();
+                w.windows(2)
+                    .any(|p| matches!(p[0], "jump" | "goto") && p[1] == name)
+            })
+        });
+        let by_element = self.maps.values().any(|m| {
+            m.elements.iter().any(|e| {
+                e.value
+                    .strip_prefix("jump ")
+                    .or_else(|| e.value.strip_prefix("goto "))
+                    == Some(name)
+            })
+        });
+        by_rule || by_element
+    }
+
+    fn map_in_use(&self, name: &str) -> bool {
+        let at = format!("@{name}");
+        self.chains.values().any(|c| {
+            c.rules
+                .iter()
+                .any(|r| r.split_whitespace().any(|w| w == at))
+        })
+    }
+
+    /// Applies an `nft -f` transaction of the commands [`crate::compile::Ruleset::update_from`]
+    /// writes. Like the kernel, a failing command leaves the table unchanged.
+    pub fn apply(&mut self, transaction: &str) -> Result<(), String> {
+        let mut next = self.clone();
+        for line in transaction
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            next.command(line).map_err(|e| format!("`{line}`: {e}"))?;
+        }
+        *self = next;
+        Ok(())
+    }
+
+    fn command(&mut self, line: &str) -> Result<(), String> {
+        let rest = |p: &str| line.strip_prefix(p).map(str::trim);
+        if let Some(name) = rest("flush chain inet membrane ") {
+            self.chains
+                .get_mut(name)
+                .ok_or("no such chain")?
+                .rules
+                .clear();
+        } else if let Some(name) = rest("flush map inet membrane ") {
+            self.maps
+                .get_mut(name)
+                .ok_or("no such map")?
+                .elements
+                .clear();
+        } else if let Some(name) = rest("delete chain inet membrane ") {
+            let c = self.chains.get(name).ok_or("no such chain")?;
+            if !c.rules.is_empty() {
+                return Err("chain is not empty".into());
+            }
+            if self.chain_in_use(name) {
+                return Err("chain is in use (EBUSY)".into());
+            }
+            self.chains.remove(name);
+        } else if let Some(name) = rest("delete map inet membrane ") {
+            if self.map_in_use(name) {
+                return Err("map is in use (EBUSY)".into());
+            }
+            self.maps.remove(name).ok_or("no such map")?;
+        } else if let Some(spec) = rest("add map inet membrane ") {
+            let (name, body) = spec.split_once(" { ").ok_or("bad map")?;
+            let body = body.trim_end_matches('}').trim();
+            let mut map = Map {
+                ty: String::new(),
+                interval: false,
+                elements: vec![],
+            };
+            for part in body.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                if let Some(ty) = part.strip_prefix("type ") {
+                    map.ty = ty.to_string();
+                } else if part == "flags interval" {
+                    map.interval = true;
+                } else {
+                    return Err(format!("unknown map attribute `{part}`"));
+                }
+            }
+            self.add_map(name, map)?;
+        } else if let Some(spec) = rest("add chain inet membrane ") {
+            match spec.split_once(" { ") {
+                Some((name, hook)) => {
+                    let hook = hook.trim_end_matches('}').trim().to_string();
+                    self.add_chain(name, Some(hook))?;
+                }
+                None => self.add_chain(spec, None)?,
+            }
+        } else if let Some(spec) = rest("add element inet membrane ") {
+            let (name, body) = spec.split_once(" { ").ok_or("bad element list")?;
+            let body = body.trim_end_matches('}');
+            self.add_elements(name, &split_elements(body))?;
+        } else if let Some(spec) = rest("add rule inet membrane ") {
+            let (chain, rule) = spec.split_once(' ').ok_or("bad rule")?;
+            self.add_rule(chain, rule)?;
+        } else {
+            return Err("unknown command".into());
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, map: &str, key: &[u64]) -> Option<&str> {
+        let m = self.maps.get(map)?;
+        m.elements
+            .iter()
+            .find(|e| e.key.iter().zip(key).all(|((a, b), k)| a <= k && k <= b))
+            .map(|e| e.value.as_str())
+    }
+
+    /// Runs a packet through the hook it meets (output for `local_out`, else prerouting).
+    pub fn eval(&self, p: &Packet) -> Result<Outcome, String> {
+        let base = if p.local_out { "out" } else { "pre" };
+        let mut st = State {
+            mark: 0,
+            ctmark: 0,
+            out: Outcome::default(),
+        };
+        let mut stack: Vec<(String, usize)> = vec![(base.to_string(), 0)];
+        let mut steps = 0;
+        while let Some((chain, idx)) = stack.pop() {
+            steps += 1;
+            if steps > 10_000 {
+                return Err("loop".into());
+            }
+            let c = self
+                .chains
+                .get(&chain)
+                .ok_or_else(|| format!("no chain {chain}"))?;
+            let Some(rule) = c.rules.get(idx) else {
+                // End of a chain: return to the caller, or the base chain's policy (accept).
+                if stack.is_empty() {
+                    st.out.accepted = true;
+                    return Ok(st.out);
+                }
+                continue;
+            };
+            let v = self.eval_rule(rule, p, &mut st)?;
+            match v {
+                None => stack.push((chain, idx + 1)),
+                Some(v) if v == "accept" => {
+                    st.out.accepted = true;
+                    return Ok(st.out);
+                }
+                Some(v) if v == "drop" => {
+                    st.out.accepted = false;
+                    return Ok(st.out);
+                }
+                Some(v) if v == "return" => {
+                    if stack.is_empty() {
+                        st.out.accepted = true;
+                        return Ok(st.out);
+                    }
+                }
+                Some(v) => {
+                    if let Some(t) = v.strip_prefix("jump ") {
+                        stack.push((chain, idx + 1));
+                        stack.push((t.to_string(), 0));
+                    } else if let Some(t) = v.strip_prefix("goto ") {
+                        if t.starts_with("to_") && t.ends_with("_proxy") {
+                            st.out.proxies.push((chain.clone(), t.to_string()));
+                        }
+                        stack.push((t.to_string(), 0));
+                    } else {
+                        return Err(format!("unknown verdict `{v}`"));
+                    }
+                }
+            }
+        }
+        st.out.accepted = true;
+        Ok(st.out)
+    }
+
+    fn eval_rule(&self, rule: &str, p: &Packet, st: &mut State) -> Result<Option<String>, String> {
+        match parse_rule(rule)? {
+            Rule::Verdict(v) => Ok(Some(v)),
+            Rule::NoMatch => Ok(None),
+            Rule::Log { prefix, then } => {
+                st.out.log = Some(prefix);
+                Ok(Some(then))
+            }
+            Rule::SetFromMap { ct, from_dst } => {
+                let addr = if from_dst { p.dst } else { p.src };
+                let v = self
+                    .lookup("ip2id", &[u64::from(u32::from(addr))])
+                    .map(scalar)
+                    .transpose()?;
+                // `… set 2 … set map`: the default survives a miss.
+                let v = v.unwrap_or(2) as u32;
+                if ct {
+                    st.ctmark = v;
+                } else {
+                    st.mark = v;
+                }
+                Ok(None)
+            }
+            Rule::Vmap {
+                guard_ports,
+                terms,
+                map,
+            } => {
+                if guard_ports && !matches!(p.proto, 6 | 17 | 132) {
+                    return Ok(None);
+                }
+                let mut key = Vec::new();
+                for t in &terms {
+                    let v: u64 = match t.as_str() {
+                        "meta mark" => u64::from(st.mark),
+                        "ct mark" => u64::from(st.ctmark),
+                        "meta l4proto" => u64::from(p.proto),
+                        "th dport" => u64::from(p.port),
+                        "icmp type" if p.proto == 1 => u64::from(p.port),
+                        "icmpv6 type" if p.proto == 58 => u64::from(p.port),
+                        // The expression implies its protocol: other packets do not match.
+                        "icmp type" | "icmpv6 type" => return Ok(None),
+                        "ip saddr" => u64::from(u32::from(p.src)),
+                        "ip daddr" => u64::from(u32::from(p.dst)),
+                        other => return Err(format!("unknown expression `{other}`")),
+                    };
+                    key.push(v);
+                }
+                Ok(self.lookup(&map, &key).map(str::to_string))
+            }
+        }
+    }
+
+    /// Names of the maps and the number of elements in each (for tests).
+    pub fn map_sizes(&self) -> HashMap<String, usize> {
+        self.maps
+            .iter()
+            .map(|(k, m)| (k.clone(), m.elements.len()))
+            .collect()
+    }
+}
+
+struct State {
+    mark: u32,
+    ctmark: u32,
+    out: Outcome,
+}
+
+enum Rule {
+    Verdict(String),
+    /// Rules that never match a new packet from another interface (`iif lo …`, `ct state …`).
+    NoMatch,
+    Log {
+        prefix: String,
+        then: String,
+    },
+    SetFromMap {
+        ct: bool,
+        from_dst: bool,
+    },
+    Vmap {
+        guard_ports: bool,
+        terms: Vec<String>,
+        map: String,
+    },
+}
+
+fn parse_rule(rule: &str) -> Result<Rule, String> {
+    let r = rule.trim();
+    match r {
+        "accept" | "drop" | "return" => return Ok(Rule::Verdict(r.into())),
+        "iif lo accept" | "oif lo accept" | "ct state established,related accept" => {
+            return Ok(Rule::NoMatch);
+        }
+        "meta mark set 2 meta mark set ip saddr map @ip2id" => {
+            return Ok(Rule::SetFromMap {
+                ct: false,
+                from_dst: false,
+            });
+        }
+        "ct mark set 2 ct mark set ip daddr map @ip2id" => {
+            return Ok(Rule::SetFromMap {
+                ct: true,
+                from_dst: true,
+            });
+        }
+        _ => {}
+    }
+    if let Some(v) = r.strip_prefix("jump ").or_else(|| r.strip_prefix("goto ")) {
+        if !v.contains(' ') {
+            return Ok(Rule::Verdict(r.into()));
+        }
+    }
+    if let Some(rest) = r.strip_prefix("counter log prefix \"") {
+        let (prefix, tail) = rest.split_once('"').ok_or("unterminated prefix")?;
+        let then = tail
+            .trim()
+            .strip_prefix("group 1 queue-threshold 1 ")
+            .ok_or("log without group 1 and queue-threshold 1")?
+            .trim();
+        return Ok(Rule::Log {
+            prefix: prefix.to_string(),
+            then: then.to_string(),
+        });
+    }
+    if let Some(rest) = r.strip_prefix("counter return comment \"") {
+        if rest.ends_with('"') {
+            return Ok(Rule::Verdict("return".into()));
+        }
+    }
+    if let Some((expr, map)) = r.split_once(" vmap @") {
+        let (guard_ports, expr) = match expr.strip_prefix("meta l4proto { tcp, udp, sctp } ") {
+            Some(e) => (true, e),
+            None => (false, expr),
+        };
+        let terms: Vec<String> = expr.split(" . ").map(|t| t.trim().to_string()).collect();
+        return Ok(Rule::Vmap {
+            guard_ports,
+            terms,
+            map: map.trim().to_string(),
+        });
+    }
+    Err(format!("rule shape not known to the interpreter: `{r}`"))
+}

@@ -1,0 +1,125 @@
+//! What the lab says to its agents: one JSON request and one JSON reply per connection on
+//! the agent's Unix socket. A Unix socket lives in the file system, not in a network
+//! namespace, so the lab (in the root namespace) reaches agents in any namespace, and a
+//! later `membrane lab probe` reaches the agents a `membrane lab up` started.
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    /// TCP connect from `src`:`sport` (0: any). The lab picks the port, so it knows the
+    /// packet's 5-tuple before sending and can match its drop record at once.
+    Tcp {
+        src: Ipv4Addr,
+        #[serde(default)]
+        sport: u16,
+        dst: Ipv4Addr,
+        port: u16,
+        timeout_ms: u64,
+    },
+    /// A UDP datagram carrying `nonce`; delivered when the destination echoes it.
+    Udp {
+        src: Ipv4Addr,
+        #[serde(default)]
+        sport: u16,
+        dst: Ipv4Addr,
+        port: u16,
+        timeout_ms: u64,
+        nonce: u64,
+    },
+    /// An SCTP INIT through a raw socket (the kernel has no SCTP stack): the destination's
+    /// agent observes it (`Seen`).
+    Sctp {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        tag: u32,
+    },
+    /// An ICMP message of `icmp_type` with identifier `id`; for echo requests, waits for the
+    /// kernel's echo reply.
+    Icmp {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        icmp_type: u8,
+        id: u16,
+        timeout_ms: u64,
+    },
+    /// A DNS A query for `name` to `server`:53.
+    Dns {
+        src: Ipv4Addr,
+        #[serde(default)]
+        sport: u16,
+        server: Ipv4Addr,
+        name: String,
+        timeout_ms: u64,
+    },
+    /// Whether this agent received a probe: `proto` 17 (nonce), 132 (INIT tag) or 1 (id).
+    Seen {
+        proto: u8,
+        src: Ipv4Addr,
+        key: u64,
+    },
+    /// New TCP connections back to back for `duration_ms`, closed with RST (no TIME_WAIT).
+    ConnLoop {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        duration_ms: u64,
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reply {
+    /// The request reached its destination (handshake done, echo or answer received).
+    pub delivered: bool,
+    /// The destination answered with a reset or "unreachable": delivered, nobody listening.
+    #[serde(default)]
+    pub refused: bool,
+    /// Source port (TCP, UDP, DNS, SCTP) or ICMP identifier of what was sent.
+    #[serde(default)]
+    pub sport: u16,
+    #[serde(default)]
+    pub rcode: Option<u8>,
+    #[serde(default)]
+    pub addrs: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub seen: bool,
+    #[serde(default)]
+    pub ok: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Why connections of a loop failed (the first few distinct reasons).
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// Sends one request to the agent listening on `socket`.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
+    let mut s =
+        UnixStream::connect(socket).map_err(|e| format!("agent {}: {e}", socket.display()))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    s.write_all(line.as_bytes())
+        .map_err(|e| format!("agent {}: {e}", socket.display()))?;
+    let mut reply = String::new();
+    BufReader::new(s)
+        .read_line(&mut reply)
+        .map_err(|e| format!("agent {}: {e}", socket.display()))?;
+    if reply.is_empty() {
+        return Err(format!("agent {}: no reply", socket.display()));
+    }
+    serde_json::from_str(&reply).map_err(|e| format!("agent reply `{}`: {e}", reply.trim()))
+}

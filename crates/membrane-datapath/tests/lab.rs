@@ -1,0 +1,217 @@
+//! The lab, for real (root): scenarios built as namespaces with the compiled nftables
+//! rulesets, every L3/L4 flow probed and compared with its expectation and the engine, and
+//! nothing left behind afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use membrane_datapath::lab::{self, Lab};
+use membrane_datapath::probe::{FileReport, load_world, run_file, summary};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{conformance, is_l7_reason, options, root_or_skip};
+
+fn check(report: &FileReport) {
+    assert!(
+        report.failed() == 0 && report.error.is_none(),
+        "{}",
+        report.text(false)
+    );
+    for (p, o) in report.plans.iter().zip(&report.outcomes) {
+        if let Some(why) = &o.skipped {
+            assert!(
+                is_l7_reason(why),
+                "{}: line {} skipped: {why}",
+                report.file,
+                p.line
+            );
+        }
+    }
+}
+
+fn leftovers(name: &str) -> (Vec<String>, usize) {
+    let ns = lab::lab_namespaces(name);
+    let procs = Command::new("pgrep")
+        .args(["-f", &format!("membrane-lab/{name}/")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0);
+    (ns, procs)
+}
+
+/// A handful of scenarios covering each kind of party and rule: ICMP, deny rules over
+/// ranges, host firewall (hostNetwork pods in the node namespace), the world and CIDR
+/// rules, named ports, DNS through kube-dns, SCTP-aware policies.
+#[test]
+fn lab_passes_every_l3_l4_flow_of_a_handful_of_scenarios() {
+    if !root_or_skip("lab_passes_every_l3_l4_flow_of_a_handful_of_scenarios") {
+        return;
+    }
+    let files = [
+        "client-ingress-from-other-client-icmp-deny.yaml",
+        "client-egress-to-echo-deny-port-range.yaml",
+        "host-firewall-ingress.yaml",
+        "echo-ingress-from-outside.yaml",
+        "client-egress-to-cidr-deny.yaml",
+        "k8s-ingress-named-port.yaml",
+        "dns-only.yaml",
+        "k8s-sctp-is-not-tcp.yaml",
+    ];
+    for (i, f) in files.iter().enumerate() {
+        let opts = options(&format!("few{i}"));
+        let report = run_file(&conformance(f), &opts, 8);
+        check(&report);
+        assert!(report.passed() > 0, "{f}: nothing ran");
+        let (ns, procs) = leftovers(&opts.name);
+        assert!(
+            ns.is_empty() && procs == 0,
+            "{f}: left {ns:?} and {procs} processes"
+        );
+    }
+}
+
+/// Every L3/L4 flow of every conformance file, several labs at a time.
+#[test]
+fn lab_passes_every_l3_l4_flow_of_the_conformance_suite() {
+    if !root_or_skip("lab_passes_every_l3_l4_flow_of_the_conformance_suite") {
+        return;
+    }
+    let dir = conformance("");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let start = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let reports = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(f) = files.get(i) else { break };
+                    let r = run_file(f, &options(&format!("all{i}")), 8);
+                    reports.lock().unwrap().push(r);
+                }
+            });
+        }
+    });
+    let reports = reports.into_inner().unwrap();
+    let (passed, failed, skipped) = summary(&reports);
+    eprintln!(
+        "conformance suite in the lab: {passed} passed, {failed} failed, {skipped} skipped, {} files in {:.1} s",
+        reports.len(),
+        start.elapsed().as_secs_f64()
+    );
+    for r in &reports {
+        check(r);
+    }
+    assert_eq!(reports.len(), files.len());
+    assert!(passed > 700, "only {passed} flows ran");
+}
+
+/// The reaper tears a lab down once its owner is gone, unless the lab was handed over.
+#[test]
+fn reaper_tears_down_an_abandoned_lab() {
+    if !root_or_skip("reaper_tears_down_an_abandoned_lab") {
+        return;
+    }
+    let mut opts = options("reap");
+    opts.reaper = false;
+    let world = load_world(&conformance("client-ingress.yaml")).unwrap();
+    let mut lab = Lab::up(&world, &opts).unwrap();
+    lab.keep().unwrap();
+    drop(lab); // kept: still running
+    assert!(!lab::lab_namespaces(&opts.name).is_empty());
+    let mut reaper = Command::new(&opts.helper.program)
+        .args(["reaper", "--root"])
+        .arg(&opts.root)
+        .args(["--lab", &opts.name])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Handed over: closing the reaper's input leaves the lab alone.
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(opts.root.join(&opts.name).join("kept")).unwrap();
+    // Now abandoned: the owner "dies" (its end of the pipe closes).
+    drop(reaper.stdin.take());
+    let status = reaper.wait().unwrap();
+    assert!(status.success());
+    let (ns, procs) = leftovers(&opts.name);
+    assert!(
+        ns.is_empty() && procs == 0,
+        "left {ns:?} and {procs} processes"
+    );
+    assert!(!opts.root.join(&opts.name).exists());
+}
+
+/// Every compiled ruleset of the conformance and semantics worlds loads into the kernel,
+/// and chained in-place updates between them all apply.
+#[test]
+fn kernel_accepts_every_ruleset_and_update() {
+    if !root_or_skip("kernel_accepts_every_ruleset_and_update") {
+        return;
+    }
+    use membrane_datapath::compile::compile_node;
+    use membrane_datapath::topology::Topology;
+    let ns = format!("mb.t{}-nft.x", std::process::id());
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _guard = Del(ns.clone());
+    let nft = |text: &str| {
+        lab::run(
+            Command::new("ip").args(["netns", "exec", &ns, "nft", "-f", "-"]),
+            Some(text),
+        )
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for dir in ["../../tests/conformance", "../../tests/semantics"] {
+        let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        paths.extend(
+            v.into_iter()
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml")),
+        );
+    }
+    let mut prev = None;
+    let mut updates = 0;
+    for p in &paths {
+        let world = load_world(p).unwrap();
+        let topo = Topology::plan(&world);
+        for input in topo.node_inputs(&world).iter().take(1) {
+            let rs = compile_node(input);
+            match &prev {
+                None => {
+                    nft(&rs.render()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                }
+                Some(old) => {
+                    nft(&rs.update_from(old))
+                        .unwrap_or_else(|e| panic!("update to {}: {e}", p.display()));
+                    updates += 1;
+                }
+            }
+            prev = Some(rs);
+        }
+    }
+    assert!(updates > 100);
+}
