@@ -760,6 +760,7 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                 policies_embedding: Embedding::default(),
                 flows: b.expectations.iter().map(|e| e.flow.clone()).collect(),
                 routes,
+                agent: vec![],
                 services: b
                     .services
                     .iter()

@@ -108,7 +108,24 @@ pub struct Scenario {
     pub routes: Vec<GatewayRoute>,
     /// Services (from manifests), which `toServices` peers name.
     pub services: Vec<ServiceSpec>,
+    /// Agent flags (membrane's extension of the format: `agent: {enable-policy: always}`).
+    pub agent: Vec<(String, String)>,
 }
+
+/// The agent flags a scenario may set, with their allowed values.
+pub const AGENT_FLAGS: &[(&str, &[&str])] = &[
+    ("enable-policy", &["default", "always", "never"]),
+    ("allow-localhost", &["auto", "always", "policy"]),
+    (
+        "tofqdns-dns-reject-response-code",
+        &["refused", "nameError"],
+    ),
+    ("policy-cidr-match-mode", &["", "nodes"]),
+    ("enable-host-firewall", &["true", "false"]),
+    ("enable-node-selector-labels", &["true", "false"]),
+    ("enable-icmp-rules", &["true", "false"]),
+    ("enable-l7-proxy", &["true", "false"]),
+];
 
 /// A Service as `toServices` sees it: its backends are the pods its selector selects.
 #[derive(Debug, Clone)]
@@ -148,6 +165,7 @@ const TOP_FIELDS: &[&str] = &[
     "policies",
     "flows",
     "notes",
+    "agent",
 ];
 
 fn req_string(
@@ -335,6 +353,31 @@ fn decode(d: &mut Decoder, root: &Node, text: &str) -> Option<Scenario> {
             policies_embedding = block_embedding(text, n.span);
         }
     }
+    let mut agent = Vec::new();
+    if let Some(n) = f.get("agent") {
+        for (k, v) in d.string_map(n, "agent") {
+            match AGENT_FLAGS.iter().find(|(name, _)| *name == k.value) {
+                None => d.error_help(
+                    format!("unknown agent flag `{}`", k.value),
+                    k.span,
+                    format!(
+                        "known flags: {}",
+                        AGENT_FLAGS
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+                Some((_, values)) if !values.contains(&v.value.as_str()) => d.error_help(
+                    format!("`{}` is not a value of {}", v.value, k.value),
+                    v.span,
+                    format!("use one of: {}", values.join(", ")),
+                ),
+                Some(_) => agent.push((k.value, v.value)),
+            }
+        }
+    }
     let flows = f
         .get("flows")
         .and_then(|n| d.list(n, "flows", decode_flow))
@@ -354,6 +397,7 @@ fn decode(d: &mut Decoder, root: &Node, text: &str) -> Option<Scenario> {
         flows,
         routes: Vec::new(),
         services: Vec::new(),
+        agent,
     })
 }
 

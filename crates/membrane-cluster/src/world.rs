@@ -104,6 +104,7 @@ impl World {
                 _ => {}
             }
         }
+        apply_agent_flags(&mut options, &scenario.agent);
         let policy_set = PolicySet::build(&resources, &options, &scenario.secrets);
         diagnostics.extend(policy_set.diagnostics().map(|(_, d)| d.clone()));
 
@@ -653,4 +654,35 @@ fn expand_services(
         }
     }
     rules
+}
+
+/// Agent flags from a scenario's `agent:` map (values already validated by the decoder).
+fn apply_agent_flags(options: &mut Options, flags: &[(String, String)]) {
+    use membrane_policy::options::{DnsRejectCode, EnforcementMode};
+    for (k, v) in flags {
+        let on = v == "true";
+        match k.as_str() {
+            "enable-policy" => {
+                options.enforcement = match v.as_str() {
+                    "always" => EnforcementMode::Always,
+                    "never" => EnforcementMode::Never,
+                    _ => EnforcementMode::Default,
+                }
+            }
+            "allow-localhost" => options.allow_localhost = v != "policy",
+            "tofqdns-dns-reject-response-code" => {
+                options.dns_reject = if v == "nameError" {
+                    DnsRejectCode::NameError
+                } else {
+                    DnsRejectCode::Refused
+                }
+            }
+            "policy-cidr-match-mode" => options.cidr_match_nodes = v == "nodes",
+            "enable-host-firewall" => options.host_firewall = on,
+            "enable-node-selector-labels" => options.node_selector_labels = on,
+            "enable-icmp-rules" => options.icmp_rules = on,
+            "enable-l7-proxy" => options.l7_proxy = on,
+            _ => {}
+        }
+    }
 }
