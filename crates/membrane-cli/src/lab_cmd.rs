@@ -30,6 +30,10 @@ pub enum LabCommand {
         /// Labs at a time.
         #[arg(long, default_value_t = 1)]
         parallel: usize,
+        /// Without the L7 proxies (HTTP, DNS, TLS) in the nodes: flows decided at L7 are
+        /// skipped, as before the proxies existed.
+        #[arg(long)]
+        no_proxies: bool,
     },
     /// Build a lab from a scenario file and leave it running.
     Up {
@@ -37,6 +41,9 @@ pub enum LabCommand {
         /// Lab name (default: from the scenario's name).
         #[arg(long)]
         name: Option<String>,
+        /// Without the L7 proxies in the nodes.
+        #[arg(long)]
+        no_proxies: bool,
     },
     /// Probe every flow of a running lab.
     Probe {
@@ -145,8 +152,14 @@ pub fn run(cmd: LabCommand) -> u8 {
             output,
             jobs,
             parallel,
-        } => need_root().and_then(|()| run_files(&files, verbose, output, jobs, parallel)),
-        LabCommand::Up { path, name } => need_root().and_then(|()| up(&path, name)),
+            no_proxies,
+        } => need_root()
+            .and_then(|()| run_files(&files, verbose, output, jobs, parallel, !no_proxies)),
+        LabCommand::Up {
+            path,
+            name,
+            no_proxies,
+        } => need_root().and_then(|()| up(&path, name, !no_proxies)),
         LabCommand::Probe {
             name,
             verbose,
@@ -223,6 +236,7 @@ fn run_files(
     output: Output,
     jobs: usize,
     parallel: usize,
+    proxies: bool,
 ) -> Result<u8, String> {
     let helper = helper()?;
     let start = Instant::now();
@@ -241,6 +255,8 @@ fn run_files(
                         root: root(),
                         helper: helper.clone(),
                         reaper: true,
+                        // run_file points the proxies at each file.
+                        proxies: proxies.then(|| path.clone()),
                     };
                     let report = run_file(path, &opts, jobs);
                     if output == Output::Text {
@@ -267,7 +283,7 @@ fn run_files(
     Ok(print_reports(&reports, output))
 }
 
-fn up(path: &Path, name: Option<String>) -> Result<u8, String> {
+fn up(path: &Path, name: Option<String>, proxies: bool) -> Result<u8, String> {
     let world = load_world(path)?;
     let name = name.unwrap_or_else(|| lab::name_from(&world.scenario.name));
     let opts = LabOptions {
@@ -275,6 +291,7 @@ fn up(path: &Path, name: Option<String>) -> Result<u8, String> {
         root: root(),
         helper: helper()?,
         reaper: true,
+        proxies: proxies.then(|| path.to_path_buf()),
     };
     let start = Instant::now();
     let mut lab = Lab::up(&world, &opts)?;

@@ -33,6 +33,7 @@ pub fn helper_main(args: &[String]) -> i32 {
         Some("agent") => agent(rest),
         Some("reaper") => reaper(rest),
         Some("connrate") => connrate(rest),
+        Some("proxy") => crate::proxy::proxy_main(rest),
         _ => Err("usage: helper agent|reaper|connrate …".into()),
     };
     match r {
@@ -103,11 +104,19 @@ fn agent(args: &[String]) -> Result<(), String> {
         // Probes only need the handshake: accepted connections are closed at once, in the
         // accept loop (a thread per connection cannot keep up with the connection-rate
         // loops). Two threads, so that one descheduled thread does not stall the queue.
+        // With `--http` (labs with proxies), each connection gets a thread that answers one
+        // HTTP request with 200.
+        let http = args.iter().any(|a| a == "--http");
         for _ in 0..2 {
             let l = l.try_clone().map_err(|e| format!("tcp :{port}: {e}"))?;
             thread::spawn(move || {
                 for c in l.incoming() {
-                    drop(c);
+                    match c {
+                        Ok(c) if http => {
+                            thread::spawn(move || answer_http(c));
+                        }
+                        c => drop(c),
+                    }
                 }
             });
         }
@@ -164,6 +173,191 @@ fn agent(args: &[String]) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// Reads one request head and answers `200 OK` (body `ok\n`), then closes.
+fn answer_http(mut c: std::net::TcpStream) {
+    use std::io::Read;
+    let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = c.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+    );
+}
+
+/// A TLS 1.2/1.3 ClientHello carrying `sni` (one cipher suite, no other extension).
+pub fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let n = name.len() as u16;
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&(n + 5).to_be_bytes());
+    ext.extend_from_slice(&(n + 3).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&n.to_be_bytes());
+    ext.extend_from_slice(name);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 2, 0x13, 0x01]); // TLS_AES_128_GCM_SHA256
+    body.extend_from_slice(&[1, 0]); // null compression
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Connects like `tcp_probe`, then sends `payload` and reads until the peer closes, `enough`
+/// says the answer is complete, or `wait` passes. `None`: not connected (`r` says why).
+/// What the peer sent, and whether it closed the connection.
+type Exchanged = Option<(Vec<u8>, bool)>;
+
+fn tcp_exchange(
+    (src, sport, dst, port): (Ipv4Addr, u16, Ipv4Addr, u16),
+    timeout: Duration,
+    payload: &[u8],
+    wait: Duration,
+    enough: impl Fn(&[u8]) -> bool,
+) -> Result<(Reply, Exchanged), String> {
+    use std::io::Read;
+    let s = bound(Type::STREAM, Protocol::TCP, src, sport)?;
+    let mut r = Reply {
+        sport: local_port(&s),
+        ..Reply::default()
+    };
+    match s.connect_timeout(&SockAddr::from(SocketAddrV4::new(dst, port)), timeout) {
+        Ok(()) => r.delivered = true,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            r.delivered = true;
+            r.refused = true;
+            return Ok((r, None));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok((r, None)),
+        Err(e) if e.raw_os_error() == Some(115) => return Ok((r, None)),
+        Err(e) => {
+            r.error = Some(format!("connect {dst}:{port}: {e}"));
+            return Ok((r, None));
+        }
+    }
+    let _ = s.set_linger(Some(Duration::ZERO));
+    let mut s: std::net::TcpStream = s.into();
+    s.write_all(payload)
+        .map_err(|e| format!("send to {dst}:{port}: {e}"))?;
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut closed = false;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if enough(&got) {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    Ok((r, Some((got, closed))))
+}
+
+/// Whether `got` holds a whole HTTP response (head and `content-length` bytes of body).
+fn http_complete(got: &[u8]) -> bool {
+    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    got.len() >= end + 4 + len
+}
+
+#[allow(clippy::too_many_arguments)]
+fn http_probe(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    port: u16,
+    req: (&str, &str, &str, &[(String, String)]),
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let (method, path, host, headers) = req;
+    let mut text = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("connection: close\r\n\r\n");
+    let wait = timeout.max(Duration::from_secs(3));
+    let (mut r, ex) = tcp_exchange(
+        (src, sport, dst, port),
+        timeout,
+        text.as_bytes(),
+        wait,
+        http_complete,
+    )?;
+    if let Some((got, closed)) = ex {
+        r.closed = closed && got.is_empty();
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]);
+            r.status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+            r.body = Some(String::from_utf8_lossy(&got[end + 4..]).into_owned());
+        }
+    }
+    Ok(r)
+}
+
+fn tls_probe(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    port: u16,
+    sni: &str,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    // Allowed: the proxy splices to the agent, which waits for an HTTP head and says
+    // nothing; denied: the proxy closes at once.
+    let wait = Duration::from_millis(500);
+    let (mut r, ex) = tcp_exchange(
+        (src, sport, dst, port),
+        timeout,
+        &client_hello(sni),
+        wait,
+        |_| true,
+    )?;
+    if let Some((got, closed)) = ex {
+        r.closed = closed && got.is_empty();
+    }
+    Ok(r)
 }
 
 /// A listener with a deep accept queue: std's 128 overflows when the connection-rate loops
@@ -256,6 +450,39 @@ fn handle(req: Request, seen: &SeenSet) -> Reply {
             port,
             tag,
         } => sctp_probe(src, dst, port, tag),
+        Request::Http {
+            src,
+            sport,
+            dst,
+            port,
+            method,
+            path,
+            host,
+            headers,
+            timeout_ms,
+        } => http_probe(
+            src,
+            sport,
+            dst,
+            port,
+            (&method, &path, &host, &headers),
+            Duration::from_millis(timeout_ms),
+        ),
+        Request::Tls {
+            src,
+            sport,
+            dst,
+            port,
+            sni,
+            timeout_ms,
+        } => tls_probe(
+            src,
+            sport,
+            dst,
+            port,
+            &sni,
+            Duration::from_millis(timeout_ms),
+        ),
         Request::Icmp {
             src,
             dst,

@@ -57,6 +57,8 @@ pub enum Action {
     HttpProxy,
     /// Allowed at L4, then handed to the DNS proxy.
     DnsProxy,
+    /// Allowed at L4, then handed to the TLS (SNI) proxy.
+    TlsProxy,
 }
 
 /// A run of ports (or ICMP types) with one action, `lo..=hi`.
@@ -262,8 +264,16 @@ fn proxy_kind(policy: &DirectionPolicy, key: &MapKey) -> Action {
         .filter(|c| !c.deny)
         .filter_map(|c| c.l7.as_ref())
         .any(|l7| l7.dns.is_some());
+    let tls = policy
+        .contributions(key)
+        .iter()
+        .filter(|c| !c.deny)
+        .filter_map(|c| c.l7.as_ref())
+        .any(|l7| l7.parser() == "tls");
     if dns {
         Action::DnsProxy
+    } else if tls {
+        Action::TlsProxy
     } else {
         Action::HttpProxy
     }
@@ -377,6 +387,7 @@ impl Verdicts<'_> {
             Action::Deny => format!("goto {}_deny", self.chain),
             Action::HttpProxy => "goto to_http_proxy".into(),
             Action::DnsProxy => "goto to_dns_proxy".into(),
+            Action::TlsProxy => "goto to_tls_proxy".into(),
         }
     }
 }
@@ -669,6 +680,14 @@ pub fn compile_node(input: &NodeInput) -> Ruleset {
             ],
             comment: vec![],
         },
+        ChainDef {
+            name: "to_tls_proxy".into(),
+            hook: None,
+            rules: vec![
+                "counter return comment \"L7: the TLS proxy is not wired yet, L4 allow\"".into(),
+            ],
+            comment: vec![],
+        },
     ];
     for ep in &input.endpoints {
         for (d, t) in [
@@ -883,4 +902,64 @@ impl Ruleset {
 /// Convenience: compile and render.
 pub fn compile(input: &NodeInput) -> String {
     compile_node(input).render()
+}
+
+/// The ruleset with the L7 proxies wired in (datapath.md §4.2): `tproxy` is only valid at
+/// prerouting, and the endpoint chains are shared with the output hook, so L7 entries only
+/// flag the connection (a bit of `ct mark`, whose low bits hold the destination identity
+/// that egress maps already matched) and return; allows in ingress chains `return` instead
+/// of `accept`; `pre` sends flagged packets to the proxy after `classify`. Packets of
+/// connections a proxy owns (`socket transparent 1`) go to it first. What the node itself
+/// sends (the output hook) gets L4 only, as before.
+pub fn with_proxies(mut rs: Ruleset) -> Ruleset {
+    use crate::proxy::{DNS_PORT, HTTP_PORT, PROXY_MARK, TLS_PORT};
+    const HTTP: u32 = 0x4000_0000;
+    const DNS: u32 = 0x2000_0000;
+    const TLS: u32 = 0x1000_0000;
+    for m in &mut rs.maps {
+        for (_, v) in &mut m.elements {
+            if v == "accept" {
+                *v = "return".into();
+            }
+        }
+    }
+    let tproxy = |bit: u32, proto: &str, port: u16| {
+        format!(
+            "ct mark & {bit:#x} == {bit:#x} meta l4proto {proto} tproxy ip to :{port} meta mark set {PROXY_MARK:#x} accept"
+        )
+    };
+    for c in &mut rs.chains {
+        match c.name.as_str() {
+            "pre" => {
+                c.rules = vec![
+                    "iif lo accept".into(),
+                    format!(
+                        "meta l4proto {{ tcp, udp }} socket transparent 1 meta mark set {PROXY_MARK:#x} accept"
+                    ),
+                    "jump classify".into(),
+                    tproxy(DNS, "udp", DNS_PORT),
+                    tproxy(DNS, "tcp", DNS_PORT),
+                    tproxy(TLS, "tcp", TLS_PORT),
+                    tproxy(HTTP, "tcp", HTTP_PORT),
+                    "accept".into(),
+                ];
+            }
+            "out" => c.rules.push("accept".into()),
+            "to_http_proxy" => c.rules = vec![format!("ct mark set ct mark | {HTTP:#x} return")],
+            "to_dns_proxy" => c.rules = vec![format!("ct mark set ct mark | {DNS:#x} return")],
+            "to_tls_proxy" => c.rules = vec![format!("ct mark set ct mark | {TLS:#x} return")],
+            _ => {
+                for r in &mut c.rules {
+                    if r == "accept" {
+                        *r = "return".into();
+                    } else if let Some(head) = r.strip_suffix(" accept") {
+                        if !head.starts_with("ct state") {
+                            *r = format!("{head} return");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    rs
 }

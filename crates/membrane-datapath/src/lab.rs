@@ -46,6 +46,9 @@ pub struct LabOptions {
     pub helper: Helper,
     /// Start a reaper that tears the lab down when this process dies.
     pub reaper: bool,
+    /// Run the L7 proxies (experimental): the scenario file their policy is loaded from.
+    /// The rulesets then `tproxy` L7 entries to them (`compile::with_proxies`).
+    pub proxies: Option<PathBuf>,
 }
 
 /// Checks a lab name: it becomes part of namespace names and a directory.
@@ -298,6 +301,8 @@ pub struct Lab {
     pub rulesets: Vec<Ruleset>,
     children: Vec<Child>,
     reaper: Option<Child>,
+    /// Whether the proxies run (their scenario file is `proxy-scenario.yaml` in `dir`).
+    proxies: bool,
     /// Leave the lab running when this value is dropped.
     kept: bool,
     torn_down: bool,
@@ -336,6 +341,7 @@ impl Lab {
             rulesets: vec![],
             children: vec![],
             reaper: None,
+            proxies: opts.proxies.is_some(),
             kept: false,
             torn_down: false,
         };
@@ -473,9 +479,25 @@ impl Lab {
             ip_batch(Some(&self.netns(NsRef::Pod(i))), &cmds)?;
         }
         // 3. The policy, before any traffic.
+        if let Some(src) = &opts.proxies {
+            std::fs::copy(src, self.proxy_scenario())
+                .map_err(|e| format!("{}: {e}", src.display()))?;
+            for i in 0..t.nodes.len() {
+                ip_batch(
+                    Some(&self.netns(NsRef::Node(i))),
+                    &[
+                        format!(
+                            "rule add fwmark {m:#x}/{m:#x} lookup 100",
+                            m = crate::proxy::PROXY_MARK
+                        ),
+                        "route add local 0.0.0.0/0 dev lo table 100".into(),
+                    ],
+                )?;
+            }
+        }
         let inputs = t.node_inputs(world);
         for (i, input) in inputs.iter().enumerate() {
-            let rs = compile_node(input);
+            let rs = self.compile(input);
             let ns = self.netns(NsRef::Node(i));
             run(
                 Command::new("ip").args(["netns", "exec", &ns, "nft", "-f", "-"]),
@@ -499,6 +521,20 @@ impl Lab {
                 Path::new("tcpdump"),
                 &args,
             )?;
+        }
+        if self.proxies {
+            for i in 0..t.nodes.len() {
+                let mut args = opts.helper.args.clone();
+                args.push("proxy".into());
+                args.push("--scenario".into());
+                args.push(self.proxy_scenario().display().to_string());
+                if let Some(n) = t.nodes[i].scenario_node {
+                    args.extend(["--node".into(), n.to_string()]);
+                }
+                let ns = self.netns(NsRef::Node(i));
+                let log = format!("proxy-{}", t.nodes[i].key);
+                self.spawn_in(&ns, &log, &opts.helper.program, &args)?;
+            }
         }
         let servers = Servers::plan(world, &t);
         if let Some((ns, addr, records)) = &servers.dns {
@@ -531,6 +567,9 @@ impl Lab {
             args.extend(["--udp".into(), join(servers.udp.get(ns))]);
             if matches!(ns, NsRef::Node(_) | NsRef::World) {
                 args.push("--router".into());
+            }
+            if self.proxies {
+                args.push("--http".into());
             }
             // IPv6 is not part of the lab: no link-local chatter through the datapath.
             args.extend(["--sysctl".into(), "net.ipv6.conf.all.disable_ipv6=1".into()]);
@@ -602,7 +641,8 @@ impl Lab {
 
     /// Replaces the policy in place: one `nft -f` transaction per node that flushes and
     /// refills only what changed (never deleting the table). The world must have the same
-    /// parties as the one the lab was built for.
+    /// parties as the one the lab was built for. The proxies (if they run) only see a new
+    /// policy through [`Lab::apply_source`], which loads the scenario text for them too.
     pub fn apply(&mut self, world: &World) -> Result<(), String> {
         let topo = Topology::plan(world);
         let same = topo.pods.iter().map(|p| (p.addr, &p.key)).eq(self
@@ -616,7 +656,7 @@ impl Lab {
         }
         let inputs = topo.node_inputs(world);
         for (i, input) in inputs.iter().enumerate() {
-            let next = compile_node(input);
+            let next = self.compile(input);
             let Some(prev) = self.rulesets.get(i) else {
                 return Err("no ruleset loaded".into());
             };
@@ -628,6 +668,37 @@ impl Lab {
             )
             .map_err(|e| format!("updating node {}: {e}", input.node))?;
             self.rulesets[i] = next;
+        }
+        Ok(())
+    }
+
+    /// Whether the L7 proxies run in this lab.
+    pub fn proxies(&self) -> bool {
+        self.proxies
+    }
+
+    fn proxy_scenario(&self) -> PathBuf {
+        self.dir.join("proxy-scenario.yaml")
+    }
+
+    fn compile(&self, input: &crate::compile::NodeInput) -> Ruleset {
+        let rs = compile_node(input);
+        if self.proxies {
+            crate::compile::with_proxies(rs)
+        } else {
+            rs
+        }
+    }
+
+    /// [`Lab::apply`] from a scenario's text, which the proxies (if they run) load too: they
+    /// publish the new policy within 50 ms.
+    pub fn apply_source(&mut self, text: &str) -> Result<(), String> {
+        let tmp = self.dir.join("apply.yaml");
+        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let world = crate::probe::load_world(&tmp)?;
+        self.apply(&world)?;
+        if self.proxies {
+            std::fs::rename(&tmp, self.proxy_scenario()).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -650,7 +721,19 @@ impl Lab {
             ));
         }
         let topo = Topology::plan(world);
-        let rulesets = topo.node_inputs(world).iter().map(compile_node).collect();
+        let proxies = dir.join("proxy-scenario.yaml").exists();
+        let rulesets = topo
+            .node_inputs(world)
+            .iter()
+            .map(|i| {
+                let rs = compile_node(i);
+                if proxies {
+                    crate::compile::with_proxies(rs)
+                } else {
+                    rs
+                }
+            })
+            .collect();
         Ok(Lab {
             name: name.to_string(),
             root: root.to_path_buf(),
@@ -659,6 +742,7 @@ impl Lab {
             rulesets,
             children: vec![],
             reaper: None,
+            proxies,
             kept: true,
             torn_down: false,
         })

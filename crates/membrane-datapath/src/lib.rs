@@ -7,6 +7,7 @@
 //! * [`lab`]: namespaces, veths, `nft`, servers and agents; teardown.
 //! * [`agent`]: the processes inside the lab (servers, probes) and the reaper.
 //! * [`probe`]: flows as real traffic, compared with the expectation and the engine.
+//! * [`proxy`]: the L7 proxies of a lab node (`membrane lab helper proxy`).
 //! * [`events`]: drops from NFLOG as Hubble-like flow events.
 #![forbid(unsafe_code)]
 
@@ -16,5 +17,6 @@ pub mod events;
 pub mod lab;
 pub mod nftsim;
 pub mod probe;
+pub mod proxy;
 pub mod topology;
 pub mod wire;

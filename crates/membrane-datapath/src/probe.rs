@@ -9,7 +9,9 @@
 //! A probe with neither is retried with longer timeouts, then reported as a failure.
 //!
 //! Flows whose verdict depends on L7 (HTTP 403, DNS REFUSED, TLS denied, or allowed through
-//! a proxy) are skipped until the proxies exist; every other flow runs.
+//! a proxy) are probed through the lab's proxies (HTTP requests, TLS ClientHellos, DNS
+//! answer codes) when it runs them ([`plan_with`]), and skipped otherwise; Gateway flows are
+//! still skipped.
 
 use crate::events::{Collector, DropEvent};
 use crate::lab::{Lab, LabOptions};
@@ -51,6 +53,25 @@ pub enum Step {
         name: String,
         expect_addr: Option<Ipv4Addr>,
         purpose: DnsPurpose,
+    },
+    /// An HTTP request through the lab's proxies (`headers` from the flow).
+    Http {
+        from: NsRef,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        method: String,
+        path: String,
+        host: String,
+        headers: Vec<(String, String)>,
+    },
+    /// A TLS ClientHello with `sni` through the lab's proxies.
+    Tls {
+        from: NsRef,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        sni: String,
     },
     /// A connection (TCP), datagram (UDP), INIT (SCTP) or ICMP message.
     Send {
@@ -152,8 +173,13 @@ fn proto_of(f: &FlowSpec) -> Result<(u8, u8), String> {
     }
 }
 
-/// Plans every flow of a world.
+/// Plans every flow of a world, for a lab without proxies.
 pub fn plan(world: &World, topo: &Topology) -> Vec<FlowPlan> {
+    plan_with(world, topo, false)
+}
+
+/// Plans every flow of a world; with `proxies`, flows decided at L7 are probed too.
+pub fn plan_with(world: &World, topo: &Topology, proxies: bool) -> Vec<FlowPlan> {
     world
         .scenario
         .flows
@@ -171,7 +197,7 @@ pub fn plan(world: &World, topo: &Topology) -> Vec<FlowPlan> {
                 skip: None,
                 steps: vec![],
             };
-            if let Err(e) = plan_flow(world, topo, f, &mut p) {
+            if let Err(e) = plan_flow(world, topo, f, &mut p, proxies) {
                 p.skip = Some(e);
             }
             p
@@ -184,11 +210,19 @@ fn place(topo: &Topology, party: Party, what: &str) -> Result<(NsRef, Ipv4Addr),
         .ok_or_else(|| format!("{what} is not in the lab (IPv6 or a duplicate address)"))
 }
 
-fn plan_flow(world: &World, topo: &Topology, f: &FlowSpec, p: &mut FlowPlan) -> Result<(), String> {
+fn plan_flow(
+    world: &World,
+    topo: &Topology,
+    f: &FlowSpec,
+    p: &mut FlowPlan,
+    proxies: bool,
+) -> Result<(), String> {
     let e = evaluate_flow(world, f)?;
     p.engine = Some(e.verdict);
     if let Some(why) = l7_dependence(f, &e) {
-        return Err(why);
+        if !proxies || e.gateway.is_some() {
+            return Err(why);
+        }
     }
     let from = world.party(&f.from).ok_or("unknown source")?;
     let (from_ns, src) = place(topo, from, &f.from)?;
@@ -241,7 +275,52 @@ fn plan_flow(world: &World, topo: &Topology, f: &FlowSpec, p: &mut FlowPlan) -> 
         );
     }
     let to_kube_dns = dns.and_then(|d| topo.place(d)) == Some((to_ns, dst));
-    if proto == 17 && port == 53 && to_kube_dns {
+    if let (true, 6, Some(h)) = (proxies, proto, &f.http) {
+        let mut headers = h.headers.clone();
+        headers.extend(f.inject_headers.iter().cloned());
+        p.steps.push(Step::Http {
+            from: from_ns,
+            src,
+            dst,
+            port,
+            method: h.method.clone(),
+            path: h.path.clone(),
+            host: if h.host.is_empty() {
+                dst.to_string()
+            } else {
+                h.host.clone()
+            },
+            headers,
+        });
+    } else if let (true, 6, Some(t)) = (proxies, proto, &f.tls) {
+        p.steps.push(Step::Tls {
+            from: from_ns,
+            src,
+            dst,
+            port,
+            sni: t.sni.clone(),
+        });
+    } else if proxies
+        && proto == 6
+        && e.decision.as_ref().is_some_and(|d| {
+            [Some(&d.egress), d.ingress.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|s| s.proxy.is_some())
+        })
+    {
+        // Through the HTTP proxy without a request of its own: a plain GET.
+        p.steps.push(Step::Http {
+            from: from_ns,
+            src,
+            dst,
+            port,
+            method: "GET".into(),
+            path: "/".into(),
+            host: dst.to_string(),
+            headers: vec![],
+        });
+    } else if proto == 17 && port == 53 && to_kube_dns {
         p.steps
             .push(lookup("reach.membrane.", None, DnsPurpose::Reach)?);
     } else {
@@ -433,6 +512,70 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                 sport: t.sport,
                 server: *server,
                 name: name.clone(),
+                timeout_ms: ms,
+            };
+            match race(agents, collector, *from, req, t) {
+                Err(e) => StepResult::Dropped(e),
+                Ok(Err(e)) => StepResult::Error(e),
+                Ok(Ok(r)) if r.delivered => delivered(r, None),
+                Ok(Ok(_)) => await_drop(collector, t),
+            }
+        }
+        Step::Http {
+            from,
+            src,
+            dst,
+            port,
+            method,
+            path,
+            host,
+            headers,
+        } => {
+            let t = Tuple {
+                src: *src,
+                dst: *dst,
+                proto: 6,
+                sport: next_port(),
+                dport: *port,
+            };
+            let req = Request::Http {
+                src: *src,
+                sport: t.sport,
+                dst: *dst,
+                port: *port,
+                method: method.clone(),
+                path: path.clone(),
+                host: host.clone(),
+                headers: headers.clone(),
+                timeout_ms: ms,
+            };
+            match race(agents, collector, *from, req, t) {
+                Err(e) => StepResult::Dropped(e),
+                Ok(Err(e)) => StepResult::Error(e),
+                Ok(Ok(r)) if r.delivered => delivered(r, None),
+                Ok(Ok(_)) => await_drop(collector, t),
+            }
+        }
+        Step::Tls {
+            from,
+            src,
+            dst,
+            port,
+            sni,
+        } => {
+            let t = Tuple {
+                src: *src,
+                dst: *dst,
+                proto: 6,
+                sport: next_port(),
+                dport: *port,
+            };
+            let req = Request::Tls {
+                src: *src,
+                sport: t.sport,
+                dst: *dst,
+                port: *port,
+                sni: sni.clone(),
                 timeout_ms: ms,
             };
             match race(agents, collector, *from, req, t) {
@@ -686,8 +829,38 @@ fn probe_flow(
                             return o;
                         }
                     }
+                    if *purpose == DnsPurpose::Lookup {
+                        // With proxies, the DNS proxy's helper writes the learned FQDN
+                        // identity into ip2id right after the answer: let it land.
+                        std::thread::sleep(Duration::from_millis(30));
+                    }
                     o.lab = Some(if *purpose == DnsPurpose::Query {
                         Verdict::DnsOk
+                    } else {
+                        Verdict::Allow
+                    });
+                } else if let Step::Http { .. } = step {
+                    match (reply.status, reply.body.as_deref()) {
+                        (Some(403), Some("Access denied\r\n")) => o.lab = Some(Verdict::Http403),
+                        (Some(200), _) => o.lab = Some(Verdict::Allow),
+                        (None, _) if reply.closed => {
+                            o.notes.push(
+                                "the proxy closed the connection without an answer (L3/L4 deny)"
+                                    .into(),
+                            );
+                            o.lab = Some(Verdict::Deny);
+                        }
+                        (status, body) => {
+                            o.problem = Some(format!(
+                                "HTTP: unexpected answer {status:?} {body:?}{}",
+                                if reply.refused { " (refused)" } else { "" }
+                            ));
+                            return o;
+                        }
+                    }
+                } else if let Step::Tls { .. } = step {
+                    o.lab = Some(if reply.closed {
+                        Verdict::TlsDenied
                     } else {
                         Verdict::Allow
                     });
@@ -893,7 +1066,7 @@ pub fn probe_lab(
     collector: &Collector,
     jobs: usize,
 ) -> (Vec<FlowPlan>, Vec<ProbeOutcome>) {
-    let plans = plan(world, &lab.topo);
+    let plans = plan_with(world, &lab.topo, lab.proxies());
     let outcomes = run_plans(&Agents::of(lab), collector, &lab.topo, &plans, jobs);
     (plans, outcomes)
 }
@@ -917,6 +1090,12 @@ pub fn run_file(path: &Path, opts: &LabOptions, jobs: usize) -> FileReport {
         }
     };
     report.scenario = world.scenario.name.clone();
+    // With proxies, they load this file's policy.
+    let mut opts = opts.clone();
+    if opts.proxies.is_some() {
+        opts.proxies = Some(path.to_path_buf());
+    }
+    let opts = &opts;
     let lab = match Lab::up(&world, opts) {
         Ok(l) => l,
         Err(e) => {

@@ -60,6 +60,30 @@ pub enum Request {
         name: String,
         timeout_ms: u64,
     },
+    /// An HTTP/1.1 request over TCP from `src`:`sport`: the status and body of the answer.
+    Http {
+        src: Ipv4Addr,
+        #[serde(default)]
+        sport: u16,
+        dst: Ipv4Addr,
+        port: u16,
+        method: String,
+        path: String,
+        host: String,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+        timeout_ms: u64,
+    },
+    /// A TLS ClientHello with `sni`: whether the connection stays open (`closed` if not).
+    Tls {
+        src: Ipv4Addr,
+        #[serde(default)]
+        sport: u16,
+        dst: Ipv4Addr,
+        port: u16,
+        sni: String,
+        timeout_ms: u64,
+    },
     /// Whether this agent received a probe: `proto` 17 (nonce), 132 (INIT tag) or 1 (id).
     Seen {
         proto: u8,
@@ -100,6 +124,14 @@ pub struct Reply {
     pub pid: u32,
     #[serde(default)]
     pub error: Option<String>,
+    /// HTTP: the answer's status code and body.
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// HTTP, TLS: the peer closed (or reset) the connection without answering.
+    #[serde(default)]
+    pub closed: bool,
     /// Why connections of a loop failed (the first few distinct reasons).
     #[serde(default)]
     pub errors: Vec<String>,

@@ -124,6 +124,7 @@ fn side(d: &SideDecision) -> Side {
         Outcome::DenyRule => Side::Drop("deny-rule"),
         _ => match d.proxy.as_deref() {
             Some("dns") => Side::Proxy("to_dns_proxy"),
+            Some("tls") => Side::Proxy("to_tls_proxy"),
             Some(_) => Side::Proxy("to_http_proxy"),
             None => Side::Pass,
         },

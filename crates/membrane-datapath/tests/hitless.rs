@@ -128,11 +128,13 @@ fn policy_replacements_are_hitless() {
     }
     let allowed = allowed.join().unwrap();
     let denied = denied.join().unwrap();
-    let dropped_allowed = collector
-        .events()
-        .iter()
-        .filter(|e| e.dport == 8080)
-        .count();
+    let events = collector.events();
+    let drops_8080: Vec<_> = events.iter().filter(|e| e.dport == 8080).collect();
+    for e in &drops_8080 {
+        // What the datapath said about each drop of an allowed connection, for diagnosis.
+        eprintln!("dropped allowed packet: {e:?}");
+    }
+    let dropped_allowed = drops_8080.len();
     eprintln!(
         "{replacements} replacements in {:.1} s; allowed: {} ok, {} failed; denied: {} let through, {} dropped; \
          {dropped_allowed} drops of allowed SYNs logged",

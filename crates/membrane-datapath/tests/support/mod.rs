@@ -44,6 +44,7 @@ pub fn options(tag: &str) -> LabOptions {
             args: vec![],
         },
         reaper: true,
+        proxies: None,
     }
 }
 

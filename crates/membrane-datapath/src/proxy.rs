@@ -1,0 +1,181 @@
+//! `membrane lab helper proxy`: the L7 proxies of one lab node (HTTP, DNS, TLS from
+//! `membrane-proxy`), run inside the node's namespace under nftables `tproxy`
+//! (datapath.md §4.2).
+//!
+//! The policy comes from the scenario file the lab keeps for its proxies: the helper loads
+//! it into a `World`, publishes `proxy_policy_from_world` as seen from its node (with the
+//! FQDN identities of what its DNS proxy learned), and republishes whenever the file
+//! changes (`Lab::apply_source` rewrites it) or the DNS proxy learns something.
+
+use crate::probe::load_world;
+use membrane_cluster::world::{Party, World};
+use membrane_proxy::FqdnCache;
+use membrane_proxy::world::proxy_policy_from_world;
+use membrane_proxy::{
+    DnsProxy, DnsProxyConfig, Flow, FqdnLearner, HttpProxyConfig, ProxyPolicy, SystemClock,
+    TlsProxyConfig, serve_dns_tcp, serve_dns_udp, serve_http, serve_tls, transparent_flow,
+    transparent_tcp_listener, transparent_udp_socket,
+};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Ports the proxies listen on in each node namespace.
+pub const HTTP_PORT: u16 = 15001;
+pub const DNS_PORT: u16 = 15053;
+pub const TLS_PORT: u16 = 15443;
+/// The mark of packets for a local proxy socket (`ip rule fwmark … lookup 100`).
+pub const PROXY_MARK: u32 = 0x4000_0000;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+fn mtime(p: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// `proxy --scenario FILE [--node I]`: serves until killed.
+pub fn proxy_main(args: &[String]) -> Result<(), String> {
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let scenario = PathBuf::from(opt("--scenario").ok_or("proxy needs --scenario")?);
+    let node: Option<usize> = match opt("--node") {
+        Some(n) => Some(n.parse().map_err(|_| "bad --node")?),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let learner = Arc::new(FqdnLearner::new(Arc::new(SystemClock)));
+        let mut fqdns = learner.subscribe();
+        let world = load_world(&scenario)?;
+        let policy = proxy_policy_from_world(&world, node, Some(&fqdns.borrow()));
+        let (tx, rx) = tokio::sync::watch::channel::<Arc<ProxyPolicy>>(Arc::new(policy));
+        let e = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        let http = transparent_tcp_listener(addr(HTTP_PORT)).map_err(|x| e("http", x))?;
+        let tls = transparent_tcp_listener(addr(TLS_PORT)).map_err(|x| e("tls", x))?;
+        let dns_udp = transparent_udp_socket(addr(DNS_PORT)).map_err(|x| e("dns", x))?;
+        let dns_tcp = transparent_tcp_listener(addr(DNS_PORT)).map_err(|x| e("dns", x))?;
+        tokio::spawn(serve_http(
+            http,
+            rx.clone(),
+            transparent_flow,
+            HttpProxyConfig {
+                spoof_source: true,
+                ..Default::default()
+            },
+        ));
+        tokio::spawn(serve_tls(
+            tls,
+            rx.clone(),
+            transparent_flow,
+            TlsProxyConfig {
+                spoof_source: true,
+                ..Default::default()
+            },
+        ));
+        tokio::spawn(learner.clone().run_expiry(Duration::from_secs(1)));
+        let dns = Arc::new(DnsProxy::new(
+            rx.clone(),
+            learner,
+            DnsProxyConfig {
+                spoof_source: true,
+                ..Default::default()
+            },
+        ));
+        tokio::spawn(serve_dns_udp(dns_udp, dns.clone(), Flow::new));
+        tokio::spawn(serve_dns_tcp(dns_tcp, dns, transparent_flow));
+        eprintln!("membrane lab proxy: serving (node {node:?})");
+        // Republish on a new scenario file or newly learned names.
+        let mut world = world;
+        let mut seen = mtime(&scenario);
+        let mut written = BTreeMap::new();
+        loop {
+            let learned = tokio::select! {
+                r = fqdns.changed() => r.is_ok(),
+                () = tokio::time::sleep(Duration::from_millis(50)) => false,
+            };
+            let now = mtime(&scenario);
+            if now.is_none() {
+                return Ok(()); // the lab is gone
+            }
+            let reload = now != seen;
+            if reload {
+                seen = now;
+                match load_world(&scenario) {
+                    Ok(w) => world = w,
+                    Err(e) => eprintln!("membrane lab proxy: {e}"),
+                }
+            }
+            if reload {
+                // The lab's update may have refilled ip2id: write every learned entry again.
+                written.clear();
+            }
+            if reload || learned {
+                let cache = fqdns.borrow().clone();
+                let p = proxy_policy_from_world(&world, node, Some(&cache));
+                let _ = tx.send(Arc::new(p));
+                sync_ip2id(&world, node, &cache, &mut written);
+            }
+        }
+    })
+}
+
+/// Feeds what the DNS proxy learned into this node's `ip2id`: an external name's address
+/// gets its FQDN identity (`identity_of(…, learned = true)`) once learned, and the plain one
+/// again when it expires. `written` is what this process wrote last.
+fn sync_ip2id(
+    world: &World,
+    node: Option<usize>,
+    cache: &FqdnCache,
+    written: &mut BTreeMap<Ipv4Addr, u32>,
+) {
+    for (i, ext) in world.scenario.external.iter().enumerate() {
+        let known = cache.lookup(&ext.name);
+        for ip in &ext.ips {
+            let IpAddr::V4(a) = ip else { continue };
+            let learned = known.contains(ip);
+            if !learned && !written.contains_key(a) {
+                continue; // the lab's own entry is the unlearned identity
+            }
+            let party = Party::World {
+                addr: *ip,
+                learned_as: Some(i),
+            };
+            let id = world.identity_of(party, node, learned);
+            if written.get(a) == Some(&id) {
+                continue;
+            }
+            let set = format!(
+                "add element inet {t} ip2id {{ {a} : {id} }}\n",
+                t = crate::compile::TABLE
+            );
+            let replace = format!(
+                "delete element inet {t} ip2id {{ {a} }}\n{set}",
+                t = crate::compile::TABLE
+            );
+            if nft(&replace) || nft(&set) {
+                written.insert(*a, id);
+            } else {
+                eprintln!("membrane lab proxy: could not set ip2id {a} : {id}");
+            }
+        }
+    }
+}
+
+fn nft(script: &str) -> bool {
+    crate::lab::run(
+        std::process::Command::new("nft").args(["-f", "-"]),
+        Some(script),
+    )
+    .is_ok()
+}
