@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand)]
 pub enum LabCommand {
-    /// Run scenario files in labs: up, probe every flow, down. Exit 1 if a flow fails.
+    /// Run scenario files or manifests directories (their `ConnectivityTest` expectations,
+    /// as `membrane check`) in labs: up, probe every flow, down. Exit 1 if a flow fails.
     Run {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -35,7 +36,7 @@ pub enum LabCommand {
         #[arg(long)]
         no_proxies: bool,
     },
-    /// Build a lab from a scenario file and leave it running.
+    /// Build a lab from a scenario file or a manifests directory and leave it running.
     Up {
         path: PathBuf,
         /// Lab name (default: from the scenario's name).
@@ -295,7 +296,8 @@ fn up(path: &Path, name: Option<String>, proxies: bool) -> Result<u8, String> {
     };
     let start = Instant::now();
     let mut lab = Lab::up(&world, &opts)?;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A scenario file, or a manifests directory as one stream (`load_world` reads both).
+    let text = membrane_datapath::probe::source_text(path)?;
     std::fs::write(lab.dir.join("scenario.yaml"), text).map_err(|e| e.to_string())?;
     lab.keep()?;
     println!(

@@ -34,6 +34,7 @@ pub fn helper_main(args: &[String]) -> i32 {
         Some("reaper") => reaper(rest),
         Some("connrate") => connrate(rest),
         Some("proxy") => crate::proxy::proxy_main(rest),
+        Some("gateway") => crate::gateway::gateway_main(rest),
         _ => Err("usage: helper agent|reaper|connrate …".into()),
     };
     match r {
@@ -112,6 +113,10 @@ fn agent(args: &[String]) -> Result<(), String> {
             thread::spawn(move || {
                 for c in l.incoming() {
                     match c {
+                        // Redis' port without redis-server: a RESP answer to PING.
+                        Ok(c) if port == REDIS_PORT => {
+                            thread::spawn(move || answer_resp(c));
+                        }
                         Ok(c) if http => {
                             thread::spawn(move || answer_http(c));
                         }
@@ -190,6 +195,57 @@ fn answer_http(mut c: std::net::TcpStream) {
     let _ = c.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
     );
+}
+
+/// Redis' port: probes to it send `PING` and expect `+PONG`.
+pub const REDIS_PORT: u16 = 6379;
+
+/// A tiny RESP server: `+PONG` to each `PING` (inline or array), `-ERR` to anything else.
+fn answer_resp(mut c: std::net::TcpStream) {
+    use std::io::Read;
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]).to_ascii_uppercase();
+                let answer: &[u8] = if text.contains("PING") {
+                    b"+PONG\r\n"
+                } else {
+                    b"-ERR unknown command\r\n"
+                };
+                if c.write_all(answer).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `PING` as a RESP array; the answer's first line.
+fn redis_probe(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let wait = timeout.max(Duration::from_secs(2));
+    let (mut r, ex) = tcp_exchange(
+        (src, sport, dst, port),
+        timeout,
+        b"*1\r\n$4\r\nPING\r\n",
+        wait,
+        |got| got.windows(2).any(|w| w == b"\r\n"),
+    )?;
+    if let Some((got, closed)) = ex {
+        r.closed = closed && got.is_empty();
+        if !got.is_empty() {
+            r.body = Some(String::from_utf8_lossy(&got).into_owned());
+        }
+    }
+    Ok(r)
 }
 
 /// A TLS 1.2/1.3 ClientHello carrying `sni` (one cipher suite, no other extension).
@@ -450,6 +506,13 @@ fn handle(req: Request, seen: &SeenSet) -> Reply {
             port,
             tag,
         } => sctp_probe(src, dst, port, tag),
+        Request::Redis {
+            src,
+            sport,
+            dst,
+            port,
+            timeout_ms,
+        } => redis_probe(src, sport, dst, port, Duration::from_millis(timeout_ms)),
         Request::Http {
             src,
             sport,

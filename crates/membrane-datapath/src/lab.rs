@@ -291,6 +291,63 @@ impl Servers {
     }
 }
 
+/// `redis-server`, if installed.
+fn redis_server() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+}
+
+/// A gateway of the world: its namespace, address, the TCP ports flows reach it on, and
+/// its routes (first backends, placed in the lab).
+pub type GatewayPlan = (NsRef, Ipv4Addr, BTreeSet<u16>, Vec<crate::gateway::Route>);
+
+/// The world's gateways (endpoints that routes name) as the lab runs them.
+pub fn gateways(world: &World, topo: &Topology) -> Vec<GatewayPlan> {
+    let mut names: Vec<&str> = world
+        .scenario
+        .routes
+        .iter()
+        .map(|r| r.gateway.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let Some((ns, addr)) = world.party(name).and_then(|p| topo.place(p)) else {
+            continue;
+        };
+        let ports: BTreeSet<u16> = world
+            .scenario
+            .flows
+            .iter()
+            .filter(|f| f.to.as_deref() == Some(name))
+            .filter(|f| f.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|f| f.port)
+            .collect();
+        let mut routes = Vec::new();
+        for r in world.scenario.routes.iter().filter(|r| r.gateway == name) {
+            let Some((backend, port)) = r.backends.first() else {
+                continue;
+            };
+            let Some((_, baddr)) = world.party(backend).and_then(|p| topo.place(p)) else {
+                continue;
+            };
+            routes.push(crate::gateway::Route {
+                exact: r.exact,
+                path: r.path.clone(),
+                backend: std::net::SocketAddrV4::new(baddr, *port),
+            });
+        }
+        out.push((ns, addr, ports, routes));
+    }
+    out
+}
+
 /// A running lab (or, after [`Lab::attach`], one that another process started).
 pub struct Lab {
     pub name: String,
@@ -480,7 +537,9 @@ impl Lab {
         }
         // 3. The policy, before any traffic.
         if let Some(src) = &opts.proxies {
-            std::fs::copy(src, self.proxy_scenario())
+            // A scenario file, or a manifests directory as one stream.
+            let text = crate::probe::source_text(src)?;
+            std::fs::write(self.proxy_scenario(), text)
                 .map_err(|e| format!("{}: {e}", src.display()))?;
             for i in 0..t.nodes.len() {
                 ip_batch(
@@ -536,7 +595,77 @@ impl Lab {
                 self.spawn_in(&ns, &log, &opts.helper.program, &args)?;
             }
         }
-        let servers = Servers::plan(world, &t);
+        let mut servers = Servers::plan(world, &t);
+        // Gateways (with proxies): their listener ports go to the gateway's forwarder.
+        let mut ready_tcp: Vec<(NsRef, Ipv4Addr, u16)> = Vec::new();
+        if self.proxies {
+            for (ns, addr, ports, routes) in gateways(world, &t) {
+                let listen: Vec<u16> = ports
+                    .iter()
+                    .copied()
+                    .filter(|p| servers.tcp.get_mut(&ns).is_some_and(|s| s.remove(p)))
+                    .collect();
+                if listen.is_empty() {
+                    continue;
+                }
+                let mut args = opts.helper.args.clone();
+                args.extend([
+                    "gateway".into(),
+                    "--src".into(),
+                    addr.to_string(),
+                    "--listen".into(),
+                    listen
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]);
+                for r in &routes {
+                    args.extend(["--route".into(), r.arg()]);
+                }
+                let nsn = self.netns(ns);
+                let key = self.topo.key(ns);
+                self.spawn_in(&nsn, &format!("gateway-{key}"), &opts.helper.program, &args)?;
+                ready_tcp.extend(listen.iter().map(|p| (ns, addr, *p)));
+            }
+        }
+        // Redis' port: a real redis-server where one is installed (else the agent's RESP
+        // answer).
+        let mut redis: Vec<(NsRef, Ipv4Addr)> = Vec::new();
+        if let Some(program) = redis_server() {
+            for (k, pod) in t.pods.iter().enumerate() {
+                let ns = NsRef::Pod(k);
+                if !servers
+                    .tcp
+                    .get_mut(&ns)
+                    .is_some_and(|s| s.remove(&crate::agent::REDIS_PORT))
+                {
+                    continue;
+                }
+                let args: Vec<String> = [
+                    "--port",
+                    "6379",
+                    "--bind",
+                    "0.0.0.0",
+                    "--protected-mode",
+                    "no",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["--dir".into(), self.dir.display().to_string()])
+                .collect();
+                let nsn = self.netns(ns);
+                let key = self.topo.key(ns);
+                self.spawn_in(&nsn, &format!("redis-{key}"), &program, &args)?;
+                redis.push((ns, pod.addr));
+            }
+        }
         if let Some((ns, addr, records)) = &servers.dns {
             let mut args: Vec<String> = vec![
                 "--no-daemon".into(),
@@ -598,6 +727,46 @@ impl Lab {
                     return Err(format!("tcpdump in node {} did not start", t.nodes[i].name));
                 }
                 std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        for (ns, addr, port) in &ready_tcp {
+            loop {
+                let req = Request::Tcp {
+                    src: *addr,
+                    sport: 0,
+                    dst: *addr,
+                    port: *port,
+                    timeout_ms: 200,
+                };
+                let r = wire::call(&self.socket(*ns), &req, Duration::from_secs(2));
+                if r.is_ok_and(|r| r.delivered && !r.refused) {
+                    break;
+                }
+                self.check_children()?;
+                if Instant::now() > deadline {
+                    return Err(format!("the gateway in {} did not start", self.netns(*ns)));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        for (ns, addr) in &redis {
+            loop {
+                let req = Request::Redis {
+                    src: *addr,
+                    sport: 0,
+                    dst: *addr,
+                    port: crate::agent::REDIS_PORT,
+                    timeout_ms: 200,
+                };
+                let r = wire::call(&self.socket(*ns), &req, Duration::from_secs(3));
+                if r.is_ok_and(|r| r.body.as_deref().is_some_and(|b| b.starts_with("+PONG"))) {
+                    break;
+                }
+                self.check_children()?;
+                if Instant::now() > deadline {
+                    return Err(format!("redis-server in {} did not start", self.netns(*ns)));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         if let Some((ns, addr, _)) = &servers.dns {

@@ -8,12 +8,14 @@
 //! * [`agent`]: the processes inside the lab (servers, probes) and the reaper.
 //! * [`probe`]: flows as real traffic, compared with the expectation and the engine.
 //! * [`proxy`]: the L7 proxies of a lab node (`membrane lab helper proxy`).
+//! * [`gateway`]: a Gateway's HTTP forwarder in a lab (`membrane lab helper gateway`).
 //! * [`events`]: drops from NFLOG as Hubble-like flow events.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod compile;
 pub mod events;
+pub mod gateway;
 pub mod lab;
 pub mod nftsim;
 pub mod probe;

@@ -10,13 +10,16 @@
 //!
 //! Flows whose verdict depends on L7 (HTTP 403, DNS REFUSED, TLS denied, or allowed through
 //! a proxy) are probed through the lab's proxies (HTTP requests, TLS ClientHellos, DNS
-//! answer codes) when it runs them ([`plan_with`]), and skipped otherwise; Gateway flows are
-//! still skipped.
+//! answer codes) when it runs them ([`plan_with`]), and skipped otherwise. Gateway flows
+//! (with proxies) are HTTP requests to the gateway's forwarder (`gateway.rs`), which
+//! connects to the route's backend with the `ingress` identity; TCP flows to port 6379 send
+//! a Redis `PING` and need `+PONG`.
 
 use crate::events::{Collector, DropEvent};
 use crate::lab::{Lab, LabOptions};
 use crate::topology::{NsRef, Topology};
 use crate::wire::{self, Reply, Request};
+use membrane_cluster::manifests::{self, SourceFile};
 use membrane_cluster::runner::{Evaluation, describe_flow, evaluate_flow};
 use membrane_cluster::scenario::{FlowSpec, parse_scenario};
 use membrane_cluster::world::{Party, World};
@@ -65,6 +68,13 @@ pub enum Step {
         host: String,
         headers: Vec<(String, String)>,
     },
+    /// A Redis `PING` (port 6379): `+PONG` is delivered.
+    Redis {
+        from: NsRef,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+    },
     /// A TLS ClientHello with `sni` through the lab's proxies.
     Tls {
         from: NsRef,
@@ -102,6 +112,8 @@ pub struct FlowPlan {
     pub declared_drop: Option<Direction>,
     pub skip: Option<String>,
     pub steps: Vec<Step>,
+    /// Sent to a Gateway (its forwarder makes the backend connection).
+    pub gateway: bool,
 }
 
 fn endpoint_key(topo: &Topology, party: Party) -> Option<String> {
@@ -196,6 +208,7 @@ pub fn plan_with(world: &World, topo: &Topology, proxies: bool) -> Vec<FlowPlan>
                 declared_drop: f.drop,
                 skip: None,
                 steps: vec![],
+                gateway: false,
             };
             if let Err(e) = plan_flow(world, topo, f, &mut p, proxies) {
                 p.skip = Some(e);
@@ -220,7 +233,7 @@ fn plan_flow(
     let e = evaluate_flow(world, f)?;
     p.engine = Some(e.verdict);
     if let Some(why) = l7_dependence(f, &e) {
-        if !proxies || e.gateway.is_some() {
+        if !proxies {
             return Err(why);
         }
     }
@@ -275,6 +288,14 @@ fn plan_flow(
         );
     }
     let to_kube_dns = dns.and_then(|d| topo.place(d)) == Some((to_ns, dst));
+    if let Some((_, client_hop)) = &e.gateway {
+        // Through a Gateway: the request goes to the gateway's forwarder, which connects to
+        // the backend itself. Only a drop of the client's own packets can be matched.
+        if client_hop.verdict != Verdict::Allow {
+            p.engine_drop = blocking(topo, client_hop, from, to);
+        }
+        p.gateway = true;
+    }
     if let (true, 6, Some(h)) = (proxies, proto, &f.http) {
         let mut headers = h.headers.clone();
         headers.extend(f.inject_headers.iter().cloned());
@@ -320,6 +341,13 @@ fn plan_flow(
             host: dst.to_string(),
             headers: vec![],
         });
+    } else if proto == 6 && port == crate::agent::REDIS_PORT && f.http.is_none() {
+        p.steps.push(Step::Redis {
+            from: from_ns,
+            src,
+            dst,
+            port,
+        });
     } else if proto == 17 && port == 53 && to_kube_dns {
         p.steps
             .push(lookup("reach.membrane.", None, DnsPurpose::Reach)?);
@@ -334,7 +362,7 @@ fn plan_flow(
             port,
         });
     }
-    if p.engine_drop.is_none() {
+    if p.engine_drop.is_none() && !p.gateway {
         if let Some(d) = &e.decision {
             p.engine_drop = blocking(topo, d, from, to);
         }
@@ -547,6 +575,33 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                 path: path.clone(),
                 host: host.clone(),
                 headers: headers.clone(),
+                timeout_ms: ms,
+            };
+            match race(agents, collector, *from, req, t) {
+                Err(e) => StepResult::Dropped(e),
+                Ok(Err(e)) => StepResult::Error(e),
+                Ok(Ok(r)) if r.delivered => delivered(r, None),
+                Ok(Ok(_)) => await_drop(collector, t),
+            }
+        }
+        Step::Redis {
+            from,
+            src,
+            dst,
+            port,
+        } => {
+            let t = Tuple {
+                src: *src,
+                dst: *dst,
+                proto: 6,
+                sport: next_port(),
+                dport: *port,
+            };
+            let req = Request::Redis {
+                src: *src,
+                sport: t.sport,
+                dst: *dst,
+                port: *port,
                 timeout_ms: ms,
             };
             match race(agents, collector, *from, req, t) {
@@ -858,6 +913,20 @@ fn probe_flow(
                             return o;
                         }
                     }
+                } else if let Step::Redis { .. } = step {
+                    match reply.body.as_deref() {
+                        Some(b) if b.starts_with("+PONG") => {
+                            o.notes.push("redis answered +PONG".into());
+                            o.lab = Some(Verdict::Allow);
+                        }
+                        other => {
+                            o.problem = Some(format!(
+                                "redis: no +PONG but {other:?}{}",
+                                if reply.refused { " (refused)" } else { "" }
+                            ));
+                            return o;
+                        }
+                    }
                 } else if let Step::Tls { .. } = step {
                     o.lab = Some(if reply.closed {
                         Verdict::TlsDenied
@@ -1043,19 +1112,106 @@ impl FileReport {
     }
 }
 
-/// Reads a scenario file into a world.
+/// The YAML files of a directory (recursively, sorted), or the path itself.
+pub fn source_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut stack = vec![path.to_path_buf()];
+    let mut found = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if matches!(
+                p.extension().and_then(|x| x.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        return Err(format!("{}: no YAML files", path.display()));
+    }
+    Ok(found)
+}
+
+/// One text for a scenario file or a manifests directory (its files as one multi-document
+/// stream), which [`load_world`] reads back: what the lab's proxies load.
+pub fn source_text(path: &Path) -> Result<String, String> {
+    if !path.is_dir() {
+        return std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let mut out = String::new();
+    for f in source_files(path)? {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let body = text.trim_start();
+        let body = body.strip_prefix("---").unwrap_or(body);
+        out.push_str("---\n");
+        out.push_str(body);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+fn load_manifests(sources: Vec<SourceFile>) -> Result<World, String> {
+    let loaded = manifests::load(sources);
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|(_, d)| d.code == "yaml")
+        .map(|(f, d)| format!("{}: {}", loaded.file_name(*f), d.message))
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors.join("\n"));
+    }
+    Ok(loaded.world)
+}
+
+/// Reads a scenario file, a manifests directory (`membrane check`'s input: its
+/// `ConnectivityTest` expectations are the flows) or a file of manifests into a world.
 pub fn load_world(path: &Path) -> Result<World, String> {
+    if path.is_dir() {
+        let mut sources = Vec::new();
+        for f in source_files(path)? {
+            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            sources.push(SourceFile {
+                name: f.display().to_string(),
+                text,
+            });
+        }
+        return load_manifests(sources);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let scenario = parse_scenario(&text).map_err(|diags| {
-        let msgs: Vec<String> = diags
-            .iter()
-            .map(|d| match d.span {
-                Some(s) => format!("{}:{}:{}: {}", path.display(), s.line, s.col, d.message),
-                None => format!("{}: {}", path.display(), d.message),
-            })
-            .collect();
-        msgs.join("\n")
-    })?;
+    let scenario = match parse_scenario(&text) {
+        Ok(s) => s,
+        Err(diags) => {
+            if text
+                .lines()
+                .any(|l| l.starts_with("apiVersion:") || l.starts_with("kind:"))
+            {
+                // Manifests (e.g. a directory's files as one stream, see `source_text`).
+                return load_manifests(vec![SourceFile {
+                    name: path.display().to_string(),
+                    text,
+                }]);
+            }
+            let msgs: Vec<String> = diags
+                .iter()
+                .map(|d| match d.span {
+                    Some(s) => format!("{}:{}:{}: {}", path.display(), s.line, s.col, d.message),
+                    None => format!("{}: {}", path.display(), d.message),
+                })
+                .collect();
+            return Err(msgs.join("\n"));
+        }
+    };
     Ok(World::from_scenario(scenario, 0))
 }
 

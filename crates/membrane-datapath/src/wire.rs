@@ -75,6 +75,15 @@ pub enum Request {
         timeout_ms: u64,
     },
     /// A TLS ClientHello with `sni`: whether the connection stays open (`closed` if not).
+    /// A Redis `PING` (RESP); the answer's first line in `Reply::body`.
+    Redis {
+        src: Ipv4Addr,
+        #[serde(default)]
+        sport: u16,
+        dst: Ipv4Addr,
+        port: u16,
+        timeout_ms: u64,
+    },
     Tls {
         src: Ipv4Addr,
         #[serde(default)]
