@@ -355,8 +355,32 @@ fn observe(name: Option<String>, count: Option<usize>, seconds: Option<u64>) -> 
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     let mut seen = 0usize;
     let mut out = std::io::stdout().lock();
+    // The proxies' L7 denials, already JSON lines: printed as they are appended.
+    let mut l7_read: Vec<usize> = (0..lab.topo.nodes.len())
+        .map(|i| std::fs::metadata(lab.l7_events(i)).map_or(0, |m| m.len() as usize))
+        .collect();
     loop {
         let mut any = false;
+        for (i, done) in l7_read.iter_mut().enumerate() {
+            let Ok(text) = std::fs::read_to_string(lab.l7_events(i)) else {
+                continue;
+            };
+            let Some(new) = text.get(*done..) else {
+                continue;
+            };
+            let complete = new.rfind('\n').map_or(0, |p| p + 1);
+            for line in new[..complete].lines() {
+                any = true;
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    return Ok(0);
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    return Ok(0);
+                }
+            }
+            *done += complete;
+        }
         for (node, t) in &mut tails {
             for (time, rec) in t.poll() {
                 let Some(ev) = drop_event(*node, time, &rec) else {

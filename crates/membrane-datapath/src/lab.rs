@@ -590,6 +590,8 @@ impl Lab {
                 if let Some(n) = t.nodes[i].scenario_node {
                     args.extend(["--node".into(), n.to_string()]);
                 }
+                args.push("--events".into());
+                args.push(self.l7_events(i).display().to_string());
                 let ns = self.netns(NsRef::Node(i));
                 let log = format!("proxy-{}", t.nodes[i].key);
                 self.spawn_in(&ns, &log, &opts.helper.program, &args)?;
@@ -844,6 +846,11 @@ impl Lab {
     /// Whether the L7 proxies run in this lab.
     pub fn proxies(&self) -> bool {
         self.proxies
+    }
+
+    /// Where node `i`'s proxies write their L7 denials (JSON lines).
+    pub fn l7_events(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("l7-events-{i}.jsonl"))
     }
 
     fn proxy_scenario(&self) -> PathBuf {

@@ -46,6 +46,21 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             .cloned()
     };
     let scenario = PathBuf::from(opt("--scenario").ok_or("proxy needs --scenario")?);
+    // L7 denials are appended to this file as Hubble-like flow events (`lab observe`).
+    let events: Option<PathBuf> = opt("--events").map(PathBuf::from);
+    let hook = events.map(|path| -> membrane_proxy::DenialHook {
+        let node_name = opt("--node").unwrap_or_default();
+        Arc::new(move |d: &membrane_proxy::Denial| {
+            let line = denial_json(d, &node_name).to_string();
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            {
+                let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+            }
+        })
+    });
     let node: Option<usize> = match opt("--node") {
         Some(n) => Some(n.parse().map_err(|_| "bad --node")?),
         None => None,
@@ -71,6 +86,7 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             transparent_flow,
             HttpProxyConfig {
                 spoof_source: true,
+                on_denial: hook.clone(),
                 ..Default::default()
             },
         ));
@@ -80,6 +96,7 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             transparent_flow,
             TlsProxyConfig {
                 spoof_source: true,
+                on_denial: hook.clone(),
                 ..Default::default()
             },
         ));
@@ -89,6 +106,7 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             learner,
             DnsProxyConfig {
                 spoof_source: true,
+                on_denial: hook.clone(),
                 ..Default::default()
             },
         ));
@@ -178,4 +196,56 @@ fn nft(script: &str) -> bool {
         Some(script),
     )
     .is_ok()
+}
+
+/// An L7 denial as a flow event, in the shape of Hubble's L7 flows: what was asked (HTTP
+/// method and path, DNS name, TLS server name), the answer (403, REFUSED, aborted), and the
+/// policies and rules that decided.
+pub fn denial_json(d: &membrane_proxy::Denial, node: &str) -> serde_json::Value {
+    use membrane_proxy::DenialKind;
+    use serde_json::json;
+    let time = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |t| t.as_micros() as u64);
+    let (l7, summary) = match d.kind {
+        DenialKind::Http403 => {
+            let (method, url) = d
+                .request
+                .split_once(' ')
+                .unwrap_or((d.request.as_str(), ""));
+            (
+                json!({"type": "RESPONSE", "http": {"code": 403, "method": method, "url": url}}),
+                format!("HTTP 403 {}", d.request),
+            )
+        }
+        DenialKind::DnsRefused => (
+            json!({"type": "RESPONSE", "dns": {"query": d.request, "rcode": 5}}),
+            format!("DNS REFUSED {}", d.request),
+        ),
+        DenialKind::TlsDenied => (
+            json!({"type": "REQUEST", "tls": {"server_name": d.request}}),
+            format!("TLS denied {}", d.request),
+        ),
+        DenialKind::Dropped => (
+            json!({"type": "REQUEST"}),
+            format!("dropped by the proxy {}", d.request),
+        ),
+    };
+    let policies: Vec<String> = d.policies().iter().map(|p| p.to_string()).collect();
+    let rules: Vec<String> = d.rules.iter().map(|r| r.to_string()).collect();
+    json!({
+        "time_us": time,
+        "verdict": "DROPPED",
+        "Type": "L7",
+        "node_name": node,
+        "IP": {"source": d.src.ip().to_string(), "destination": d.dst.ip().to_string()},
+        "l4": {"source_port": d.src.port(), "destination_port": d.dst.port()},
+        "l7": l7,
+        "traffic_direction": if d.direction == membrane_policy::model::Direction::Egress { "EGRESS" } else { "INGRESS" },
+        "reason": d.reason,
+        "policies": policies,
+        "rules": rules,
+        "explanation": d.detail,
+        "Summary": summary,
+    })
 }

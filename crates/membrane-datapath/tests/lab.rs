@@ -248,6 +248,29 @@ fn lab_with_proxies_loads_starts_and_tears_down() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // Probe the scenario: its http-403 flows must show up as L7 flow events naming the policy.
+    let files = (0..lab.topo.nodes.len())
+        .map(|i| (i, lab.pcap(i)))
+        .collect();
+    let collector = membrane_datapath::events::Collector::start(files, false);
+    let (_, outcomes) = membrane_datapath::probe::probe_lab(&world, &lab, &collector, 4);
+    assert!(!outcomes.is_empty());
+    drop(collector);
+    let events: String = (0..lab.topo.nodes.len())
+        .map(|i| std::fs::read_to_string(lab.l7_events(i)).unwrap_or_default())
+        .collect();
+    let http_403 = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["l7"]["http"]["code"] == 403)
+        .unwrap_or_else(|| panic!("no HTTP 403 flow event in:\n{events}"));
+    assert_eq!(http_403["Type"], "L7");
+    assert!(
+        http_403["policies"]
+            .to_string()
+            .contains("echo-ingress-l7-http"),
+        "{http_403}"
+    );
     lab.apply_source(&std::fs::read_to_string(&file).unwrap())
         .unwrap();
     lab.down().unwrap();
