@@ -652,6 +652,10 @@ pub fn compile_node(input: &NodeInput) -> Ruleset {
             rules: vec![
                 // Replies and later packets of allowed connections: one lookup per connection.
                 "ct state established,related accept".into(),
+                // Packets conntrack cannot place (late RSTs of closed connections) carry no
+                // ct mark for the destination identity: drop them before any policy lookup,
+                // so they are not reported as policy drops.
+                "ct state invalid drop".into(),
                 // Unknown addresses are world (2); a map miss ends the rule after the default.
                 "meta mark set 2 meta mark set ip saddr map @ip2id".into(),
                 "ct mark set 2 ct mark set ip daddr map @ip2id".into(),

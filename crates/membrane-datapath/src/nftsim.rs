@@ -594,7 +594,8 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
     let r = rule.trim();
     match r {
         "accept" | "drop" | "return" => return Ok(Rule::Verdict(r.into())),
-        "iif lo accept" | "oif lo accept" | "ct state established,related accept" => {
+        "iif lo accept" | "oif lo accept" | "ct state established,related accept"
+        | "ct state invalid drop" => {
             return Ok(Rule::NoMatch);
         }
         "meta mark set 2 meta mark set ip saddr map @ip2id" => {
