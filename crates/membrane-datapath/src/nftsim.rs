@@ -594,7 +594,9 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
     let r = rule.trim();
     match r {
         "accept" | "drop" | "return" => return Ok(Rule::Verdict(r.into())),
-        "iif lo accept" | "oif lo accept" | "ct state established,related accept"
+        "iif lo accept"
+        | "oif lo accept"
+        | "ct state established,related accept"
         | "ct state invalid drop" => {
             return Ok(Rule::NoMatch);
         }
