@@ -491,6 +491,26 @@ fn race(
     }
 }
 
+/// A request/answer probe (DNS, HTTP, Redis, TLS): the answer, the drop record, or the
+/// record that arrives within the grace period after a silent timeout.
+fn exchange(
+    agents: &Agents,
+    collector: &Collector,
+    from: NsRef,
+    req: Request,
+    t: Tuple,
+) -> StepResult {
+    match race(agents, collector, from, req, t) {
+        Err(e) => StepResult::Dropped(e),
+        Ok(Err(e)) => StepResult::Error(e),
+        Ok(Ok(r)) if r.delivered => StepResult::Delivered {
+            reply: r,
+            note: None,
+        },
+        Ok(Ok(_)) => await_drop(collector, t),
+    }
+}
+
 fn poll_seen(
     agents: &Agents,
     collector: &Collector,
@@ -542,12 +562,7 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                 name: name.clone(),
                 timeout_ms: ms,
             };
-            match race(agents, collector, *from, req, t) {
-                Err(e) => StepResult::Dropped(e),
-                Ok(Err(e)) => StepResult::Error(e),
-                Ok(Ok(r)) if r.delivered => delivered(r, None),
-                Ok(Ok(_)) => await_drop(collector, t),
-            }
+            exchange(agents, collector, *from, req, t)
         }
         Step::Http {
             from,
@@ -577,12 +592,7 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                 headers: headers.clone(),
                 timeout_ms: ms,
             };
-            match race(agents, collector, *from, req, t) {
-                Err(e) => StepResult::Dropped(e),
-                Ok(Err(e)) => StepResult::Error(e),
-                Ok(Ok(r)) if r.delivered => delivered(r, None),
-                Ok(Ok(_)) => await_drop(collector, t),
-            }
+            exchange(agents, collector, *from, req, t)
         }
         Step::Redis {
             from,
@@ -604,12 +614,7 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                 port: *port,
                 timeout_ms: ms,
             };
-            match race(agents, collector, *from, req, t) {
-                Err(e) => StepResult::Dropped(e),
-                Ok(Err(e)) => StepResult::Error(e),
-                Ok(Ok(r)) if r.delivered => delivered(r, None),
-                Ok(Ok(_)) => await_drop(collector, t),
-            }
+            exchange(agents, collector, *from, req, t)
         }
         Step::Tls {
             from,
@@ -633,12 +638,7 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                 sni: sni.clone(),
                 timeout_ms: ms,
             };
-            match race(agents, collector, *from, req, t) {
-                Err(e) => StepResult::Dropped(e),
-                Ok(Err(e)) => StepResult::Error(e),
-                Ok(Ok(r)) if r.delivered => delivered(r, None),
-                Ok(Ok(_)) => await_drop(collector, t),
-            }
+            exchange(agents, collector, *from, req, t)
         }
         Step::Send {
             proto,
