@@ -47,6 +47,8 @@ pub const TABLE: &str = "membrane";
 pub const NFLOG_GROUP: u16 = 1;
 /// Every log prefix starts with this, then `<direction> <reason> <endpoint key> <name>`.
 pub const LOG_TAG: &str = "mbr";
+/// The drop reason of a connection meant for an L7 proxy that was not listening.
+pub const PROXY_UNAVAILABLE: &str = "proxy-unavailable";
 
 /// What a policy-map entry does with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -920,6 +922,7 @@ pub fn with_proxies(mut rs: Ruleset) -> Ruleset {
     const HTTP: u32 = 0x4000_0000;
     const DNS: u32 = 0x2000_0000;
     const TLS: u32 = 0x1000_0000;
+    let rs_node = rs.node.clone();
     for m in &mut rs.maps {
         for (_, v) in &mut m.elements {
             if v == "accept" {
@@ -945,6 +948,15 @@ pub fn with_proxies(mut rs: Ruleset) -> Ruleset {
                     tproxy(DNS, "tcp", DNS_PORT),
                     tproxy(TLS, "tcp", TLS_PORT),
                     tproxy(HTTP, "tcp", HTTP_PORT),
+                    // `tproxy` finds no socket when the proxy is not listening (not started
+                    // yet, crashed, restarting): the rule then does not match, and without
+                    // this one the connection would go straight to its destination with no
+                    // L7 check. Fail closed: drop (and log) what was meant for a proxy.
+                    format!(
+                        "ct mark & {:#x} != 0 counter log prefix \"{}\" group {NFLOG_GROUP} queue-threshold 1 drop",
+                        HTTP | DNS | TLS,
+                        log_prefix(Direction::Ingress, PROXY_UNAVAILABLE, "node", &rs_node)
+                    ),
                     "accept".into(),
                 ];
             }

@@ -592,6 +592,8 @@ impl Lab {
                 }
                 args.push("--events".into());
                 args.push(self.l7_events(i).display().to_string());
+                args.push("--ready".into());
+                args.push(self.proxy_ready(i).display().to_string());
                 let ns = self.netns(NsRef::Node(i));
                 let log = format!("proxy-{}", t.nodes[i].key);
                 self.spawn_in(&ns, &log, &opts.helper.program, &args)?;
@@ -718,6 +720,21 @@ impl Lab {
                 self.check_children()?;
                 if Instant::now() > deadline {
                     return Err(format!("agent in {} did not start", self.netns(*ns)));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // The proxies listen before any traffic: until then the datapath drops what it
+        // would redirect to them, so probing earlier would report spurious drops.
+        let proxy_nodes = if self.proxies { t.nodes.len() } else { 0 };
+        for i in 0..proxy_nodes {
+            while !self.proxy_ready(i).exists() {
+                self.check_children()?;
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the proxies of node {} did not start",
+                        t.nodes[i].name
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -851,6 +868,11 @@ impl Lab {
     /// Where node `i`'s proxies write their L7 denials (JSON lines).
     pub fn l7_events(&self, i: usize) -> PathBuf {
         self.dir.join(format!("l7-events-{i}.jsonl"))
+    }
+
+    fn proxy_ready(&self, node: usize) -> PathBuf {
+        self.dir
+            .join(format!("proxy-{}.ready", self.topo.nodes[node].key))
     }
 
     fn proxy_scenario(&self) -> PathBuf {

@@ -37,7 +37,8 @@ fn mtime(p: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// `proxy --scenario FILE [--node I]`: serves until killed.
+/// `proxy --scenario FILE [--node I] [--events FILE] [--ready FILE]`: serves until killed;
+/// writes the `--ready` file once every listener is bound.
 pub fn proxy_main(args: &[String]) -> Result<(), String> {
     let opt = |name: &str| {
         args.iter()
@@ -48,6 +49,7 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
     let scenario = PathBuf::from(opt("--scenario").ok_or("proxy needs --scenario")?);
     // L7 denials are appended to this file as Hubble-like flow events (`lab observe`).
     let events: Option<PathBuf> = opt("--events").map(PathBuf::from);
+    let ready: Option<PathBuf> = opt("--ready").map(PathBuf::from);
     let hook = events.map(|path| -> membrane_proxy::DenialHook {
         let node_name = opt("--node").unwrap_or_default();
         Arc::new(move |d: &membrane_proxy::Denial| {
@@ -112,6 +114,11 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
         ));
         tokio::spawn(serve_dns_udp(dns_udp, dns.clone(), Flow::new));
         tokio::spawn(serve_dns_tcp(dns_tcp, dns, transparent_flow));
+        // Every listener is bound: from now on tproxy finds a socket. The lab waits for this
+        // file before it sends traffic (until then the datapath drops L7 flows, fail closed).
+        if let Some(ready) = &ready {
+            std::fs::write(ready, b"serving\n").map_err(|x| e("ready file", x))?;
+        }
         eprintln!("membrane lab proxy: serving (node {node:?})");
         // Republish on a new scenario file or newly learned names.
         let mut world = world;
