@@ -437,3 +437,19 @@ fn rule_actions(rule: &HttpRule, req: &HttpRequest) -> Vec<HeaderAction> {
     }
     out
 }
+
+/// A request the HTTP proxy forwarded (Hubble shows allowed L7 flows as well as denied ones).
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// `METHOD /path` as forwarded (normalized).
+    pub request: String,
+    /// The answer's status; `None` if the exchange failed before one.
+    pub status: Option<u16>,
+    /// The policy entries that allowed it, on either side.
+    pub rules: Vec<Arc<EntryOrigin>>,
+}
+
+/// Called for every forwarded request (flow events, metrics, tests).
+pub type ForwardHook = Arc<dyn Fn(&Forwarded) + Send + Sync>;
