@@ -289,7 +289,10 @@ impl Connection {
                 return Ok(Next::Close);
             }
             self.buf.drain(..head.head_len);
-            let keep = !head.close && self.drain_body(head.body).await;
+            // A client waiting for `100 Continue` will not send the body: close instead.
+            let keep = !head.close
+                && !(head.expect_continue && head.body != BodyFraming::None)
+                && self.drain_body(head.body).await;
             let reply = if head.is_head() {
                 local_reply_head(403, ACCESS_DENIED_BODY, !keep)
             } else {
@@ -777,5 +780,7 @@ fn redirect_reply(location: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+#[cfg(test)]
+mod evasion_tests;
 #[cfg(test)]
 mod tests;

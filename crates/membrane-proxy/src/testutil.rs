@@ -240,6 +240,15 @@ impl RawConn {
 
     /// The next response; `None` when the connection closes first.
     pub async fn response(&mut self) -> Option<RawResponse> {
+        self.response_to(false).await
+    }
+
+    /// The next response to a `HEAD` request (no body, whatever `content-length` says).
+    pub async fn head_response(&mut self) -> Option<RawResponse> {
+        self.response_to(true).await
+    }
+
+    async fn response_to(&mut self, head_request: bool) -> Option<RawResponse> {
         let head_end = loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
@@ -265,6 +274,7 @@ impl RawConn {
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
+        let len = if head_request { 0 } else { len };
         while self.buf.len() < head_end + len {
             assert!(self.fill().await, "closed inside a body");
         }
@@ -429,4 +439,148 @@ pub async fn tcp_echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, conns)
+}
+
+/// What the raw backend received: the request line's parts and headers exactly as they came
+/// off the wire, and the body.
+#[derive(Debug, Clone)]
+pub struct RawSeen {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawSeen {
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A backend that parses requests by hand (independently of the proxy's code), records each
+/// one and answers `200` with body `<x-case> <target>`, echoing `x-case`. Keep-alive,
+/// `content-length` and `chunked` bodies.
+pub async fn raw_backend() -> (SocketAddr, Arc<Mutex<Vec<RawSeen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log: Arc<Mutex<Vec<RawSeen>>> = Arc::default();
+    let log2 = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log2.clone();
+            tokio::spawn(async move {
+                let _ = raw_backend_connection(stream, log).await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+async fn raw_backend_connection(
+    mut stream: TcpStream,
+    log: Arc<Mutex<Vec<RawSeen>>>,
+) -> Option<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next()?.split(' ');
+        let (method, target, version) = (
+            first.next()?.to_string(),
+            first.next()?.to_string(),
+            first.next()?.to_string(),
+        );
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect();
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if let Some(len) = get("content-length") {
+            let len: usize = len.parse().ok()?;
+            while buf.len() < len {
+                let mut chunk = [0u8; 8192];
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            body = buf.drain(..len).collect();
+        } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    let mut chunk = [0u8; 8192];
+                    let n = stream.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).ok()?, 16).ok()?;
+                buf.drain(..line_end + 2);
+                while buf.len() < size + 2 {
+                    let mut chunk = [0u8; 8192];
+                    let n = stream.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                body.extend(buf.drain(..size));
+                buf.drain(..2);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        let case = get("x-case").unwrap_or_default();
+        let reply_body = format!("{case} {target}");
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nx-case: {case}\r\ncontent-length: {}\r\n\r\n{}",
+            reply_body.len(),
+            if method == "HEAD" {
+                ""
+            } else {
+                reply_body.as_str()
+            }
+        );
+        log.lock().unwrap().push(RawSeen {
+            method,
+            target,
+            version,
+            headers,
+            body,
+        });
+        stream.write_all(reply.as_bytes()).await.ok()?;
+    }
 }
