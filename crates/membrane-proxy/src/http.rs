@@ -290,9 +290,8 @@ impl Connection {
             }
             self.buf.drain(..head.head_len);
             // A client waiting for `100 Continue` will not send the body: close instead.
-            let keep = !head.close
-                && !(head.expect_continue && head.body != BodyFraming::None)
-                && self.drain_body(head.body).await;
+            let waits_for_continue = head.expect_continue && head.body != BodyFraming::None;
+            let keep = !(head.close || waits_for_continue) && self.drain_body(head.body).await;
             let reply = if head.is_head() {
                 local_reply_head(403, ACCESS_DENIED_BODY, !keep)
             } else {

@@ -529,7 +529,10 @@ async fn pipelined_smuggling_is_decided_request_by_request() {
     let seen = s.backend.lock().unwrap().clone();
     let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
     assert_eq!(targets, ["/upload", "/public/after"]);
-    assert_eq!(seen[0].body, b"hello");
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].body.as_slice()),
+        ("POST", &b"hello"[..])
+    );
 }
 
 #[tokio::test]
