@@ -1,6 +1,7 @@
 //! `membrane lab helper gateway`: a Gateway's HTTP proxy in the gateway endpoint's namespace.
 //!
-//! A small HTTP/1.1 forwarder on std threads: it reads a request head, picks the route as
+//! A small HTTP/1.1 forwarder on std threads: it reads a request head (checked and with its
+//! path normalized as Envoy does, `membrane_proxy::http::head`), picks the route as
 //! `membrane_cluster::runner::route_for` does (exact before prefix, then the longest path),
 //! connects to the route's first backend from the gateway's own address (so the backend's
 //! node sees the `ingress` identity and its policy, L7 proxy included, applies) and relays
@@ -10,6 +11,8 @@
 //! `gateway --src IP --listen PORT[,PORT…] --route KIND,IP,PORT,PATH …` with KIND `exact`
 //! or `prefix`.
 
+use membrane_proxy::http::head::{Parsed, Rejection, parse_request_head};
+use membrane_proxy::http::upstream_head;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -144,16 +147,31 @@ fn serve(mut c: TcpStream, src: Ipv4Addr, routes: &[Route]) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let path = text
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("/");
-    let Some(route) = route_for(routes, path) else {
+    // The request as the backends' proxies will see it: a Cilium Gateway is Envoy, which
+    // normalizes the path before it routes, so `/app/../api/x` is routed as `/api/x`.
+    let request = match parse_request_head(&head, 65536) {
+        Parsed::Request(r) => r,
+        Parsed::Partial => return,
+        Parsed::Rejected(Rejection::Redirect { location }) => {
+            let _ = c.write_all(
+                format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+            );
+            return;
+        }
+        Parsed::Rejected(r) => {
+            let status = format!("{} {}", r.status(), r.reason());
+            answer(&mut c, &status, "");
+            return;
+        }
+    };
+    let Some(route) = route_for(routes, &request.path) else {
         answer(&mut c, "404 Not Found", "no route\n");
         return;
     };
+    // The normalized head, then whatever of the body came with it.
+    let mut forwarded = upstream_head(&request);
+    forwarded.extend_from_slice(&head[request.head_len..]);
+    let head = forwarded;
     let Ok(up) = connect_from(src, route.backend) else {
         // Dropped or refused on the way to the backend: close without an answer.
         let _ = c.shutdown(std::net::Shutdown::Both);
