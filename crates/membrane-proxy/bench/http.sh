@@ -25,7 +25,7 @@ for tool in wrk nginx; do
 done
 
 cargo build --release -q -p membrane-proxy --features cluster --example bench_proxy
-BIN=target/release/examples/bench_proxy
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_proxy
 
 work=$(mktemp -d)
 proxy_pid=""

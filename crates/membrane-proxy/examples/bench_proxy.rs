@@ -77,26 +77,16 @@ fn main() {
     let policy = proxy_policy_from_world(&world, Some(0), None);
     let (_tx, rx) = watch::channel(Arc::new(policy));
     let client: std::net::IpAddr = "10.244.1.10".parse().unwrap();
+    if mode == "http" {
+        serve_http_per_core(listen, upstream, client, rx);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
         match mode.as_str() {
-            "http" => {
-                let listener = TcpListener::bind(listen).await.unwrap();
-                let flow_of = move |s: &TcpStream| {
-                    Ok(Flow {
-                        src: SocketAddr::new(client, s.peer_addr()?.port()),
-                        dst: "10.244.1.20:8080".parse().unwrap(),
-                        upstream,
-                    })
-                };
-                eprintln!("http proxy on {listen} → {upstream}");
-                serve_http(listener, rx, flow_of, HttpProxyConfig::default())
-                    .await
-                    .unwrap();
-            }
             "dns" => {
                 let learner = Arc::new(FqdnLearner::new(Arc::new(SystemClock)));
                 tokio::spawn(
@@ -127,4 +117,47 @@ fn main() {
             other => panic!("unknown mode {other}"),
         }
     });
+}
+
+/// One single-threaded runtime per core, all accepting on the same listening socket (as
+/// nginx runs one worker process per core): a connection stays on the thread that accepted
+/// it, so no request pays for cross-thread wake-ups or work stealing.
+fn serve_http_per_core(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    client: std::net::IpAddr,
+    rx: watch::Receiver<Arc<membrane_proxy::ProxyPolicy>>,
+) {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listener = std::net::TcpListener::bind(listen).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    eprintln!("http proxy on {listen} → {upstream} ({workers} worker threads)");
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let listener = listener.try_clone().unwrap();
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener).unwrap();
+                    let flow_of = move |s: &TcpStream| {
+                        Ok(Flow {
+                            src: SocketAddr::new(client, s.peer_addr()?.port()),
+                            dst: "10.244.1.20:8080".parse().unwrap(),
+                            upstream,
+                        })
+                    };
+                    serve_http(listener, rx, flow_of, HttpProxyConfig::default())
+                        .await
+                        .unwrap();
+                });
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
 }

@@ -30,6 +30,7 @@ use membrane_policy::model::Protocol;
 use membrane_policy::verdict::{HttpRequest, L7Request, Verdict};
 use std::fmt;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -173,6 +174,7 @@ pub async fn serve_http_connection(
     config: Arc<HttpProxyConfig>,
 ) {
     let mut conn = Connection {
+        deadline: Box::pin(tokio::time::sleep(config.idle_timeout)),
         client: stream,
         buf: Vec::with_capacity(READ_CHUNK),
         upstream: None,
@@ -195,6 +197,8 @@ struct Upstream {
 
 struct Connection {
     client: TcpStream,
+    /// When the current wait for a request head ends (idle or header timeout).
+    deadline: Pin<Box<tokio::time::Sleep>>,
     /// Client bytes read but not yet used (the start of the next request, pipelined ones).
     buf: Vec<u8>,
     upstream: Option<Upstream>,
@@ -235,31 +239,42 @@ impl Connection {
     /// Reads until a whole head is buffered: `None` when the client closed or went idle
     /// between requests; a `408` is sent when a started head does not complete in time.
     async fn read_head(&mut self) -> io::Result<Option<Parsed>> {
-        let idle_deadline = Instant::now() + self.config.idle_timeout;
-        let mut head_deadline: Option<Instant> = None;
+        // One timer per connection, pushed later for each request: extending a registered
+        // tokio timer is an atomic store, where a fresh timeout per read takes the timer
+        // wheel's lock twice.
+        self.deadline
+            .as_mut()
+            .reset(Instant::now() + self.config.idle_timeout);
+        let mut head_started = false;
         loop {
             if !self.buf.is_empty() {
                 let parsed = head::parse_request_head(&self.buf, self.config.max_header_bytes);
                 if !matches!(parsed, Parsed::Partial) {
                     return Ok(Some(parsed));
                 }
-                if head_deadline.is_none() {
-                    head_deadline = Some(Instant::now() + self.config.header_read_timeout);
+                if !head_started {
+                    head_started = true;
+                    self.deadline
+                        .as_mut()
+                        .reset(Instant::now() + self.config.header_read_timeout);
                 }
             }
-            let deadline = head_deadline.unwrap_or(idle_deadline);
-            match timeout_at(deadline, read_more(&mut self.client, &mut self.buf)).await {
-                Ok(Ok(0)) => return Ok(None),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) if head_deadline.is_some() => {
-                    let _ = self
-                        .client
-                        .write_all(&local_reply(408, "request header timeout", false))
-                        .await;
+            tokio::select! {
+                biased;
+                read = read_more(&mut self.client, &mut self.buf) => match read {
+                    Ok(0) => return Ok(None),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                },
+                () = self.deadline.as_mut() => {
+                    if head_started {
+                        let _ = self
+                            .client
+                            .write_all(&local_reply(408, "request header timeout", true))
+                            .await;
+                    }
                     return Ok(None);
                 }
-                Err(_) => return Ok(None),
             }
         }
     }
@@ -283,7 +298,12 @@ impl Connection {
         let decision = snapshot.decide(self.flow.src, self.flow.dst, Protocol::Tcp, &request);
         drop(snapshot);
         let describe = || format!("{} {}", head.method, head.path);
-        if let Some(denial) = decision.denial(self.flow.src, self.flow.dst, describe()) {
+        let denial = if decision.is_allowed() {
+            None
+        } else {
+            decision.denial(self.flow.src, self.flow.dst, describe())
+        };
+        if let Some(denial) = denial {
             report(&denial, self.config.on_denial.as_ref());
             if decision.verdict != Verdict::Http403 {
                 return Ok(Next::Close);
@@ -696,12 +716,29 @@ pub fn upstream_head(head: &RequestHead) -> Vec<u8> {
     match head.body {
         BodyFraming::None => {}
         BodyFraming::Length(n) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(&mut out, n);
+            out.extend_from_slice(b"\r\n");
         }
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Appends `n` in decimal (the hot path writes lengths and statuses without `format!`).
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Applies `headerMatches` rewrites; a name or value that is not a valid header is skipped.

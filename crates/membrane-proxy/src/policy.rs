@@ -389,6 +389,15 @@ fn header_actions(
     if l7.plain_allow || l7.policies.iter().any(|p| p.dns.is_some()) {
         return vec![];
     }
+    // Most rules rewrite nothing: skip matching them a second time.
+    let any_header_matches = l7.policies.iter().any(|p| {
+        p.http
+            .as_ref()
+            .is_some_and(|rules| rules.iter().any(|r| !r.header_matches.is_empty()))
+    });
+    if !any_header_matches {
+        return vec![];
+    }
     let rule = l7
         .policies
         .iter()

@@ -341,9 +341,11 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
     let mut upgrade_token = false;
     let mut upgrade_to: Option<String> = None;
     let mut expect_continue = false;
+    // One scratch buffer for every lower-cased name: no allocation per header.
+    let mut scratch = String::new();
+    let mut token_scratch = String::new();
     for h in req.headers.iter() {
-        let lower = h.name.to_ascii_lowercase();
-        match lower.as_str() {
+        match lowered(h.name, &mut scratch) {
             "host" => hosts.push(h.value),
             "content-length" => lengths.push(h.value),
             "transfer-encoding" => codings.push(h.value),
@@ -352,8 +354,7 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
             }
             "connection" => {
                 for token in String::from_utf8_lossy(h.value).split(',') {
-                    let token = token.trim().to_ascii_lowercase();
-                    match token.as_str() {
+                    match lowered(token.trim(), &mut token_scratch) {
                         "close" => close = true,
                         "upgrade" => upgrade_token = true,
                         "keep-alive" | "http2-settings" | "connection" | "" => {}
@@ -392,11 +393,14 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
             if hosts.is_empty() || host_removed {
                 return Err(bad("HTTP/1.1 request without Host"));
             }
-            let joined: Vec<String> = hosts
-                .iter()
-                .map(|v| String::from_utf8_lossy(v).trim().to_string())
-                .collect();
-            joined.join(",")
+            let mut joined = String::new();
+            for (i, v) in hosts.iter().enumerate() {
+                if i > 0 {
+                    joined.push(',');
+                }
+                joined.push_str(String::from_utf8_lossy(v).trim());
+            }
+            joined
         }
     };
     if !authority_is_valid(&authority) {
@@ -423,12 +427,12 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
         .headers
         .iter()
         .filter(|h| {
-            let lower = h.name.to_ascii_lowercase();
-            !(is_hop_by_hop(&lower)
-                || is_protected(&lower)
+            let lower = lowered(h.name, &mut scratch);
+            !(is_hop_by_hop(lower)
+                || is_protected(lower)
                 || lower == "http2-settings"
                 || (lower == "expect" && expect_continue)
-                || nominated.contains(&lower))
+                || nominated.iter().any(|n| n == lower))
         })
         .map(|h| Header {
             name: h.name.to_string(),
@@ -445,6 +449,13 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
         expect_continue,
         head_len,
     })
+}
+
+/// `name` in lower case, written into `scratch` (reused across headers).
+pub(crate) fn lowered<'s>(name: &str, scratch: &'s mut String) -> &'s str {
+    scratch.clear();
+    scratch.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+    scratch.as_str()
 }
 
 /// The body's framing from every `Content-Length` and `Transfer-Encoding` value.

@@ -29,10 +29,36 @@ pub struct InvalidPath;
 
 /// Normalizes the path part of a request target (no query, no fragment).
 pub fn normalize_path(raw: &[u8]) -> Result<Normalized, InvalidPath> {
+    if already_normal(raw) {
+        let path = String::from_utf8(raw.to_vec()).map_err(|_| InvalidPath)?;
+        return Ok(Normalized {
+            path,
+            redirect: false,
+        });
+    }
+    normalize_fully(raw)
+}
+
+/// The three steps, whatever the path.
+fn normalize_fully(raw: &[u8]) -> Result<Normalized, InvalidPath> {
     let (unescaped, redirect) = unescape_slashes(raw);
     let canonical = canonicalize(&unescaped)?;
     let path = merge_slashes(&canonical);
     Ok(Normalized { path, redirect })
+}
+
+/// Whether every step would leave `raw` as it is (most paths): it starts with `/`, has no
+/// escape, backslash, doubled slash or segment starting with a dot, and only bytes the
+/// canonicalizer copies unchanged. The slow path stays the definition
+/// (`fast_path_agrees_with_full_normalization` checks the two agree).
+fn already_normal(raw: &[u8]) -> bool {
+    raw.first() == Some(&b'/')
+        && raw
+            .windows(2)
+            .all(|w| w[0] != b'/' || (w[1] != b'/' && w[1] != b'.'))
+        && raw
+            .iter()
+            .all(|&b| b != b'%' && b != b'\\' && matches!(class(b), Class::Pass | Class::Unescape))
 }
 
 /// Step 1: `%2F`/`%2f` → `/`, `%5C`/`%5c` → `\`; whether any was found.
@@ -274,6 +300,48 @@ fn merge_slashes(canonical: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast path is an optimization, not a second definition: wherever it applies
+        /// it gives what the three steps give.
+        #[test]
+        fn fast_path_agrees_with_full_normalization(
+            raw in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'/'), Just(b'.'), Just(b'%'), Just(b'\\'), Just(b';'), Just(b'a'),
+                    Just(b'2'), Just(b'e'), Just(b'F'), Just(b'~'), Just(b' '), Just(b'?'),
+                    any::<u8>(),
+                ],
+                0..24,
+            )
+        ) {
+            if already_normal(&raw) {
+                let fast = normalize_path(&raw);
+                prop_assert_eq!(fast, normalize_fully(&raw));
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_ordinary_paths_only() {
+        assert!(already_normal(b"/api/v1/users/42"));
+        assert!(already_normal(b"/index.html"));
+        for odd in [
+            &b"/a/./b"[..],
+            b"/a/../b",
+            b"/a//b",
+            b"/%2e",
+            b"/a\\b",
+            b"a/b",
+            b"",
+            b"/.well-known",
+            b"/a b",
+            b"/a/..;/b",
+        ] {
+            assert!(!already_normal(odd), "{}", String::from_utf8_lossy(odd));
+        }
+    }
 
     fn norm(s: &str) -> Result<(String, bool), InvalidPath> {
         normalize_path(s.as_bytes()).map(|n| (n.path, n.redirect))

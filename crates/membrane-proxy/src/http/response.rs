@@ -2,7 +2,8 @@
 //! head without hop-by-hop headers, the body re-framed by the same rules as requests.
 
 use super::chunked::{self, ChunkedDecoder, Step};
-use super::{ExchangeError, Next, READ_CHUNK};
+use super::head::lowered;
+use super::{ExchangeError, Next, READ_CHUNK, push_decimal};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -86,13 +87,13 @@ fn parse_head(buf: &[u8], request_is_head: bool) -> Result<Parse, &'static str> 
     let mut chunked_coding = false;
     let mut other_coding = false;
     let mut length: Option<u64> = None;
+    let mut scratch = String::new();
+    let mut token_scratch = String::new();
     for h in resp.headers.iter() {
-        let lower = h.name.to_ascii_lowercase();
-        match lower.as_str() {
+        match lowered(h.name, &mut scratch) {
             "connection" => {
                 for t in String::from_utf8_lossy(h.value).split(',') {
-                    let t = t.trim().to_ascii_lowercase();
-                    match t.as_str() {
+                    match lowered(t.trim(), &mut token_scratch) {
                         "close" => upstream_close = true,
                         "keep-alive" => {
                             if resp.version == Some(0) {
@@ -146,14 +147,16 @@ fn parse_head(buf: &[u8], request_is_head: bool) -> Result<Parse, &'static str> 
             }
         };
     let mut out = Vec::with_capacity(len + 64);
-    out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(&mut out, u64::from(status));
+    out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        let lower = h.name.to_ascii_lowercase();
+        let lower = lowered(h.name, &mut scratch);
         // A HEAD answer's content-length describes the body a GET would get: keep it.
         let keep_length = lower == "content-length" && (request_is_head || status == 304);
-        if (hop_by_hop(&lower) && !keep_length) || nominated.contains(&lower) {
+        if (hop_by_hop(lower) && !keep_length) || nominated.iter().any(|n| n == lower) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -162,7 +165,11 @@ fn parse_head(buf: &[u8], request_is_head: bool) -> Result<Parse, &'static str> 
         out.extend_from_slice(b"\r\n");
     }
     match framing {
-        Framing::Length(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(&mut out, n);
+            out.extend_from_slice(b"\r\n");
+        }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None
             if !(100..200).contains(&status)

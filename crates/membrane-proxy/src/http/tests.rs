@@ -362,3 +362,74 @@ async fn spoofed_source_connects_upstream_from_the_client_address() {
     c.send(&get("/private")).await;
     assert_eq!(c.response().await.unwrap().status, 403);
 }
+
+/// Slowloris: a head sent a byte at a time never completes within the header timeout; the
+/// client gets `408` and the connection is closed (its slot is not held forever), and
+/// nothing reached the upstream.
+#[tokio::test]
+async fn slowloris_head_gets_408_and_the_connection_closes() {
+    let (echo, mut seen) = echo_server().await;
+    let config = HttpProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..HttpProxyConfig::default()
+    };
+    let proxy = start(CLIENT, echo, config).await;
+    let mut c = RawConn::connect(proxy.addr).await;
+    let started = std::time::Instant::now();
+    let drip = b"GET /public HTTP/1.1\r\nHost: echo:8080\r\nX-Slow: ";
+    for b in drip {
+        c.send(&[*b]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Keep trickling well past the timeout: the deadline is for the whole head, not per byte
+    // (a write may fail once the proxy has given up: that is the point).
+    while started.elapsed() < Duration::from_millis(900) {
+        if c.stream.write_all(b"a").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answered = c.response().await;
+    let r = answered.expect("a 408 answer");
+    assert_eq!(r.status, 408);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed().await);
+    assert!(seen.try_recv().is_err());
+}
+
+/// A keep-alive connection with no request in flight is closed after the idle timeout, and
+/// without an answer (there is no request to answer).
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let (echo, mut seen) = echo_server().await;
+    let config = HttpProxyConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..HttpProxyConfig::default()
+    };
+    let proxy = start(CLIENT, echo, config).await;
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(&get("/public/a")).await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    assert!(seen.recv().await.is_some());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(c.closed().await, "idle connection still open");
+}
+
+/// A head that arrives slowly but completes within the header timeout is served: the
+/// timeout bounds the head, it does not punish slow links.
+#[tokio::test]
+async fn slow_head_within_the_header_timeout_is_served() {
+    let (echo, mut seen) = echo_server().await;
+    let config = HttpProxyConfig {
+        header_read_timeout: Duration::from_secs(5),
+        ..HttpProxyConfig::default()
+    };
+    let proxy = start(CLIENT, echo, config).await;
+    let mut c = RawConn::connect(proxy.addr).await;
+    for chunk in get("/public/slow").chunks(7) {
+        c.send(chunk).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.response().await.unwrap().status, 200);
+    assert_eq!(seen.recv().await.unwrap().target, "/public/slow");
+}

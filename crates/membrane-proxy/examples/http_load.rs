@@ -1,0 +1,278 @@
+//! A load generator for the HTTP proxy's soak test (`bench/soak.sh`; not a product binary).
+//!
+//! ```text
+//! http_load --target 127.0.0.1:18081 --connections 10000 --duration 600 --every 30 \
+//!           --watch-pid PID [--requests-per-connection 200] [--denied-percent 20]
+//! ```
+//!
+//! Every connection sends keep-alive `GET`s: allowed ones (`/public/<n>`, expecting `200`)
+//! and denied ones (`/private/<n>`, expecting `403`) in the given mix, and reconnects after
+//! `--requests-per-connection` requests, so connection setup and teardown are exercised
+//! too. Every `--every` seconds it prints requests/s, p50/p99 latency, wrong answers and
+//! errors in that interval, and the watched process's open file descriptors and RSS; at the
+//! end, the first and last figures side by side (a leak shows as growth). Exit 1 on any
+//! wrong answer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Latency histogram: 10 µs buckets up to 100 ms, then one overflow bucket.
+const BUCKETS: usize = 10_001;
+const BUCKET_US: u64 = 10;
+
+struct Stats {
+    ok: AtomicU64,
+    wrong: AtomicU64,
+    errors: AtomicU64,
+    hist: Vec<AtomicU64>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            ok: AtomicU64::new(0),
+            wrong: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn record(&self, latency: Duration) {
+        let b = (latency.as_micros() as u64 / BUCKET_US).min(BUCKETS as u64 - 1) as usize;
+        self.hist[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes and resets the interval's counts: (ok, wrong, errors, p50 ms, p99 ms).
+    fn take(&self) -> (u64, u64, u64, f64, f64) {
+        let counts: Vec<u64> = self
+            .hist
+            .iter()
+            .map(|h| h.swap(0, Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let pct = |p: f64| {
+            let want = (total as f64 * p).ceil() as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want && want > 0 {
+                    return (i as u64 * BUCKET_US) as f64 / 1000.0;
+                }
+            }
+            0.0
+        };
+        (
+            self.ok.swap(0, Ordering::Relaxed),
+            self.wrong.swap(0, Ordering::Relaxed),
+            self.errors.swap(0, Ordering::Relaxed),
+            pct(0.5),
+            pct(0.99),
+        )
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Open file descriptors and resident memory (KiB) of a process.
+fn usage(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    (fds, rss)
+}
+
+/// Reads one response (status and `content-length` body) from `buf`/`stream`; its status.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let len: usize = head
+                .split("\r\n")
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..end + 4 + len);
+            return Ok(status);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn connection_loop(
+    id: u64,
+    target: SocketAddr,
+    per_connection: u64,
+    denied_percent: u64,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut n: u64 = id;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = TcpStream::connect(target).await else {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut buf = Vec::with_capacity(4096);
+        for _ in 0..per_connection {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let denied = (n >> 33) % 100 < denied_percent;
+            let (path, want) = if denied {
+                ("/private/", 403)
+            } else {
+                ("/public/", 200)
+            };
+            let req = format!("GET {path}{} HTTP/1.1\r\nHost: echo\r\n\r\n", n % 1000);
+            let start = Instant::now();
+            if stream.write_all(req.as_bytes()).await.is_err() {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            match read_response(&mut stream, &mut buf).await {
+                Ok(status) => {
+                    stats.record(start.elapsed());
+                    if status == want {
+                        stats.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stats.wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(_) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    let _ = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map(
+        |(_, hard)| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        },
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let target: SocketAddr = arg(&args, "--target")
+        .expect("--target ADDR")
+        .parse()
+        .expect("target address");
+    assert!(target.ip().is_loopback(), "the load stays on loopback");
+    let connections: u64 = arg(&args, "--connections").map_or(1000, |v| v.parse().unwrap());
+    let duration = Duration::from_secs(arg(&args, "--duration").map_or(60, |v| v.parse().unwrap()));
+    let every = Duration::from_secs(arg(&args, "--every").map_or(10, |v| v.parse().unwrap()));
+    let per_connection: u64 =
+        arg(&args, "--requests-per-connection").map_or(200, |v| v.parse().unwrap());
+    let denied_percent: u64 = arg(&args, "--denied-percent").map_or(20, |v| v.parse().unwrap());
+    let watch: Option<u32> = arg(&args, "--watch-pid").map(|v| v.parse().unwrap());
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wrong_total = rt.block_on(async move {
+        let stats = Arc::new(Stats::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let before = watch.map(usage);
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in 0..connections {
+            tasks.spawn(connection_loop(
+                id + 1,
+                target,
+                per_connection,
+                denied_percent,
+                stats.clone(),
+                stop.clone(),
+            ));
+        }
+        println!(
+            "{connections} connections to {target}, {denied_percent}% denied, reconnect every {per_connection} requests, {}s",
+            duration.as_secs()
+        );
+        println!("  time      req/s   p50 ms   p99 ms  wrong  errors   fds   rss KiB");
+        let start = Instant::now();
+        let mut rows = Vec::new();
+        let mut wrong_total = 0;
+        while start.elapsed() < duration {
+            tokio::time::sleep(every).await;
+            let (ok, wrong, errors, p50, p99) = stats.take();
+            wrong_total += wrong;
+            let (fds, rss) = watch.map_or((0, 0), usage);
+            let rps = (ok + wrong) as f64 / every.as_secs_f64();
+            println!(
+                "{:>5.0}s {:>10.0} {:>8.2} {:>8.2} {:>6} {:>7} {:>5} {:>9}",
+                start.elapsed().as_secs_f64(),
+                rps,
+                p50,
+                p99,
+                wrong,
+                errors,
+                fds,
+                rss
+            );
+            rows.push((rps, p99, fds, rss));
+        }
+        stop.store(true, Ordering::Relaxed);
+        tasks.abort_all();
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            println!(
+                "first interval: {:.0} req/s, p99 {:.2} ms, {} fds, {} KiB; last: {:.0} req/s, p99 {:.2} ms, {} fds, {} KiB",
+                first.0, first.1, first.2, first.3, last.0, last.1, last.2, last.3
+            );
+        }
+        if let Some((fds, rss)) = before {
+            println!("watched process before the load: {fds} fds, {rss} KiB");
+        }
+        wrong_total
+    });
+    if wrong_total > 0 {
+        eprintln!("{wrong_total} wrong answers");
+        std::process::exit(1);
+    }
+}
