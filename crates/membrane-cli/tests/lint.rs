@@ -1,5 +1,5 @@
 //! `membrane lint`: one fixture per rule (`tests/lint/MEM0xx-name/`), a clean fixture, every
-//! mistake of the seed document (semantics.md §6) on `examples/seed-demo`, exit codes, and
+//! mistake of the seed document (docs/semantics.md §6) on `examples/seed-demo`, exit codes, and
 //! snapshots of the three output formats on the seed demo.
 //!
 //! Fixture expectations are trailing comments on the line a finding must point at:
@@ -225,7 +225,7 @@ fn rule_table_is_documented() {
     );
 }
 
-/// semantics.md §6: every point about the seed document's policies is reported, by rule and
+/// docs/semantics.md §6: every point about the seed document's policies is reported, by rule and
 /// position, on `examples/seed-demo` (the policies exactly as the blog writes them).
 #[test]
 fn seed_demo_flags_every_mistake_of_section_6() {

@@ -1,5 +1,5 @@
 //! Property tests of the policy engine against its specification
-//! (/work/shared/spec/semantics.md §3.8 and §9).
+//! (docs/semantics.md §3.8 and §9).
 //!
 //! The engine resolves each endpoint's policy into a MapState (keys of peer identity,
 //! protocol and port prefix, plus the intersection keys it adds for denies and L7 overlaps)

@@ -3,7 +3,7 @@
 # a lab, with membrane's nftables enforcement (10 and 100,000 policy entries) against the
 # same run without it, as ratios. Not a test: numbers on a shared 2-vCPU machine are noisy,
 # so configurations are interleaved round by round and the median of per-round ratios is
-# reported (datapath.md §3: the same config drifts 2x over minutes).
+# reported (docs/datapath.md §3: the same config drifts 2x over minutes).
 #
 # usage (root): crates/membrane-datapath/bench/throughput.sh [ROUNDS] [MEMBRANE_BINARY]
 # needs: iperf3, nftables, iproute2, conntrack, python3 (JSON parsing)

@@ -23,7 +23,7 @@
 //! prefix; prefixes nest, so they are flattened here into disjoint port runs, each with the
 //! verdict of the longest prefix covering it. Interval maps reject overlaps, which is why the
 //! flattening is needed anyway, and it keeps big exact-port policies in hash maps (fast to
-//! flush and look up, datapath.md §3) with only true ranges in small interval maps.
+//! flush and look up, docs/datapath.md §3) with only true ranges in small interval maps.
 //!
 //! Verdicts: allow is `return` in egress chains (so that the destination's ingress check
 //! still runs) and `accept` in ingress chains; deny is `goto <chain>_deny`, which logs
@@ -790,7 +790,7 @@ impl Ruleset {
     }
 
     /// One `nft -f` transaction from `prev` (what is loaded) to `self`, changing the table in
-    /// place: never `delete table` (that is not hitless, datapath.md §3.3). Only maps and
+    /// place: never `delete table` (that is not hitless, docs/datapath.md §3.3). Only maps and
     /// chains whose content changed are flushed and refilled; objects that are gone are
     /// deleted after everything that referenced them was flushed (anything that referenced
     /// them changed too, or it would still reference them).
@@ -910,7 +910,7 @@ pub fn compile(input: &NodeInput) -> String {
     compile_node(input).render()
 }
 
-/// The ruleset with the L7 proxies wired in (datapath.md §4.2): `tproxy` is only valid at
+/// The ruleset with the L7 proxies wired in (docs/datapath.md §4.2): `tproxy` is only valid at
 /// prerouting, and the endpoint chains are shared with the output hook, so L7 entries only
 /// flag the connection (a bit of `ct mark`, whose low bits hold the destination identity
 /// that egress maps already matched) and return; allows in ingress chains `return` instead

@@ -1,7 +1,7 @@
 //! Where every party of a scenario lives in the lab, decided from the world alone (pure).
 //!
 //! * Each scenario node is a **node namespace** holding the node's addresses (on `lo`), the
-//!   nftables table and the routes to its pods (`lxc<i>` veths, routed /32s, datapath.md §4).
+//!   nftables table and the routes to its pods (`lxc<i>` veths, routed /32s, docs/datapath.md §4).
 //! * Each pod (and each reserved-identity endpoint such as a Gateway's `ingress`) is a **pod
 //!   namespace** with `eth0 <ip>/32` behind its node.
 //! * **hostNetwork pods live in their node's namespace**: they share the node's address and

@@ -1,5 +1,5 @@
 //! Policy replaced hundreds of times in place while a client keeps connecting: no allowed
-//! connection may be dropped and no denied one let through (datapath.md §3.3: deleting and
+//! connection may be dropped and no denied one let through (docs/datapath.md §3.3: deleting and
 //! re-creating the table would drop about one allowed SYN in 50 replacements).
 //! Its own test binary, so that it does not share the CPUs with the conformance runs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! http_load --target 127.0.0.1:18081 --connections 10000 --duration 600 --every 30 \
-//!           --watch-pid PID [--requests-per-connection 200] [--denied-percent 20]
+//!           --watch-pid PID [--requests-per-connection 200] [--denied-percent 20] [--rate 10000]
+//!           [--denied-only-percent 20]
 //! ```
 //!
 //! Every connection sends keep-alive `GET`s: allowed ones (`/public/<n>`, expecting `200`)
@@ -21,9 +22,31 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Latency histogram: 10 µs buckets up to 100 ms, then one overflow bucket.
-const BUCKETS: usize = 10_001;
-const BUCKET_US: u64 = 10;
+/// Latency histogram: 10 µs buckets up to 100 ms, then 1 ms buckets up to 10 s, then one
+/// overflow bucket.
+const FINE_BUCKETS: u64 = 10_000;
+const FINE_US: u64 = 10;
+const COARSE_US: u64 = 1_000;
+const BUCKETS: usize = 10_000 + 9_900 + 1;
+
+fn bucket_of(us: u64) -> usize {
+    let b = if us < FINE_BUCKETS * FINE_US {
+        us / FINE_US
+    } else {
+        FINE_BUCKETS + (us - FINE_BUCKETS * FINE_US) / COARSE_US
+    };
+    b.min(BUCKETS as u64 - 1) as usize
+}
+
+fn bucket_ms(b: usize) -> f64 {
+    let b = b as u64;
+    let us = if b < FINE_BUCKETS {
+        b * FINE_US
+    } else {
+        FINE_BUCKETS * FINE_US + (b - FINE_BUCKETS) * COARSE_US
+    };
+    us as f64 / 1000.0
+}
 
 struct Stats {
     ok: AtomicU64,
@@ -43,8 +66,8 @@ impl Stats {
     }
 
     fn record(&self, latency: Duration) {
-        let b = (latency.as_micros() as u64 / BUCKET_US).min(BUCKETS as u64 - 1) as usize;
-        self.hist[b].fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.hist[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes and resets the interval's counts: (ok, wrong, errors, p50 ms, p99 ms).
@@ -61,7 +84,7 @@ impl Stats {
             for (i, c) in counts.iter().enumerate() {
                 seen += c;
                 if seen >= want && want > 0 {
-                    return (i as u64 * BUCKET_US) as f64 / 1000.0;
+                    return bucket_ms(i);
                 }
             }
             0.0
@@ -135,15 +158,23 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection_loop(
     id: u64,
     target: SocketAddr,
     per_connection: u64,
     denied_percent: u64,
+    denied_only: bool,
+    pace: Option<Duration>,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 ) {
     let mut n: u64 = id;
+    // Paced connections start spread over one period, so the load is even from the start.
+    let mut next = Instant::now()
+        + pace.map_or(Duration::ZERO, |p| {
+            p.mul_f64((id.wrapping_mul(2654435761) % 1000) as f64 / 1000.0)
+        });
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut stream) = TcpStream::connect(target).await else {
             stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -156,10 +187,14 @@ async fn connection_loop(
             if stop.load(Ordering::Relaxed) {
                 return;
             }
+            if let Some(p) = pace {
+                tokio::time::sleep_until(next.into()).await;
+                next += p;
+            }
             n = n
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let denied = (n >> 33) % 100 < denied_percent;
+            let denied = denied_only || (n >> 33) % 100 < denied_percent;
             let (path, want) = if denied {
                 ("/private/", 403)
             } else {
@@ -210,7 +245,17 @@ fn main() {
     let per_connection: u64 =
         arg(&args, "--requests-per-connection").map_or(200, |v| v.parse().unwrap());
     let denied_percent: u64 = arg(&args, "--denied-percent").map_or(20, |v| v.parse().unwrap());
+    // Connections that only send denied requests (a scanner): the proxy answers them itself
+    // and never opens an upstream connection for them.
+    let denied_only_percent: u64 =
+        arg(&args, "--denied-only-percent").map_or(0, |v| v.parse().unwrap());
     let watch: Option<u32> = arg(&args, "--watch-pid").map(|v| v.parse().unwrap());
+    // `--rate R`: R requests/s in all, each connection sending every connections/R seconds
+    // (an open-ish load, so latency is the proxy's, not a queue's); without it every
+    // connection sends its next request as soon as it has the answer.
+    let pace: Option<Duration> = arg(&args, "--rate")
+        .map(|v| v.parse::<f64>().unwrap())
+        .map(|rate| Duration::from_secs_f64(connections as f64 / rate));
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -227,12 +272,18 @@ fn main() {
                 target,
                 per_connection,
                 denied_percent,
+                id % 100 < denied_only_percent,
+                pace,
                 stats.clone(),
                 stop.clone(),
             ));
         }
         println!(
-            "{connections} connections to {target}, {denied_percent}% denied, reconnect every {per_connection} requests, {}s",
+            "{connections} connections to {target}, {denied_only_percent}% of them sending only denied requests, the others {denied_percent}% denied, reconnect every {per_connection} requests, {}, {}s",
+            pace.map_or("as fast as answered".to_string(), |p| format!(
+                "one request per connection every {} ms",
+                p.as_millis()
+            )),
             duration.as_secs()
         );
         println!("  time      req/s   p50 ms   p99 ms  wrong  errors   fds   rss KiB");

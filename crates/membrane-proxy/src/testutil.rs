@@ -584,3 +584,17 @@ async fn raw_backend_connection(
         stream.write_all(reply.as_bytes()).await.ok()?;
     }
 }
+
+/// A test that cannot run here (no `CAP_NET_ADMIN`) says so where people see it: straight to
+/// the stderr handle, which the harness does not capture. In CI (`CI` set, as root) a
+/// missing capability is a failure instead.
+pub fn skip_without_privilege(test: &str, why: &dyn std::fmt::Display) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: CI runs as root, but: {why}");
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: SKIPPED: needs CAP_NET_ADMIN ({why})"
+    );
+}

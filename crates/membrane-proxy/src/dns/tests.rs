@@ -395,7 +395,7 @@ async fn replies_come_from_the_original_destination() {
     let listener = match crate::flow::transparent_udp_socket("0.0.0.0:0".parse().unwrap()) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            eprintln!("skipped: {e}");
+            skip_without_privilege("replies_come_from_the_original_destination", &e);
             return;
         }
         Err(e) => panic!("{e}"),
