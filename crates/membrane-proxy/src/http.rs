@@ -175,6 +175,7 @@ pub async fn serve_http_connection(
 ) {
     let mut conn = Connection {
         deadline: Box::pin(tokio::time::sleep(config.idle_timeout)),
+        view: L7Request::Http(HttpRequest::default()),
         client: stream,
         buf: Vec::with_capacity(READ_CHUNK),
         upstream: None,
@@ -199,6 +200,8 @@ struct Connection {
     client: TcpStream,
     /// When the current wait for a request head ends (idle or header timeout).
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The current request as policy sees it (kept to reuse its memory).
+    view: L7Request,
     /// Client bytes read but not yet used (the start of the next request, pipelined ones).
     buf: Vec<u8>,
     upstream: Option<Upstream>,
@@ -294,8 +297,10 @@ impl Connection {
 
     async fn exchange(&mut self, mut head: RequestHead) -> io::Result<Next> {
         let snapshot = self.policy.borrow().clone();
-        let request = L7Request::Http(policy_view(&head));
-        let decision = snapshot.decide(self.flow.src, self.flow.dst, Protocol::Tcp, &request);
+        if let L7Request::Http(view) = &mut self.view {
+            fill_policy_view(&head, view);
+        }
+        let decision = snapshot.decide(self.flow.src, self.flow.dst, Protocol::Tcp, &self.view);
         drop(snapshot);
         let describe = || format!("{} {}", head.method, head.path);
         let denial = if decision.is_allowed() {
@@ -680,22 +685,58 @@ async fn send_body(
 /// The request as policy sees it: method, `:path` (normalized, with the query),
 /// `:authority`, and every header (repeated ones joined with `,`, names in lower case).
 pub fn policy_view(head: &RequestHead) -> HttpRequest {
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(head.headers.len() + 1);
-    headers.push(("host".to_string(), head.authority.clone()));
-    for h in &head.headers {
-        let lower = h.name.to_ascii_lowercase();
-        if headers.iter().any(|(k, _)| *k == lower) {
+    let mut view = HttpRequest::default();
+    fill_policy_view(head, &mut view);
+    view
+}
+
+/// [`policy_view`] into an existing request, reusing its strings' memory (a connection keeps
+/// one, so a request costs no allocation here once the strings are big enough).
+pub fn fill_policy_view(head: &RequestHead, view: &mut HttpRequest) {
+    fn set(s: &mut String, v: &str) {
+        s.clear();
+        s.push_str(v);
+    }
+    set(&mut view.method, &head.method);
+    set(&mut view.path, &head.path);
+    set(&mut view.host, &head.authority);
+    let mut used = 0;
+    let mut next = |view: &mut HttpRequest| -> usize {
+        if used == view.headers.len() {
+            view.headers.push((String::new(), String::new()));
+        }
+        used += 1;
+        used - 1
+    };
+    let i = next(view);
+    set(&mut view.headers[i].0, "host");
+    set(&mut view.headers[i].1, &head.authority);
+    for (n, h) in head.headers.iter().enumerate() {
+        // A repeated header appears once, with every value joined where it first appears.
+        if head.headers[..n]
+            .iter()
+            .any(|e| e.name.eq_ignore_ascii_case(&h.name))
+            || h.is("host")
+        {
             continue;
         }
-        let value = head.joined(&lower).unwrap_or_default();
-        headers.push((lower, value));
+        let i = next(view);
+        let (name, value) = &mut view.headers[i];
+        name.clear();
+        name.extend(h.name.chars().map(|c| c.to_ascii_lowercase()));
+        value.clear();
+        for (k, e) in head.headers[n..]
+            .iter()
+            .filter(|e| e.is(&h.name))
+            .enumerate()
+        {
+            if k > 0 {
+                value.push(',');
+            }
+            value.push_str(&String::from_utf8_lossy(&e.value));
+        }
     }
-    HttpRequest {
-        method: head.method.clone(),
-        path: head.path.clone(),
-        host: head.authority.clone(),
-        headers,
-    }
+    view.headers.truncate(used);
 }
 
 /// The head sent upstream: origin-form target, `Host`, the end-to-end headers, the framing.

@@ -301,6 +301,35 @@ fn policy_view_reads_authority_and_path() {
     assert_eq!(v.headers, [("host".to_string(), "echo:8080".to_string())]);
 }
 
+/// A connection reuses one view: a request with fewer headers than the last leaves none of
+/// the last one's behind, and repeated headers are joined where they first appear.
+#[test]
+fn reused_policy_view_equals_a_fresh_one() {
+    let many = head_of(
+        "GET /a HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-b: 2\r\nX-a: 3\r\nX-Long: aaaaaaaaaaaaaaaa\r\n\r\n",
+    );
+    let few = head_of("POST /b?q HTTP/1.1\r\nHost: other\r\nX-B: 9\r\n\r\n");
+    let mut view = HttpRequest::default();
+    for head in [&many, &few, &many, &few] {
+        fill_policy_view(head, &mut view);
+        let fresh = policy_view(head);
+        assert_eq!(
+            (&view.method, &view.path, &view.host, &view.headers),
+            (&fresh.method, &fresh.path, &fresh.host, &fresh.headers)
+        );
+    }
+    fill_policy_view(&many, &mut view);
+    assert_eq!(
+        view.headers,
+        [
+            ("host".to_string(), "h".to_string()),
+            ("x-a".to_string(), "1,3".to_string()),
+            ("x-b".to_string(), "2".to_string()),
+            ("x-long".to_string(), "aaaaaaaaaaaaaaaa".to_string()),
+        ]
+    );
+}
+
 #[test]
 fn upstream_head_is_what_policy_saw() {
     let h = head_of(
