@@ -723,7 +723,8 @@ pub fn fill_policy_view(head: &RequestHead, view: &mut HttpRequest) {
         let i = next(view);
         let (name, value) = &mut view.headers[i];
         name.clear();
-        name.extend(h.name.chars().map(|c| c.to_ascii_lowercase()));
+        name.push_str(&h.name);
+        name.make_ascii_lowercase();
         value.clear();
         for (k, e) in head.headers[n..]
             .iter()

@@ -454,7 +454,8 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
 /// `name` in lower case, written into `scratch` (reused across headers).
 pub(crate) fn lowered<'s>(name: &str, scratch: &'s mut String) -> &'s str {
     scratch.clear();
-    scratch.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+    scratch.push_str(name);
+    scratch.make_ascii_lowercase();
     scratch.as_str()
 }
 
