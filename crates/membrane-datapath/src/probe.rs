@@ -422,6 +422,9 @@ fn next_id() -> u32 {
     if id == 0 { 1 } else { id }
 }
 
+/// The body of the L7 proxy's `403` (Envoy's, and Cilium's).
+const ACCESS_DENIED: &str = membrane_proxy::http::ACCESS_DENIED_BODY;
+
 /// How long to wait for a drop record once a probe came back undelivered.
 const DROP_GRACE: Duration = Duration::from_millis(400);
 
@@ -894,9 +897,18 @@ fn probe_flow(
                     } else {
                         Verdict::Allow
                     });
-                } else if let Step::Http { .. } = step {
+                } else if let Step::Http { method, .. } = step {
                     match (reply.status, reply.body.as_deref()) {
-                        (Some(403), Some("Access denied\r\n")) => o.lab = Some(Verdict::Http403),
+                        (Some(403), Some(ACCESS_DENIED)) => o.lab = Some(Verdict::Http403),
+                        // The answer to a HEAD has no body: the proxy's denial is the same
+                        // head, whose content-length still announces `Access denied\r\n`.
+                        (Some(403), Some("") | None)
+                            if method == "HEAD"
+                                && wire::header(&reply.headers, "content-length")
+                                    == Some(ACCESS_DENIED.len().to_string().as_str()) =>
+                        {
+                            o.lab = Some(Verdict::Http403);
+                        }
                         (Some(200), _) => o.lab = Some(Verdict::Allow),
                         (None, _) if reply.closed => {
                             o.notes.push(
