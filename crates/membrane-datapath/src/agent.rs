@@ -235,7 +235,9 @@ fn answer_http(mut c: std::net::TcpStream, log: &HttpLog) {
     use std::io::Read;
     let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
     let peer = c.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-    let local = c.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let local = c
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -925,7 +925,10 @@ impl Lab {
     /// would: from then on tproxy finds no socket there, and the datapath must fail closed.
     /// Only for a lab this process started.
     pub fn kill_proxies(&mut self, node: usize) -> Result<(), String> {
-        let name = format!("proxy-{}", self.topo.nodes.get(node).ok_or("no such node")?.key);
+        let name = format!(
+            "proxy-{}",
+            self.topo.nodes.get(node).ok_or("no such node")?.key
+        );
         let i = self
             .child_names
             .iter()
