@@ -62,7 +62,11 @@ fn a_missing_nft_is_named_once_with_its_package() {
         "names nft (and nothing else): {err}"
     );
     assert!(err.contains("apt-get install -y nftables"), "{err}");
-    assert_eq!(err.matches("nft").count(), 2, "one error, not one per file: {err}");
+    assert_eq!(
+        err.matches("nft").count(),
+        2,
+        "one error, not one per file: {err}"
+    );
     assert!(!err.contains("exec"), "{err}");
 }
 
