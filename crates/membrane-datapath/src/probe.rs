@@ -114,6 +114,9 @@ pub struct FlowPlan {
     pub steps: Vec<Step>,
     /// Sent to a Gateway (its forwarder makes the backend connection).
     pub gateway: bool,
+    /// Source and destination share a namespace (a hostNetwork pod and its own node, or
+    /// two outside addresses in the world namespace): the probe goes over loopback.
+    pub loopback: bool,
 }
 
 fn endpoint_key(topo: &Topology, party: Party) -> Option<String> {
@@ -209,6 +212,7 @@ pub fn plan_with(world: &World, topo: &Topology, proxies: bool) -> Vec<FlowPlan>
                 skip: None,
                 steps: vec![],
                 gateway: false,
+                loopback: false,
             };
             if let Err(e) = plan_flow(world, topo, f, &mut p, proxies) {
                 p.skip = Some(e);
@@ -282,11 +286,11 @@ fn plan_flow(
     } else {
         f.port.ok_or("a TCP/UDP/SCTP flow needs a port")?
     };
-    if from_ns == to_ns {
-        return Err(
-            "source and destination share a namespace: nothing crosses the datapath".into(),
-        );
-    }
+    // A node and its hostNetwork pods share the node's stack, and the world namespace holds
+    // every outside address: such flows go over `lo` there, as they do in a cluster. The node's
+    // ruleset lets loopback pass (`iif lo`/`oif lo accept`): Cilium's host firewall never sees
+    // what a host sends to itself, and the engine agrees (neither side enforced).
+    p.loopback = from_ns == to_ns;
     let to_kube_dns = dns.and_then(|d| topo.place(d)) == Some((to_ns, dst));
     if let Some((_, client_hop)) = &e.gateway {
         // Through a Gateway: the request goes to the gateway's forwarder, which connects to
@@ -830,6 +834,10 @@ fn probe_flow(
     };
     if o.skipped.is_some() {
         return o;
+    }
+    if p.loopback {
+        o.notes
+            .push("over loopback: source and destination share a namespace".into());
     }
     for step in &p.steps {
         let (r, attempts) = send(agents, collector, step);
