@@ -1,6 +1,6 @@
 //! `membrane lab helper proxy`: the L7 proxies of one lab node (HTTP, DNS, TLS from
-//! `membrane-proxy`), run inside the node's namespace under nftables `tproxy`
-//! (datapath.md §4.2).
+//! `membrane-proxy`), run inside the node's namespace under nftables `tproxy` (the
+//! ruleset marks connections for a proxy and hands them to its transparent socket).
 //!
 //! The policy comes from the scenario file the lab keeps for its proxies: the helper loads
 //! it into a `World`, publishes `proxy_policy_from_world` as seen from its node (with the
