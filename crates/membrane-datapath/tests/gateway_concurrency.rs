@@ -1,8 +1,8 @@
 //! The seed demo's Gateway under load (root): hundreds of concurrent allowed and denied
 //! requests, through the Gateway and straight from the gateway's pod to the backend, some on
-//! keep-alive connections. Counted from the backend's own log: every allowed request arrived
-//! exactly once, no denied one ever did, and every answer carried its own request's
-//! `x-probe-id` (it went to its own client). Then the backend's node loses its L7 proxy: the
+//! keep-alive connections, while the frontend (not allowed at L3/L4) tries too. Counted from
+//! the backend's own log: every allowed request arrived exactly once, no denied one ever did,
+//! and every answer carried its own request's `x-probe-id` (it went to its own client). Then the backend's node loses its L7 proxy: the
 //! datapath must fail closed (no answer at all, never a 200).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -176,12 +176,14 @@ fn hundreds_of_concurrent_requests_through_the_gateway_and_direct_are_each_decid
         lab,
         paths,
         backend,
-        ..
+        world,
     } = setup("gwload");
+    // The frontend may not reach the backend at all (L3/L4): its requests are dropped.
+    let frontend = place(&world, &lab, "frontend/frontend");
     let files = (0..lab.topo.nodes.len())
         .map(|i| (i, lab.pcap(i)))
         .collect();
-    // Policy drops during the run: none expected (every request is allowed at L3/L4).
+    // Policy drops during the run: only the frontend's.
     let collector = Collector::start(files, false);
     let backend_addr = format!("{}:3000", backend.1);
     // 400 single-request connections, all released at once…
@@ -189,10 +191,39 @@ fn hundreds_of_concurrent_requests_through_the_gateway_and_direct_are_each_decid
     // …and 40 keep-alive connections of 8 requests each, allowed and denied interleaved.
     const SEQS: usize = 40;
     const PER_SEQ: usize = 8;
-    let barrier = Barrier::new(SINGLE + SEQS);
+    // …and 40 from the frontend, allowed paths included, which the datapath drops.
+    const FRONTEND: usize = 40;
+    let barrier = Barrier::new(SINGLE + SEQS + FRONTEND);
     let mut sent: Vec<Sent> = Vec::new();
+    let mut from_frontend: Vec<(String, Reply)> = Vec::new();
     std::thread::scope(|s| {
         let mut handles = Vec::new();
+        let mut frontend_handles = Vec::new();
+        for i in 0..FRONTEND {
+            let (method, target) = if i % 2 == 0 {
+                ALLOWED[i % ALLOWED.len()]
+            } else {
+                DENIED[i % DENIED.len()]
+            };
+            let id = format!("f{i}");
+            let (lab, barrier) = (&lab, &barrier);
+            frontend_handles.push(s.spawn(move || {
+                let q = request(method, target, &id);
+                let req = Request::Http {
+                    src: frontend.1,
+                    sport: 0,
+                    dst: backend.1,
+                    port: 3000,
+                    method: q.method,
+                    path: q.path,
+                    host: q.host,
+                    headers: q.headers,
+                    timeout_ms: 1000,
+                };
+                barrier.wait();
+                (id, call(lab, frontend.0, &req))
+            }));
+        }
         for i in 0..SINGLE {
             let path = paths[i % 2];
             let allowed = (i / 2) % 3 != 0;
@@ -284,7 +315,16 @@ fn hundreds_of_concurrent_requests_through_the_gateway_and_direct_are_each_decid
         for h in handles {
             sent.extend(h.join().unwrap());
         }
+        for h in frontend_handles {
+            from_frontend.push(h.join().unwrap());
+        }
     });
+    for (id, r) in &from_frontend {
+        assert!(
+            !r.delivered && r.status.is_none(),
+            "{id} from the frontend got through: {r:?}"
+        );
+    }
     assert_eq!(sent.len(), SINGLE + SEQS * PER_SEQ);
     let log = lab.http_log(backend.0).unwrap();
     let bad: Vec<String> = sent
@@ -354,11 +394,27 @@ fn hundreds_of_concurrent_requests_through_the_gateway_and_direct_are_each_decid
             s.what
         );
     }
+    for (id, _) in &from_frontend {
+        assert_eq!(
+            arrived.get(id.as_str()),
+            None,
+            "{id} from the frontend arrived"
+        );
+    }
     assert_eq!(log.len(), allowed.len(), "nothing else reached the backend");
-    assert_eq!(collector.events(), vec![], "no policy drop");
+    let drops = collector.events();
+    assert!(
+        drops.iter().all(|e| e.src == frontend.1),
+        "policy drops of other traffic than the frontend's: {drops:?}"
+    );
+    assert!(
+        drops.iter().any(|e| e.src == frontend.1 && e.dport == 3000),
+        "the frontend's requests were dropped by policy, and logged"
+    );
     drop(collector);
     eprintln!(
-        "{} requests ({} allowed, {} denied) through the gateway and direct: all decided once",
+        "{} requests ({} allowed, {} denied) through the gateway and direct: all decided once; \
+         {FRONTEND} from the frontend dropped",
         sent.len(),
         allowed.len(),
         denied.len()
