@@ -2,8 +2,9 @@
 //! requests, through the Gateway and straight from the gateway's pod to the backend, some on
 //! keep-alive connections, while the frontend (not allowed at L3/L4) tries too. Counted from
 //! the backend's own log: every allowed request arrived exactly once, no denied one ever did,
-//! and every answer carried its own request's `x-probe-id` (it went to its own client). Then the backend's node loses its L7 proxy: the
-//! datapath must fail closed (no answer at all, never a 200).
+//! and every answer carried its own request's `x-probe-id` (it went to its own client). Then
+//! the backend's node loses its L7 proxy: the datapath must fail closed (no answer at all,
+//! never a 200).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
