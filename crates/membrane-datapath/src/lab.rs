@@ -406,6 +406,8 @@ pub struct Lab {
     children: Vec<Child>,
     /// The log name of each child (`proxy-n0`, `agent-p3`, …), in `children`'s order.
     child_names: Vec<String>,
+    /// How each node's proxies were started (program, arguments), to start them again.
+    proxy_commands: Vec<(PathBuf, Vec<String>)>,
     reaper: Option<Child>,
     /// Whether the proxies run (their scenario file is `proxy-scenario.yaml` in `dir`).
     proxies: bool,
@@ -447,6 +449,7 @@ impl Lab {
             rulesets: vec![],
             children: vec![],
             child_names: vec![],
+            proxy_commands: vec![],
             reaper: None,
             proxies: opts.proxies.is_some(),
             kept: false,
@@ -478,7 +481,12 @@ impl Lab {
 
     fn log_file(&self, what: &str) -> Result<std::fs::File, String> {
         let p = self.dir.join(format!("{what}.log"));
-        std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
+        // Appended: a process started again (`restart_proxies`) keeps its predecessor's log.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))
     }
 
     fn spawn_in(
@@ -648,6 +656,8 @@ impl Lab {
                 let ns = self.netns(NsRef::Node(i));
                 let log = format!("proxy-{}", t.nodes[i].key);
                 self.spawn_in(&ns, &log, &opts.helper.program, &args)?;
+                self.proxy_commands
+                    .push((opts.helper.program.clone(), args));
             }
         }
         let mut servers = Servers::plan(world, &t);
@@ -929,16 +939,36 @@ impl Lab {
             "proxy-{}",
             self.topo.nodes.get(node).ok_or("no such node")?.key
         );
+        // The latest process of that name (proxies may have been started again).
         let i = self
             .child_names
             .iter()
-            .position(|n| *n == name)
+            .rposition(|n| *n == name)
             .ok_or_else(|| format!("no process {name} in this lab"))?;
         let child = &mut self.children[i];
         child.kill().map_err(|e| format!("{name}: {e}"))?;
         child.wait().map_err(|e| format!("{name}: {e}"))?;
         let _ = std::fs::remove_file(self.proxy_ready(node));
         Ok(())
+    }
+
+    /// Starts node `node`'s proxies again (after [`Lab::kill_proxies`]) without waiting for
+    /// them: until they listen, the datapath drops what it would hand them
+    /// ([`Lab::proxies_ready`] says when they do).
+    pub fn restart_proxies(&mut self, node: usize) -> Result<(), String> {
+        let (program, args) = self
+            .proxy_commands
+            .get(node)
+            .cloned()
+            .ok_or("no proxies started in this lab")?;
+        let name = format!("proxy-{}", self.topo.nodes[node].key);
+        let ns = self.netns(NsRef::Node(node));
+        self.spawn_in(&ns, &name, &program, &args)
+    }
+
+    /// Whether node `node`'s proxies listen (they write their ready file once bound).
+    pub fn proxies_ready(&self, node: usize) -> bool {
+        self.proxy_ready(node).exists()
     }
 
     /// The requests the HTTP server of the agent in `ns` received (labs with proxies, whose
@@ -1021,6 +1051,7 @@ impl Lab {
             rulesets,
             children: vec![],
             child_names: vec![],
+            proxy_commands: vec![],
             reaper: None,
             proxies,
             kept: true,

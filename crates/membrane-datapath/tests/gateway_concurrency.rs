@@ -514,3 +514,136 @@ fn without_its_l7_proxy_the_backend_gets_nothing_allowed_or_denied() {
     drop(collector);
     lab.down().unwrap();
 }
+
+/// The window of the original bug: requests in flight while the backend node's proxies are
+/// down and while they start again. Until they listen, tproxy finds no socket and the
+/// datapath must drop; once they do, they decide. No denied request may ever be answered 200
+/// or reach the backend, whatever the timing.
+#[test]
+fn requests_while_the_proxies_start_again_are_never_let_through() {
+    if !root_or_skip("requests_while_the_proxies_start_again_are_never_let_through") {
+        return;
+    }
+    let Setup {
+        mut lab,
+        paths,
+        backend,
+        world,
+    } = setup("restart");
+    let NsRef::Pod(k) = backend.0 else {
+        panic!("the backend is a pod")
+    };
+    let node = lab.topo.pods[k].node;
+    lab.kill_proxies(node).unwrap();
+    let backend_addr = format!("{}:3000", backend.1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut sent: Vec<Sent> = Vec::new();
+    // The workers talk to the agents' sockets, not to `lab`, which restarts the proxies.
+    let sockets: Vec<PathBuf> = paths.iter().map(|p| lab.socket(p.from)).collect();
+    let lab_mut = &mut lab;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..16)
+            .map(|w| {
+                let (stop, sockets) = (&stop, &sockets);
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let path = paths[(w + n) % 2];
+                        let socket = &sockets[(w + n) % 2];
+                        let allowed = (w + n) % 3 != 0;
+                        let (method, target) = if allowed {
+                            ALLOWED[n % ALLOWED.len()]
+                        } else {
+                            DENIED[n % DENIED.len()]
+                        };
+                        let id = format!("r{w}-{n}");
+                        let q = request(method, target, &id);
+                        let r = wire::call(
+                            socket,
+                            &Request::Http {
+                                src: path.src,
+                                sport: 0,
+                                dst: path.dst,
+                                port: path.port,
+                                method: q.method,
+                                path: q.path,
+                                host: q.host,
+                                headers: q.headers,
+                                timeout_ms: 300,
+                            },
+                            Duration::from_secs(60),
+                        )
+                        .unwrap();
+                        assert!(r.error.is_none(), "{r:?}");
+                        out.push(Sent {
+                            id,
+                            allowed,
+                            via: path.name,
+                            what: format!("{method} {target}"),
+                            answer: r.status.map(|status| HttpAnswer {
+                                status,
+                                headers: r.headers.clone(),
+                                body: r.body.clone().unwrap_or_default(),
+                            }),
+                            note: format!("connected: {}, closed: {}", r.delivered, r.closed),
+                        });
+                        n += 1;
+                    }
+                    out
+                })
+            })
+            .collect();
+        // Requests meet the dead proxies for a while, then the start-up, then live proxies.
+        std::thread::sleep(Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        let restart = lab_mut.restart_proxies(node);
+        while restart.is_ok() && !lab_mut.proxies_ready(node) {
+            assert!(started.elapsed() < Duration::from_secs(20), "no restart");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            sent.extend(w.join().unwrap());
+        }
+        restart.unwrap();
+    });
+    let log = lab.http_log(backend.0).unwrap();
+    let arrived: BTreeMap<&str, usize> =
+        log.iter()
+            .filter_map(|e| e.probe_id.as_deref())
+            .fold(BTreeMap::new(), |mut m, id| {
+                *m.entry(id).or_default() += 1;
+                m
+            });
+    let mut unanswered = 0;
+    let mut answered_allowed = 0;
+    for s in &sent {
+        match &s.answer {
+            None => {
+                unanswered += 1;
+                assert!(!arrived.contains_key(s.id.as_str()) || s.allowed, "{s:?}");
+            }
+            Some(_) => {
+                check(s, &backend_addr).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+                if s.allowed {
+                    answered_allowed += 1;
+                    assert_eq!(arrived.get(s.id.as_str()), Some(&1), "{s:?}");
+                }
+            }
+        }
+        if !s.allowed {
+            assert!(!arrived.contains_key(s.id.as_str()), "denied {s:?} arrived");
+        }
+    }
+    eprintln!(
+        "{} requests around a proxy restart: {unanswered} without an answer (proxies down or \
+         starting), {answered_allowed} allowed answered 200",
+        sent.len()
+    );
+    assert!(unanswered > 0, "no request met the proxies down");
+    assert!(answered_allowed > 0, "the proxies never came back");
+    drop(world);
+    lab.down().unwrap();
+}
