@@ -51,7 +51,16 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
     // flow events (`lab observe`): Hubble shows both.
     let events: Option<PathBuf> = opt("--events").map(PathBuf::from);
     let ready: Option<PathBuf> = opt("--ready").map(PathBuf::from);
-    let node_name = opt("--node").unwrap_or_default();
+    let node: Option<usize> = match opt("--node") {
+        Some(n) => Some(n.parse().map_err(|_| "bad --node")?),
+        None => None,
+    };
+    let world = load_world(&scenario)?;
+    // Events name the node as Hubble does (`node_name`), not by its index.
+    let node_name = node
+        .and_then(|n| world.scenario.nodes.get(n))
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
     let hook = events.clone().map(|path| -> membrane_proxy::DenialHook {
         let node_name = node_name.clone();
         Arc::new(move |d: &membrane_proxy::Denial| {
@@ -63,10 +72,6 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             append_line(&path, &forwarded_json(f, &node_name));
         })
     });
-    let node: Option<usize> = match opt("--node") {
-        Some(n) => Some(n.parse().map_err(|_| "bad --node")?),
-        None => None,
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,7 +79,6 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
     rt.block_on(async move {
         let learner = Arc::new(FqdnLearner::new(Arc::new(SystemClock)));
         let mut fqdns = learner.subscribe();
-        let world = load_world(&scenario)?;
         let policy = proxy_policy_from_world(&world, node, Some(&fqdns.borrow()));
         let (tx, rx) = tokio::sync::watch::channel::<Arc<ProxyPolicy>>(Arc::new(policy));
         let e = |what: &str, e: std::io::Error| format!("{what}: {e}");

@@ -97,6 +97,8 @@ fn allowed_requests_are_flow_events_with_the_rule_that_allowed_them() {
     assert_eq!(get["IP"]["source"], "10.244.1.10", "{all}");
     assert_eq!(get["IP"]["destination"], "10.244.2.20", "{all}");
     assert_eq!(get["l4"]["destination_port"], 8080, "{all}");
+    // The node whose proxy forwarded it (the server's: its ingress has the L7 rule).
+    assert_eq!(get["node_name"], "node2", "{all}");
     // The rule that allowed it: the server's ingress rule of `server-get-only`.
     let policies = get["policies"].as_array().expect("policies");
     assert!(
