@@ -291,6 +291,12 @@ fn plan_flow(
     // ruleset lets loopback pass (`iif lo`/`oif lo accept`): Cilium's host firewall never sees
     // what a host sends to itself, and the engine agrees (neither side enforced).
     p.loopback = from_ns == to_ns;
+    if p.loopback && matches!(from_ns, NsRef::Pod(_)) {
+        // A pod to its own address never leaves its namespace either, but the engine reads
+        // a workload to itself as traffic between its replicas, which the datapath does
+        // police: a lab pod has no replica to send it to.
+        return Err("a pod to itself: the lab has no other replica of it to send it to".into());
+    }
     let to_kube_dns = dns.and_then(|d| topo.place(d)) == Some((to_ns, dst));
     if let Some((_, client_hop)) = &e.gateway {
         // Through a Gateway: the request goes to the gateway's forwarder, which connects to
