@@ -125,6 +125,15 @@ fn need_root() -> Result<(), String> {
     }
 }
 
+/// The programs the labs of these files run are installed (checked before root: a missing
+/// tool is the first thing to fix either way). Files that cannot be read are left to the
+/// run, which reports them.
+fn prerequisites(files: &[PathBuf]) -> Result<(), String> {
+    let worlds: Vec<membrane_cluster::world::World> =
+        files.iter().filter_map(|f| load_world(f).ok()).collect();
+    lab::check_prerequisites(&worlds)
+}
+
 /// The lab a command is about: the given name, or the only lab there is.
 fn pick(name: Option<String>) -> Result<String, String> {
     if let Some(n) = name {
@@ -154,13 +163,16 @@ pub fn run(cmd: LabCommand) -> u8 {
             jobs,
             parallel,
             no_proxies,
-        } => need_root()
+        } => prerequisites(&files)
+            .and_then(|()| need_root())
             .and_then(|()| run_files(&files, verbose, output, jobs, parallel, !no_proxies)),
         LabCommand::Up {
             path,
             name,
             no_proxies,
-        } => need_root().and_then(|()| up(&path, name, !no_proxies)),
+        } => prerequisites(std::slice::from_ref(&path))
+            .and_then(|()| need_root())
+            .and_then(|()| up(&path, name, !no_proxies)),
         LabCommand::Probe {
             name,
             verbose,

@@ -447,6 +447,32 @@ impl World {
         req: &L7Request,
         learned: bool,
     ) -> FlowDecision {
+        if let (Party::Node { node: a, .. }, Party::Node { node: b, .. }) = (from, to) {
+            if a == b {
+                // A node (or a hostNetwork pod on it) to one of its own addresses: the packet
+                // goes over `lo`. Cilium enforces host policies in the programs attached to
+                // cilium_host/cilium_net (host ↔ local pods) and the native devices (host ↔
+                // everything else); loopback traffic passes none of them, so the host
+                // firewall never sees it. Neither side is enforced.
+                let side = |direction| SideDecision {
+                    direction,
+                    outcome: Outcome::NotEnforced,
+                    enforcement: membrane_policy::resolve::Enforcement::NotSelected,
+                    key: None,
+                    deciding: vec![],
+                    proxy: None,
+                    l7_detail: Some(
+                        "the host to itself over loopback: host policies do not apply".into(),
+                    ),
+                    injected_headers: vec![],
+                };
+                return verdict::combine(
+                    side(Direction::Egress),
+                    Some(side(Direction::Ingress)),
+                    matches!(req, L7Request::Dns { .. }),
+                );
+            }
+        }
         let egress = self.side(from, to, Direction::Egress, protocol, port, req, learned);
         let ingress = self.side(to, from, Direction::Ingress, protocol, port, req, learned);
         verdict::combine(egress, Some(ingress), matches!(req, L7Request::Dns { .. }))

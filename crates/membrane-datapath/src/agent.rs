@@ -12,7 +12,7 @@
 //!   This is how Ctrl-C cleans up without a signal handler (unsafe is forbidden here).
 //! * `connrate`: new connections per second, for the benchmark script.
 
-use crate::wire::{Reply, Request};
+use crate::wire::{HttpAnswer, HttpLogEntry, HttpRequest, Reply, Request};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -70,6 +70,13 @@ fn ports(list: Option<&str>) -> Result<Vec<u16>, String> {
 
 type SeenSet = Arc<Mutex<HashSet<(u8, Ipv4Addr, u64)>>>;
 
+/// What the agent's HTTP server received (`Request::HttpLog`).
+type HttpLog = Arc<Mutex<Vec<HttpLogEntry>>>;
+
+/// The HTTP log keeps this many requests (the oldest go first): a lab's tests send a few
+/// thousand at most, and a long-running `lab up` must not grow without bound.
+const HTTP_LOG_MAX: usize = 200_000;
+
 fn remember(seen: &SeenSet, proto: u8, src: Ipv4Addr, key: u64) {
     seen.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -100,16 +107,18 @@ fn agent(args: &[String]) -> Result<(), String> {
         }
     }
     let seen: SeenSet = Arc::default();
+    let http_log: HttpLog = Arc::default();
     for port in ports(opt(args, "--tcp"))? {
         let l = listener(port).map_err(|e| format!("tcp :{port}: {e}"))?;
         // Probes only need the handshake: accepted connections are closed at once, in the
         // accept loop (a thread per connection cannot keep up with the connection-rate
         // loops). Two threads, so that one descheduled thread does not stall the queue.
-        // With `--http` (labs with proxies), each connection gets a thread that answers one
-        // HTTP request with 200.
+        // With `--http` (labs with proxies), each connection gets a thread that answers its
+        // HTTP requests with 200 (keep-alive) and logs them.
         let http = args.iter().any(|a| a == "--http");
         for _ in 0..2 {
             let l = l.try_clone().map_err(|e| format!("tcp :{port}: {e}"))?;
+            let http_log = http_log.clone();
             thread::spawn(move || {
                 for c in l.incoming() {
                     match c {
@@ -118,7 +127,8 @@ fn agent(args: &[String]) -> Result<(), String> {
                             thread::spawn(move || answer_resp(c));
                         }
                         Ok(c) if http => {
-                            thread::spawn(move || answer_http(c));
+                            let log = http_log.clone();
+                            thread::spawn(move || answer_http(c, &log));
                         }
                         c => drop(c),
                     }
@@ -159,6 +169,7 @@ fn agent(args: &[String]) -> Result<(), String> {
     }
     for conn in listener.incoming().flatten() {
         let seen = seen.clone();
+        let http_log = http_log.clone();
         thread::spawn(move || {
             let mut reader = BufReader::new(&conn);
             let mut line = String::new();
@@ -166,6 +177,10 @@ fn agent(args: &[String]) -> Result<(), String> {
                 return;
             }
             let reply = match serde_json::from_str::<Request>(&line) {
+                Ok(Request::HttpLog) => Reply {
+                    http_log: http_log.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                    ..Reply::default()
+                },
                 Ok(req) => handle(req, &seen),
                 Err(e) => Reply {
                     error: Some(format!("bad request: {e}")),
@@ -180,21 +195,113 @@ fn agent(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads one request head and answers `200 OK` (body `ok\n`), then closes.
-fn answer_http(mut c: std::net::TcpStream) {
+/// A parsed request head: method, path, lower-cased headers, and its length in bytes.
+struct Head {
+    method: String,
+    path: String,
+    version: String,
+    headers: Vec<(String, String)>,
+    len: usize,
+}
+
+/// Parses the request head at the start of `buf`, if it is all there.
+fn request_head(buf: &[u8]) -> Option<Head> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next()?.split_whitespace();
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let version = first.next().unwrap_or("HTTP/1.1").to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Head {
+        method,
+        path,
+        version,
+        headers,
+        len: end + 4,
+    })
+}
+
+/// Serves HTTP/1.1 on one connection: each request is logged (method, path, `x-probe-id`,
+/// both addresses) and answered `200 OK` (body `ok\n`, none for `HEAD`) with its
+/// `x-probe-id` echoed and `x-served-by: <local address>`, so a client can tell that the
+/// answer it got is its own and who gave it. Keep-alive until the client asks to close,
+/// sends a body it cannot frame (chunked), or stays idle.
+fn answer_http(mut c: std::net::TcpStream, log: &HttpLog) {
     use std::io::Read;
-    let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+    let peer = c.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let local = c
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let head = loop {
+            if let Some(h) = request_head(&buf) {
+                break h;
+            }
+            if buf.len() > 65536 {
+                return;
+            }
+            match c.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let header = |name: &str| crate::wire::header(&head.headers, name);
+        if header("transfer-encoding").is_some() {
+            return; // not needed by any probe: close rather than misframe the next request
+        }
+        let body_len: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        // Drop the request and its body from the buffer.
+        let need = head.len + body_len;
+        while buf.len() < need {
+            match c.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..need);
+        let probe_id = header("x-probe-id").map(str::to_string);
+        {
+            let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+            if l.len() >= HTTP_LOG_MAX {
+                l.drain(..HTTP_LOG_MAX / 2);
+            }
+            l.push(HttpLogEntry {
+                method: head.method.clone(),
+                path: head.path.clone(),
+                probe_id: probe_id.clone(),
+                peer: peer.clone(),
+                local: local.clone(),
+            });
+        }
+        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+            || head.version == "HTTP/1.0";
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nx-served-by: {local}\r\n"
+        );
+        if let Some(id) = &probe_id {
+            out.push_str(&format!("x-probe-id: {id}\r\n"));
+        }
+        if close {
+            out.push_str("connection: close\r\n");
+        }
+        out.push_str("\r\n");
+        if head.method != "HEAD" {
+            out.push_str("ok\n");
+        }
+        if c.write_all(out.as_bytes()).is_err() || close {
+            return;
         }
     }
-    let _ = c.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
-    );
 }
 
 /// Redis' port: probes to it send `PING` and expect `+PONG`.
@@ -344,18 +451,39 @@ fn tcp_exchange(
     Ok((r, Some((got, closed))))
 }
 
-/// Whether `got` holds a whole HTTP response (head and `content-length` bytes of body).
-fn http_complete(got: &[u8]) -> bool {
-    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
+/// The whole HTTP response at the start of `got` (head and `content-length` bytes of body;
+/// no body at all for the answer to a `HEAD`, whatever `content-length` says) and its length.
+fn http_response(got: &[u8], head_request: bool) -> Option<(HttpAnswer, usize)> {
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&got[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len = if head_request {
+        0
+    } else {
+        crate::wire::header(&headers, "content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
     };
-    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-    let len = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    got.len() >= end + 4 + len
+    let body = got.get(end + 4..end + 4 + len)?;
+    let answer = HttpAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(body).into_owned(),
+    };
+    Some((answer, end + 4 + len))
+}
+
+fn request_text(method: &str, path: &str, host: &str, headers: &[(String, String)]) -> String {
+    let mut text = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -368,25 +496,87 @@ fn http_probe(
     timeout: Duration,
 ) -> Result<Reply, String> {
     let (method, path, host, headers) = req;
-    let mut text = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
-    for (k, v) in headers {
-        text.push_str(&format!("{k}: {v}\r\n"));
-    }
+    let mut text = request_text(method, path, host, headers);
     text.push_str("connection: close\r\n\r\n");
     let wait = timeout.max(Duration::from_secs(3));
+    let head_request = method == "HEAD";
     let (mut r, ex) = tcp_exchange(
         (src, sport, dst, port),
         timeout,
         text.as_bytes(),
         wait,
-        http_complete,
+        |got| http_response(got, head_request).is_some(),
     )?;
     if let Some((got, closed)) = ex {
         r.closed = closed && got.is_empty();
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some((a, _)) = http_response(&got, head_request) {
+            r.status = Some(a.status);
+            r.headers = a.headers;
+            r.body = Some(a.body);
+        } else if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            // A head whose body did not all come: what there is.
             let head = String::from_utf8_lossy(&got[..end]);
             r.status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
             r.body = Some(String::from_utf8_lossy(&got[end + 4..]).into_owned());
+        }
+    }
+    Ok(r)
+}
+
+/// `requests` one after the other on one keep-alive connection: each is sent once the
+/// previous answer is complete; stops when the peer closes or an answer does not come
+/// within `timeout` (3 s at least).
+fn http_seq(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    requests: &[HttpRequest],
+    timeout: Duration,
+) -> Result<Reply, String> {
+    use std::io::Read;
+    let s = bound(Type::STREAM, Protocol::TCP, src, 0)?;
+    let mut r = Reply {
+        sport: local_port(&s),
+        ..Reply::default()
+    };
+    match s.connect_timeout(&SockAddr::from(SocketAddrV4::new(dst, port)), timeout) {
+        Ok(()) => r.delivered = true,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            r.delivered = true;
+            r.refused = true;
+            return Ok(r);
+        }
+        Err(_) => return Ok(r),
+    }
+    let _ = s.set_linger(Some(Duration::ZERO));
+    let mut s: std::net::TcpStream = s.into();
+    let wait = timeout.max(Duration::from_secs(3));
+    let mut got: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    'requests: for q in requests {
+        let mut text = request_text(&q.method, &q.path, &q.host, &q.headers);
+        text.push_str("\r\n");
+        if s.write_all(text.as_bytes()).is_err() {
+            break;
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some((a, used)) = http_response(&got, q.method == "HEAD") {
+                got.drain(..used);
+                r.answers.push(a);
+                continue 'requests;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break 'requests;
+            };
+            let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    r.closed = true;
+                    break 'requests;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
         }
     }
     Ok(r)
@@ -531,6 +721,15 @@ fn handle(req: Request, seen: &SeenSet) -> Reply {
             (&method, &path, &host, &headers),
             Duration::from_millis(timeout_ms),
         ),
+        Request::HttpSeq {
+            src,
+            dst,
+            port,
+            requests,
+            timeout_ms,
+        } => http_seq(src, dst, port, &requests, Duration::from_millis(timeout_ms)),
+        // Answered by the control loop, which holds the log.
+        Request::HttpLog => Ok(Reply::default()),
         Request::Tls {
             src,
             sport,

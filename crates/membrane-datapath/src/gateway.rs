@@ -5,7 +5,7 @@
 //! `membrane_cluster::runner::route_for` does (exact before prefix, then the longest path),
 //! connects to the route's first backend from the gateway's own address (so the backend's
 //! node sees the `ingress` identity and its policy, L7 proxy included, applies) and relays
-//! the answer. No route: `404`; the backend unreachable within a second: the client's
+//! the answer. No route: `404`; the backend unreachable within 2 s: the client's
 //! connection is closed without an answer (what a probe reads as an L3/L4 deny).
 //!
 //! `gateway --src IP --listen PORT[,PORT…] --route KIND,IP,PORT,PATH …` with KIND `exact`
@@ -172,10 +172,17 @@ fn serve(mut c: TcpStream, src: Ipv4Addr, routes: &[Route]) {
     let mut forwarded = upstream_head(&request);
     forwarded.extend_from_slice(&head[request.head_len..]);
     let head = forwarded;
-    let Ok(up) = connect_from(src, route.backend) else {
-        // Dropped or refused on the way to the backend: close without an answer.
-        let _ = c.shutdown(std::net::Shutdown::Both);
-        return;
+    let up = match connect_from(src, route.backend) {
+        Ok(up) => up,
+        Err(e) => {
+            // Dropped or refused on the way to the backend: close without an answer.
+            eprintln!(
+                "membrane lab gateway: {} {}: {e}",
+                route.backend, request.path
+            );
+            let _ = c.shutdown(std::net::Shutdown::Both);
+            return;
+        }
     };
     let mut up: TcpStream = up.into();
     if up.write_all(&head).is_err() {
@@ -192,14 +199,34 @@ fn serve(mut c: TcpStream, src: Ipv4Addr, routes: &[Route]) {
     let _ = up.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = std::io::copy(&mut up, &mut c);
     let _ = c.shutdown(std::net::Shutdown::Both);
-    let _ = up.shutdown(std::net::Shutdown::Both);
     let _ = t.join();
+    // `up` closes here with a reset (linger 0, see `connect_from`), not a FIN.
 }
 
 fn connect_from(src: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     s.bind(&SockAddr::from(SocketAddrV4::new(src, 0)))?;
-    s.connect_timeout(&SockAddr::from(to), Duration::from_secs(1))?;
+    // Two seconds: one SYN retransmission (the first comes after 1 s) is ordinary TCP and
+    // must not turn an allowed request into a deny. It happens here under a few hundred
+    // concurrent requests: the node's proxy connects to the backend from the client's own
+    // address and port and ends that leg first, so its socket sits in TIME_WAIT in the node's
+    // namespace, and this namespace's kernel, which cannot know, soon reuses the port; the
+    // first SYN of the new connection is then lost to the old state. A probe waits 3 s for an
+    // answer, so a backend that really is unreachable still reads as a deny.
+    if let Err(e) = s.connect_timeout(&SockAddr::from(to), Duration::from_secs(2)) {
+        let port = s
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket_ipv4())
+            .map_or(0, |a| a.port());
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("{e} (from port {port})"),
+        ));
+    }
+    // Close with a reset, as the agents' probes do: no TIME_WAIT of ours or of the proxy's
+    // leg facing us, which would otherwise meet a reuse of this port (see above).
+    s.set_linger(Some(Duration::ZERO))?;
     Ok(s)
 }
 

@@ -293,13 +293,60 @@ impl Servers {
 
 /// `redis-server`, if installed.
 fn redis_server() -> Option<PathBuf> {
+    find_program("redis-server").or_else(|| {
+        let p = PathBuf::from("/usr/bin/redis-server");
+        p.is_file().then_some(p)
+    })
+}
+
+/// Where `program` is on `PATH`, as `Command` would find it.
+pub fn find_program(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("redis-server"))
+        .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// The programs a lab for these worlds runs, each with the Debian/Ubuntu package that has
+/// it: `ip` and `nft` build and police it, `tcpdump` reads the drops, `kill` tears it down,
+/// `dnsmasq` is kube-dns when a world has one. `redis-server` is optional (the agent
+/// answers Redis' `PING` without it) and `conntrack` is only used by the benchmark.
+pub fn required_programs<'w>(
+    worlds: impl IntoIterator<Item = &'w World>,
+) -> Vec<(&'static str, &'static str)> {
+    let mut out = vec![
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("tcpdump", "tcpdump"),
+        ("kill", "procps"),
+    ];
+    if worlds.into_iter().any(|w| w.kube_dns().is_some()) {
+        out.push(("dnsmasq", "dnsmasq-base"));
+    }
+    out
+}
+
+/// Fails, naming the missing programs and the `apt-get` line that installs them, unless
+/// every program a lab for these worlds runs is on `PATH`: checked once up front, instead of
+/// every file failing on its own `exec` error.
+pub fn check_prerequisites<'w>(worlds: impl IntoIterator<Item = &'w World>) -> Result<(), String> {
+    let missing: Vec<(&str, &str)> = required_programs(worlds)
+        .into_iter()
+        .filter(|(program, _)| find_program(program).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let programs: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    packages.dedup();
+    Err(format!(
+        "the lab needs programs that are not on PATH: {}\ninstall them with: apt-get install -y {}",
+        programs.join(", "),
+        packages.join(" ")
+    ))
 }
 
 /// A gateway of the world: its namespace, address, the TCP ports flows reach it on, and
@@ -357,6 +404,10 @@ pub struct Lab {
     /// The rulesets loaded in each node namespace, for in-place updates.
     pub rulesets: Vec<Ruleset>,
     children: Vec<Child>,
+    /// The log name of each child (`proxy-n0`, `agent-p3`, …), in `children`'s order.
+    child_names: Vec<String>,
+    /// How each node's proxies were started (program, arguments), to start them again.
+    proxy_commands: Vec<(PathBuf, Vec<String>)>,
     reaper: Option<Child>,
     /// Whether the proxies run (their scenario file is `proxy-scenario.yaml` in `dir`).
     proxies: bool,
@@ -397,6 +448,8 @@ impl Lab {
             topo,
             rulesets: vec![],
             children: vec![],
+            child_names: vec![],
+            proxy_commands: vec![],
             reaper: None,
             proxies: opts.proxies.is_some(),
             kept: false,
@@ -428,7 +481,12 @@ impl Lab {
 
     fn log_file(&self, what: &str) -> Result<std::fs::File, String> {
         let p = self.dir.join(format!("{what}.log"));
-        std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
+        // Appended: a process started again (`restart_proxies`) keeps its predecessor's log.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))
     }
 
     fn spawn_in(
@@ -451,6 +509,7 @@ impl Lab {
             .spawn()
             .map_err(|e| format!("{ns}: {}: {e}", program.display()))?;
         self.children.push(child);
+        self.child_names.push(log.to_string());
         Ok(())
     }
 
@@ -597,6 +656,8 @@ impl Lab {
                 let ns = self.netns(NsRef::Node(i));
                 let log = format!("proxy-{}", t.nodes[i].key);
                 self.spawn_in(&ns, &log, &opts.helper.program, &args)?;
+                self.proxy_commands
+                    .push((opts.helper.program.clone(), args));
             }
         }
         let mut servers = Servers::plan(world, &t);
@@ -870,6 +931,56 @@ impl Lab {
         self.dir.join(format!("l7-events-{i}.jsonl"))
     }
 
+    /// Kills node `node`'s L7 proxies (one process) and waits for it to exit, as a crash
+    /// would: from then on tproxy finds no socket there, and the datapath must fail closed.
+    /// Only for a lab this process started.
+    pub fn kill_proxies(&mut self, node: usize) -> Result<(), String> {
+        let name = format!(
+            "proxy-{}",
+            self.topo.nodes.get(node).ok_or("no such node")?.key
+        );
+        // The latest process of that name (proxies may have been started again).
+        let i = self
+            .child_names
+            .iter()
+            .rposition(|n| *n == name)
+            .ok_or_else(|| format!("no process {name} in this lab"))?;
+        let child = &mut self.children[i];
+        child.kill().map_err(|e| format!("{name}: {e}"))?;
+        child.wait().map_err(|e| format!("{name}: {e}"))?;
+        let _ = std::fs::remove_file(self.proxy_ready(node));
+        Ok(())
+    }
+
+    /// Starts node `node`'s proxies again (after [`Lab::kill_proxies`]) without waiting for
+    /// them: until they listen, the datapath drops what it would hand them
+    /// ([`Lab::proxies_ready`] says when they do).
+    pub fn restart_proxies(&mut self, node: usize) -> Result<(), String> {
+        let (program, args) = self
+            .proxy_commands
+            .get(node)
+            .cloned()
+            .ok_or("no proxies started in this lab")?;
+        let name = format!("proxy-{}", self.topo.nodes[node].key);
+        let ns = self.netns(NsRef::Node(node));
+        self.spawn_in(&ns, &name, &program, &args)
+    }
+
+    /// Whether node `node`'s proxies listen (they write their ready file once bound).
+    pub fn proxies_ready(&self, node: usize) -> bool {
+        self.proxy_ready(node).exists()
+    }
+
+    /// The requests the HTTP server of the agent in `ns` received (labs with proxies, whose
+    /// agents serve HTTP), oldest first.
+    pub fn http_log(&self, ns: NsRef) -> Result<Vec<wire::HttpLogEntry>, String> {
+        let r = wire::call(&self.socket(ns), &Request::HttpLog, Duration::from_secs(10))?;
+        match r.error {
+            Some(e) => Err(e),
+            None => Ok(r.http_log),
+        }
+    }
+
     fn proxy_ready(&self, node: usize) -> PathBuf {
         self.dir
             .join(format!("proxy-{}.ready", self.topo.nodes[node].key))
@@ -939,6 +1050,8 @@ impl Lab {
             topo,
             rulesets,
             children: vec![],
+            child_names: vec![],
+            proxy_commands: vec![],
             reaper: None,
             proxies,
             kept: true,

@@ -114,6 +114,9 @@ pub struct FlowPlan {
     pub steps: Vec<Step>,
     /// Sent to a Gateway (its forwarder makes the backend connection).
     pub gateway: bool,
+    /// Source and destination share a namespace (a hostNetwork pod and its own node, or
+    /// two outside addresses in the world namespace): the probe goes over loopback.
+    pub loopback: bool,
 }
 
 fn endpoint_key(topo: &Topology, party: Party) -> Option<String> {
@@ -209,6 +212,7 @@ pub fn plan_with(world: &World, topo: &Topology, proxies: bool) -> Vec<FlowPlan>
                 skip: None,
                 steps: vec![],
                 gateway: false,
+                loopback: false,
             };
             if let Err(e) = plan_flow(world, topo, f, &mut p, proxies) {
                 p.skip = Some(e);
@@ -282,10 +286,16 @@ fn plan_flow(
     } else {
         f.port.ok_or("a TCP/UDP/SCTP flow needs a port")?
     };
-    if from_ns == to_ns {
-        return Err(
-            "source and destination share a namespace: nothing crosses the datapath".into(),
-        );
+    // A node and its hostNetwork pods share the node's stack, and the world namespace holds
+    // every outside address: such flows go over `lo` there, as they do in a cluster. The node's
+    // ruleset lets loopback pass (`iif lo`/`oif lo accept`): Cilium's host firewall never sees
+    // what a host sends to itself, and the engine agrees (neither side enforced).
+    p.loopback = from_ns == to_ns;
+    if p.loopback && matches!(from_ns, NsRef::Pod(_)) {
+        // A pod to its own address never leaves its namespace either, but the engine reads
+        // a workload to itself as traffic between its replicas, which the datapath does
+        // police: a lab pod has no replica to send it to.
+        return Err("a pod to itself: the lab has no other replica of it to send it to".into());
     }
     let to_kube_dns = dns.and_then(|d| topo.place(d)) == Some((to_ns, dst));
     if let Some((_, client_hop)) = &e.gateway {
@@ -421,6 +431,9 @@ fn next_id() -> u32 {
     let id = base | (n.wrapping_add(std::process::id()) & 0xffff);
     if id == 0 { 1 } else { id }
 }
+
+/// The body of the L7 proxy's `403` (Envoy's, and Cilium's).
+const ACCESS_DENIED: &str = membrane_proxy::http::ACCESS_DENIED_BODY;
 
 /// How long to wait for a drop record once a probe came back undelivered.
 const DROP_GRACE: Duration = Duration::from_millis(400);
@@ -828,6 +841,10 @@ fn probe_flow(
     if o.skipped.is_some() {
         return o;
     }
+    if p.loopback {
+        o.notes
+            .push("over loopback: source and destination share a namespace".into());
+    }
     for step in &p.steps {
         let (r, attempts) = send(agents, collector, step);
         o.attempts += attempts;
@@ -894,9 +911,18 @@ fn probe_flow(
                     } else {
                         Verdict::Allow
                     });
-                } else if let Step::Http { .. } = step {
+                } else if let Step::Http { method, .. } = step {
                     match (reply.status, reply.body.as_deref()) {
-                        (Some(403), Some("Access denied\r\n")) => o.lab = Some(Verdict::Http403),
+                        (Some(403), Some(ACCESS_DENIED)) => o.lab = Some(Verdict::Http403),
+                        // The answer to a HEAD has no body: the proxy's denial is the same
+                        // head, whose content-length still announces `Access denied\r\n`.
+                        (Some(403), Some("") | None)
+                            if method == "HEAD"
+                                && wire::header(&reply.headers, "content-length")
+                                    == Some(ACCESS_DENIED.len().to_string().as_str()) =>
+                        {
+                            o.lab = Some(Verdict::Http403);
+                        }
                         (Some(200), _) => o.lab = Some(Verdict::Allow),
                         (None, _) if reply.closed => {
                             o.notes.push(

@@ -1,6 +1,6 @@
 //! `membrane lab helper proxy`: the L7 proxies of one lab node (HTTP, DNS, TLS from
-//! `membrane-proxy`), run inside the node's namespace under nftables `tproxy`
-//! (docs/datapath.md §4.2).
+//! `membrane-proxy`), run inside the node's namespace under nftables `tproxy` (the
+//! ruleset marks connections for a proxy and hands them to its transparent socket).
 //!
 //! The policy comes from the scenario file the lab keeps for its proxies: the helper loads
 //! it into a `World`, publishes `proxy_policy_from_world` as seen from its node (with the
@@ -47,26 +47,31 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             .cloned()
     };
     let scenario = PathBuf::from(opt("--scenario").ok_or("proxy needs --scenario")?);
-    // L7 denials are appended to this file as Hubble-like flow events (`lab observe`).
+    // L7 requests, denied and (HTTP) forwarded, are appended to this file as Hubble-like
+    // flow events (`lab observe`): Hubble shows both.
     let events: Option<PathBuf> = opt("--events").map(PathBuf::from);
     let ready: Option<PathBuf> = opt("--ready").map(PathBuf::from);
-    let hook = events.map(|path| -> membrane_proxy::DenialHook {
-        let node_name = opt("--node").unwrap_or_default();
-        Arc::new(move |d: &membrane_proxy::Denial| {
-            let line = denial_json(d, &node_name).to_string();
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-            {
-                let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
-            }
-        })
-    });
     let node: Option<usize> = match opt("--node") {
         Some(n) => Some(n.parse().map_err(|_| "bad --node")?),
         None => None,
     };
+    let world = load_world(&scenario)?;
+    // Events name the node as Hubble does (`node_name`), not by its index.
+    let node_name = node
+        .and_then(|n| world.scenario.nodes.get(n))
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
+    let hook = events.clone().map(|path| -> membrane_proxy::DenialHook {
+        let node_name = node_name.clone();
+        Arc::new(move |d: &membrane_proxy::Denial| {
+            append_line(&path, &denial_json(d, &node_name));
+        })
+    });
+    let forward_hook = events.map(|path| -> membrane_proxy::policy::ForwardHook {
+        Arc::new(move |f: &membrane_proxy::policy::Forwarded| {
+            append_line(&path, &forwarded_json(f, &node_name));
+        })
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,7 +79,6 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
     rt.block_on(async move {
         let learner = Arc::new(FqdnLearner::new(Arc::new(SystemClock)));
         let mut fqdns = learner.subscribe();
-        let world = load_world(&scenario)?;
         let policy = proxy_policy_from_world(&world, node, Some(&fqdns.borrow()));
         let (tx, rx) = tokio::sync::watch::channel::<Arc<ProxyPolicy>>(Arc::new(policy));
         let e = |what: &str, e: std::io::Error| format!("{what}: {e}");
@@ -89,6 +93,7 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             HttpProxyConfig {
                 spoof_source: true,
                 on_denial: hook.clone(),
+                on_forward: forward_hook,
                 ..Default::default()
             },
         ));
@@ -205,15 +210,69 @@ fn nft(script: &str) -> bool {
     .is_ok()
 }
 
+/// Appends one JSON line: a single `write` on an `O_APPEND` file, so the lines of
+/// concurrent requests never interleave.
+fn append_line(path: &std::path::Path, v: &serde_json::Value) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = std::io::Write::write_all(&mut f, format!("{v}\n").as_bytes());
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |t| t.as_micros() as u64)
+}
+
+/// An HTTP request the proxy allowed and forwarded, as a flow event in the shape of
+/// Hubble's L7 flows (verdict `FORWARDED`): method, path, the answer's status, and the
+/// policies and rules that allowed it (both sides). The request's `Host` is not part of
+/// what the proxy reports for a forwarded request, so the event has the destination address
+/// only.
+pub fn forwarded_json(f: &membrane_proxy::policy::Forwarded, node: &str) -> serde_json::Value {
+    use serde_json::json;
+    let (method, url) = f
+        .request
+        .split_once(' ')
+        .unwrap_or((f.request.as_str(), ""));
+    let mut policies: Vec<String> = Vec::new();
+    for r in &f.rules {
+        let p = r.rule.policy.to_string();
+        if !policies.contains(&p) {
+            policies.push(p);
+        }
+    }
+    let rules: Vec<String> = f.rules.iter().map(|r| r.to_string()).collect();
+    let code = f.status.map_or(serde_json::Value::Null, |c| json!(c));
+    json!({
+        "time_us": now_us(),
+        "verdict": "FORWARDED",
+        "Type": "L7",
+        "node_name": node,
+        "IP": {"source": f.src.ip().to_string(), "destination": f.dst.ip().to_string()},
+        "l4": {"source_port": f.src.port(), "destination_port": f.dst.port()},
+        "l7": {"type": "RESPONSE", "http": {"code": code, "method": method, "url": url}},
+        "policies": policies,
+        "rules": rules,
+        "Summary": format!(
+            "HTTP {} {}",
+            f.status.map_or_else(|| "(no answer)".to_string(), |c| c.to_string()),
+            f.request
+        ),
+    })
+}
+
 /// An L7 denial as a flow event, in the shape of Hubble's L7 flows: what was asked (HTTP
 /// method and path, DNS name, TLS server name), the answer (403, REFUSED, aborted), and the
 /// policies and rules that decided.
 pub fn denial_json(d: &membrane_proxy::Denial, node: &str) -> serde_json::Value {
     use membrane_proxy::DenialKind;
     use serde_json::json;
-    let time = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |t| t.as_micros() as u64);
+    let time = now_us();
     let (l7, summary) = match d.kind {
         DenialKind::Http403 => {
             let (method, url) = d

@@ -74,7 +74,17 @@ pub enum Request {
         headers: Vec<(String, String)>,
         timeout_ms: u64,
     },
-    /// A TLS ClientHello with `sni`: whether the connection stays open (`closed` if not).
+    /// Several HTTP/1.1 requests, one after the other on one keep-alive connection from
+    /// `src` (any port): an answer per request in `Reply::answers`, until the peer closes.
+    HttpSeq {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        requests: Vec<HttpRequest>,
+        timeout_ms: u64,
+    },
+    /// The requests this agent's HTTP server received (`Reply::http_log`), oldest first.
+    HttpLog,
     /// A Redis `PING` (RESP); the answer's first line in `Reply::body`.
     Redis {
         src: Ipv4Addr,
@@ -84,6 +94,7 @@ pub enum Request {
         port: u16,
         timeout_ms: u64,
     },
+    /// A TLS ClientHello with `sni`: whether the connection stays open (`closed` if not).
     Tls {
         src: Ipv4Addr,
         #[serde(default)]
@@ -107,6 +118,54 @@ pub enum Request {
         duration_ms: u64,
         timeout_ms: u64,
     },
+}
+
+/// One request of [`Request::HttpSeq`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// One answer of [`Request::HttpSeq`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Header names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+/// The first value of header `name` (lower case) in a list of lower-cased headers.
+pub fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A request the agent's HTTP server answered: what the backend itself saw, so a test can
+/// count what got through a proxy (and what never did).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpLogEntry {
+    pub method: String,
+    pub path: String,
+    /// The request's `x-probe-id` header, if it had one.
+    pub probe_id: Option<String>,
+    /// The client's address and port as the server saw them.
+    pub peer: String,
+    /// The server's address and port that accepted the connection.
+    pub local: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -138,9 +197,18 @@ pub struct Reply {
     pub status: Option<u16>,
     #[serde(default)]
     pub body: Option<String>,
+    /// HTTP: the answer's headers (names in lower case).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
     /// HTTP, TLS: the peer closed (or reset) the connection without answering.
     #[serde(default)]
     pub closed: bool,
+    /// `HttpSeq`: an answer per request, in order, until the connection ended.
+    #[serde(default)]
+    pub answers: Vec<HttpAnswer>,
+    /// `HttpLog`: the requests the agent's HTTP server received.
+    #[serde(default)]
+    pub http_log: Vec<HttpLogEntry>,
     /// Why connections of a loop failed (the first few distinct reasons).
     #[serde(default)]
     pub errors: Vec<String>,

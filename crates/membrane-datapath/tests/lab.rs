@@ -280,3 +280,42 @@ fn lab_with_proxies_loads_starts_and_tears_down() {
         "left {ns:?} and {procs} processes"
     );
 }
+
+/// Flows that stay inside one namespace (a hostNetwork pod and its own node, an outside
+/// node's hostNetwork pod and an external address) are probed over loopback instead of
+/// skipped, with and without proxies; under a host firewall the host still reaches itself,
+/// as in Cilium (and the engine says so), while the controls that cross the datapath are
+/// policed.
+#[test]
+fn flows_inside_one_namespace_are_probed_over_loopback() {
+    if !root_or_skip("flows_inside_one_namespace_are_probed_over_loopback") {
+        return;
+    }
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/hostnetwork-local.yaml");
+    for proxies in [false, true] {
+        let mut opts = options(if proxies { "lo-px" } else { "lo" });
+        opts.proxies = proxies.then(|| path.clone());
+        let r = run_file(&path, &opts, 4);
+        assert!(
+            r.error.is_none() && (r.passed(), r.failed(), r.skipped()) == (8, 0, 0),
+            "{}",
+            r.text(true)
+        );
+        let loopback: Vec<u32> = r
+            .plans
+            .iter()
+            .filter(|p| p.loopback)
+            .map(|p| p.line)
+            .collect();
+        assert_eq!(loopback.len(), 5, "{loopback:?}");
+        for (p, o) in r.plans.iter().zip(&r.outcomes) {
+            // Every flow really ran and agrees with the engine.
+            assert_eq!(o.lab, p.engine, "line {}: {o:?}", p.line);
+            if p.loopback {
+                assert!(o.drop.is_none(), "line {}: {o:?}", p.line);
+            }
+        }
+        assert!(lab::lab_namespaces(&opts.name).is_empty());
+    }
+}
