@@ -255,13 +255,14 @@ pub fn forwarded_json(f: &membrane_proxy::policy::Forwarded, node: &str) -> serd
         "node_name": node,
         "IP": {"source": f.src.ip().to_string(), "destination": f.dst.ip().to_string()},
         "l4": {"source_port": f.src.port(), "destination_port": f.dst.port()},
-        "l7": {"type": "RESPONSE", "http": {"code": code, "method": method, "url": url}},
+        "l7": {"type": "RESPONSE", "http": {"code": code, "method": method, "url": url, "host": f.host}},
         "policies": policies,
         "rules": rules,
         "Summary": format!(
-            "HTTP {} {}",
+            "HTTP {} {} (host {})",
             f.status.map_or_else(|| "(no answer)".to_string(), |c| c.to_string()),
-            f.request
+            f.request,
+            f.host
         ),
     })
 }

@@ -94,6 +94,12 @@ fn allowed_requests_are_flow_events_with_the_rule_that_allowed_them() {
     assert_eq!(get["Type"], "L7", "{all}");
     assert_eq!(get["l7"]["http"]["url"], "/index.html", "{all}");
     assert_eq!(get["l7"]["http"]["code"], 200, "{all}");
+    assert!(
+        get["l7"]["http"]["host"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{all}"
+    );
     assert_eq!(get["IP"]["source"], "10.244.1.10", "{all}");
     assert_eq!(get["IP"]["destination"], "10.244.2.20", "{all}");
     assert_eq!(get["l4"]["destination_port"], 8080, "{all}");

@@ -332,6 +332,7 @@ impl Connection {
                 src: self.flow.src,
                 dst: self.flow.dst,
                 request: describe(),
+                host: head.authority.clone(),
                 status: forwarded.status,
                 rules: decision
                     .egress

@@ -454,6 +454,8 @@ pub struct Forwarded {
     pub dst: SocketAddr,
     /// `METHOD /path` as forwarded (normalized).
     pub request: String,
+    /// `:authority` as forwarded (`Host`, or the absolute-form target's).
+    pub host: String,
     /// The answer's status; `None` if the exchange failed before one.
     pub status: Option<u16>,
     /// The policy entries that allowed it, on either side.

@@ -465,3 +465,33 @@ async fn slow_head_within_the_header_timeout_is_served() {
     assert_eq!(c.response().await.unwrap().status, 200);
     assert_eq!(seen.recv().await.unwrap().target, "/public/slow");
 }
+
+/// Allowed requests are reported (flow events): what was forwarded, to which host, the
+/// answer's status and the rules that allowed it; denied ones are not reported as forwarded.
+#[tokio::test]
+async fn forwarded_requests_reach_the_forward_hook_with_host_status_and_rules() {
+    let (echo, _seen) = echo_server().await;
+    let log: Arc<std::sync::Mutex<Vec<Forwarded>>> = Arc::default();
+    let sink = log.clone();
+    let config = HttpProxyConfig {
+        on_forward: Some(Arc::new(move |f: &Forwarded| {
+            sink.lock().unwrap().push(f.clone());
+        })),
+        ..HttpProxyConfig::default()
+    };
+    let proxy = start(CLIENT, echo, config).await;
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(b"GET /public/../public/a HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    c.send(&get("/private")).await;
+    assert_eq!(c.response().await.unwrap().status, 403);
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    let f = &log[0];
+    assert_eq!(f.request, "GET /public/a");
+    assert_eq!(f.host, "echo:8080");
+    assert_eq!(f.status, Some(200));
+    assert!(!f.rules.is_empty());
+    assert_eq!(f.dst, sock(ECHO, 8080));
+}
