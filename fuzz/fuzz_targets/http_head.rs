@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use membrane_proxy::http::chunked::{ChunkedDecoder, Step};
-use membrane_proxy::http::head::{Parsed, parse_request_head};
+use membrane_proxy::http::head::{MAX_HEADERS, Parsed, parse_request_head};
 use membrane_proxy::http::path::normalize_path;
 use membrane_proxy::http::upstream_head;
 
@@ -33,15 +33,21 @@ fuzz_target!(|data: &[u8]| {
     if let Parsed::Request(head) = parse_request_head(data, 64 * 1024) {
         check_path(&head.path);
         let out = upstream_head(&head);
-        match parse_request_head(&out, 1 << 20) {
-            Parsed::Request(again) => {
-                assert_eq!(again.method, head.method);
-                assert_eq!(again.path, head.path);
-                assert_eq!(again.authority, head.authority);
-                assert_eq!(again.body, head.body);
-                assert_eq!(again.headers, head.headers);
+        // An absolute-form request with the most headers allowed gains a `host` line when
+        // forwarded, one more than a receiver with the same limit takes (Envoy, which adds
+        // its own headers, forwards more still): that is not a parsing disagreement.
+        let lines = out.windows(2).filter(|w| w == b"\r\n").count();
+        if lines <= MAX_HEADERS + 2 {
+            match parse_request_head(&out, 1 << 20) {
+                Parsed::Request(again) => {
+                    assert_eq!(again.method, head.method);
+                    assert_eq!(again.path, head.path);
+                    assert_eq!(again.authority, head.authority);
+                    assert_eq!(again.body, head.body);
+                    assert_eq!(again.headers, head.headers);
+                }
+                other => panic!("forwarded head does not parse back: {other:?}"),
             }
-            other => panic!("forwarded head does not parse back: {other:?}"),
         }
     }
     if let Ok(n) = normalize_path(data) {
