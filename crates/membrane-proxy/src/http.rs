@@ -859,6 +859,8 @@ fn redirect_reply(location: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod attack_tests;
+#[cfg(test)]
 mod evasion_tests;
 #[cfg(test)]
 mod tests;
