@@ -1134,3 +1134,126 @@ async fn concurrent_pipelined_clients_get_only_their_own_answers() {
         }
     }
 }
+
+/// A request that asked to close is the last one read: a request pipelined behind it is
+/// never forwarded (Envoy stops reading an HTTP/1 connection once it is to close). The same
+/// after a rejection: nothing after a `307` or a `400` is read.
+#[tokio::test]
+async fn nothing_after_a_closing_or_rejected_request_is_read() {
+    let s = suite().await;
+    for (first, status) in [
+        (
+            "GET /public/a HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (
+            "GET /public%2f..%2fprivate HTTP/1.1\r\nHost: echo\r\n\r\n",
+            307,
+        ),
+        (
+            "GET /public/a HTTP/1.1\r\nHost: echo\r\nX: a\0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /private HTTP/1.1\r\nHost: echo\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            403,
+        ),
+    ] {
+        let mut c = RawConn::connect(s.proxy).await;
+        c.send(format!("{first}GET /public/pipelined HTTP/1.1\r\nHost: echo\r\n\r\n").as_bytes())
+            .await;
+        assert_eq!(c.response().await.unwrap().status, status, "{first:?}");
+        assert!(c.response().await.is_none(), "{first:?}: a second answer");
+    }
+    let seen = s.backend.lock().unwrap().clone();
+    let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/public/a"]);
+}
+
+/// An allowed `Expect: 100-continue` request whose client sends the body at once anyway,
+/// with a denied request behind it: `100`, the answer, then `403`; the body is the body.
+#[tokio::test]
+async fn expect_continue_with_the_body_already_sent_stays_in_step() {
+    let s = suite().await;
+    let mut c = RawConn::connect(s.proxy).await;
+    c.send(b"POST /upload HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nContent-Length: 37\r\n\r\nGET /private HTTP/1.1\r\nHost: echo\r\n\r\nGET /private HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await;
+    let statuses = [
+        c.response().await.unwrap().status,
+        c.response().await.unwrap().status,
+        c.response().await.unwrap().status,
+    ];
+    assert_eq!(statuses, [100, 200, 403]);
+    let seen = s.backend.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/upload");
+    assert_eq!(seen[0].body, b"GET /private HTTP/1.1\r\nHost: echo\r\n\r\n");
+}
+
+/// Pipelined requests dripped one byte at a time: every boundary (head, length body, chunk
+/// framing, trailer) split everywhere still gives the same decisions.
+#[tokio::test]
+async fn a_byte_by_byte_pipeline_gives_the_same_decisions() {
+    let s = suite().await;
+    let mut c = RawConn::connect(s.proxy).await;
+    let stream = b"POST /upload HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\n\r\nhelloPOST /private HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n5;x\r\nhello\r\n0\r\nX-T: 1\r\n\r\nPOST /upload HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /public/last HTTP/1.1\r\nHost: echo\r\n\r\n";
+    for b in stream {
+        c.send(&[*b]).await;
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(c.response().await.unwrap().status);
+    }
+    assert_eq!(statuses, [200, 403, 200, 200]);
+    let seen = s.backend.lock().unwrap().clone();
+    let got: Vec<(&str, &[u8])> = seen
+        .iter()
+        .map(|r| (r.target.as_str(), r.body.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/upload", &b"hello"[..]),
+            ("/upload", &b"abc"[..]),
+            ("/public/last", &b""[..])
+        ]
+    );
+}
+
+/// Answers the proxy cannot frame: a head over the limit, an unparseable one, conflicting
+/// lengths. `502`, the connection closes, and none of the upstream's bytes reach the client
+/// (Envoy: an upstream codec error before any byte was sent downstream is a local `502`).
+#[tokio::test]
+async fn unframeable_answers_are_bad_gateways() {
+    fn script(_m: &str, t: &str) -> Vec<(u64, Vec<u8>)> {
+        let answer = match t {
+            "/public/huge" => {
+                format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(70_000)).into_bytes()
+            }
+            "/public/fold" => {
+                b"HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\ncontent-length: 0\r\n\r\n".to_vec()
+            }
+            "/public/lengths" => {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec()
+            }
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nab".to_vec(),
+        };
+        vec![(0, answer)]
+    }
+    let (up, _log) = scripted_upstream(script).await;
+    let proxy = proxy_to(up).await;
+    for target in [
+        "/public/huge",
+        "/public/fold",
+        "/public/lengths",
+        "/public/plus",
+    ] {
+        let mut c = RawConn::connect(proxy).await;
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: echo\r\n\r\n").as_bytes())
+            .await;
+        let r = c.response().await.unwrap();
+        assert_eq!(r.status, 502, "{target}");
+        assert!(r.header("x-big").is_none() && r.header("x-a").is_none());
+        assert!(c.response().await.is_none(), "{target}: more after the 502");
+    }
+}

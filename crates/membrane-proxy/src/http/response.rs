@@ -74,6 +74,10 @@ fn parse_head(buf: &[u8], request_is_head: bool) -> Result<Parse, &'static str> 
     let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
     let len = match resp.parse(buf) {
+        // The limit holds however the head arrived: one read can complete a head past it.
+        Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => {
+            return Err("answer head too large");
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
             return Err("answer head too large");
