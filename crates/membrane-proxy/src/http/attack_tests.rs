@@ -772,6 +772,9 @@ async fn many_small_headers_and_long_lines() {
 /// What a scripted upstream writes for one request: pieces, each after a pause.
 type Script = fn(method: &str, target: &str) -> Vec<(u64, Vec<u8>)>;
 
+/// A pause that means: close the connection without answering.
+const CLOSE: u64 = u64::MAX;
+
 /// An upstream that reads request heads (never bodies) and answers each by `script`; the
 /// request lines it read, in order.
 async fn scripted_upstream(script: Script) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
@@ -802,6 +805,9 @@ async fn scripted_upstream(script: Script) -> (SocketAddr, Arc<Mutex<Vec<String>
                     let mut parts = line.split(' ');
                     let (m, t) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                     for (pause, bytes) in script(m, t) {
+                        if pause == CLOSE {
+                            return;
+                        }
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                         if stream.write_all(&bytes).await.is_err() {
                             return;
@@ -1256,4 +1262,75 @@ async fn unframeable_answers_are_bad_gateways() {
         assert!(r.header("x-big").is_none() && r.header("x-a").is_none());
         assert!(c.response().await.is_none(), "{target}: more after the 502");
     }
+}
+
+/// A reused upstream connection that closes after reading a request, without answering:
+/// a `GET` is sent again on a fresh connection (the upstream may have closed an idle
+/// connection as the request crossed it), but a `POST` is not: RFC 9110 §9.2.2 forbids a
+/// proxy to retry a non-idempotent request, which the upstream may have executed. Envoy
+/// (no retry policy under Cilium) retries neither and answers `503`.
+#[tokio::test]
+async fn a_non_idempotent_request_is_never_sent_twice() {
+    fn script(m: &str, t: &str) -> Vec<(u64, Vec<u8>)> {
+        if t == "/upload" || t == "/public/gone" {
+            vec![(CLOSE, Vec::new())]
+        } else {
+            vec![(0, ok(&format!("own {m} {t}")))]
+        }
+    }
+    let (up, log) = scripted_upstream(script).await;
+    let proxy = proxy_to(up).await;
+    let mut c = RawConn::connect(proxy).await;
+    c.send(b"GET /public/a HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    c.send(b"POST /upload HTTP/1.1\r\nHost: echo\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 503);
+    let mut c = RawConn::connect(proxy).await;
+    c.send(b"GET /public/a HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    c.send(b"GET /public/gone HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 503);
+    assert_eq!(
+        log.lock().unwrap().clone(),
+        [
+            "GET /public/a HTTP/1.1",
+            "POST /upload HTTP/1.1",
+            "GET /public/a HTTP/1.1",
+            "GET /public/gone HTTP/1.1",
+            "GET /public/gone HTTP/1.1",
+        ]
+    );
+}
+
+/// A backend that ignores `Content-Length` on a `GET` (the "CL.0" desync) reads the body as a
+/// second request: that is the backend's parse, which no proxy can see (Envoy forwards the
+/// same bytes). What the proxy does guarantee: the answer to the hidden request never reaches
+/// the client, neither as an extra answer nor as the answer to its next request, because the
+/// upstream connection that carried unasked-for bytes is not reused.
+#[tokio::test]
+async fn a_hidden_answer_from_a_body_misreading_backend_is_never_delivered() {
+    fn script(m: &str, t: &str) -> Vec<(u64, Vec<u8>)> {
+        vec![(0, ok(&format!("own {m} {t}")))]
+    }
+    let (up, log) = scripted_upstream(script).await;
+    let proxy = proxy_to(up).await;
+    let mut c = RawConn::connect(proxy).await;
+    c.send(b"GET /public/x HTTP/1.1\r\nHost: echo\r\nContent-Length: 37\r\n\r\nGET /private HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.unwrap().body, b"own GET /public/x");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(b"GET /public/y HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.unwrap().body, b"own GET /public/y");
+    // The backend did read the body as a request (its own misparse).
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "GET /private HTTP/1.1")
+    );
 }
