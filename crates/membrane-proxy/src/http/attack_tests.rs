@@ -515,6 +515,14 @@ fn cases() -> Vec<Case> {
             403,
             None,
         ),
+        // An escaped `;` is not a parameter delimiter to the normalizer (Chromium keeps
+        // `%3B` as is, so Envoy forwards the same path); the backend gets the escape.
+        case(
+            "dotdot with an escaped semicolon",
+            &get("/public/..%3b/private"),
+            200,
+            Some("/public/..%3b/private"),
+        ),
         case(
             "parameters on a plain segment",
             &get("/public;x=1/y"),
@@ -1227,8 +1235,9 @@ async fn a_byte_by_byte_pipeline_gives_the_same_decisions() {
 }
 
 /// Answers the proxy cannot frame: a head over the limit, an unparseable one, conflicting
-/// lengths. `502`, the connection closes, and none of the upstream's bytes reach the client
-/// (Envoy: an upstream codec error before any byte was sent downstream is a local `502`).
+/// lengths, a status that is not three digits from 100. `502`, the connection closes, and
+/// none of the upstream's bytes reach the client (Envoy: an upstream codec error before any
+/// byte was sent downstream is a local `502`).
 #[tokio::test]
 async fn unframeable_answers_are_bad_gateways() {
     fn script(_m: &str, t: &str) -> Vec<(u64, Vec<u8>)> {
@@ -1242,6 +1251,7 @@ async fn unframeable_answers_are_bad_gateways() {
             "/public/lengths" => {
                 b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec()
             }
+            "/public/status" => b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nab".to_vec(),
             _ => b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nab".to_vec(),
         };
         vec![(0, answer)]
@@ -1252,6 +1262,7 @@ async fn unframeable_answers_are_bad_gateways() {
         "/public/huge",
         "/public/fold",
         "/public/lengths",
+        "/public/status",
         "/public/plus",
     ] {
         let mut c = RawConn::connect(proxy).await;
