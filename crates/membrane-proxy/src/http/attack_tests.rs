@@ -317,6 +317,15 @@ fn cases() -> Vec<Case> {
             400,
             None,
         ),
+        // Whitespace after the size is allowed only before an extension (RFC 9112 §7.1.1:
+        // BWS precedes `;`). Envoy's legacy http-parser accepted `5 \r\n` as size 5; the
+        // proxy refuses it, which can only turn a request away, never let one through.
+        case(
+            "chunk size with trailing whitespace",
+            &post("Transfer-Encoding: chunked\r\n", "5 \r\nhello\r\n0\r\n\r\n"),
+            400,
+            None,
+        ),
         case(
             "chunk size in 0x",
             &post("Transfer-Encoding: chunked\r\n", "0x5\r\nhello\r\n0\r\n\r\n"),
@@ -1344,4 +1353,44 @@ async fn a_hidden_answer_from_a_body_misreading_backend_is_never_delivered() {
             .iter()
             .any(|l| l == "GET /private HTTP/1.1")
     );
+}
+
+/// Many clients at once against an upstream that answers every `/public/split` twice: each
+/// client gets exactly its own answers (one upstream connection per client connection, and
+/// one that carried an unasked answer is not reused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_never_get_a_stray_answer() {
+    fn script(_m: &str, t: &str) -> Vec<(u64, Vec<u8>)> {
+        let mut a = ok(&format!("own {t}"));
+        if t.starts_with("/public/split") {
+            a.extend_from_slice(&ok("STRAY"));
+        }
+        vec![(0, a)]
+    }
+    let (up, _log) = scripted_upstream(script).await;
+    let proxy = proxy_to(up).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..24 {
+        tasks.spawn(async move {
+            let mut c = RawConn::connect(proxy).await;
+            let mut bodies = Vec::new();
+            for r in 0..6 {
+                let target = if r % 2 == 0 {
+                    format!("/public/split/{client}/{r}")
+                } else {
+                    format!("/public/own/{client}/{r}")
+                };
+                c.send(format!("GET {target} HTTP/1.1\r\nHost: echo\r\n\r\n").as_bytes())
+                    .await;
+                let resp = c.response().await.expect("an answer");
+                bodies.push((target, String::from_utf8_lossy(&resp.body).into_owned()));
+            }
+            bodies
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        for (target, body) in r.unwrap() {
+            assert_eq!(body, format!("own {target}"));
+        }
+    }
 }
