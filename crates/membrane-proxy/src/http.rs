@@ -406,8 +406,9 @@ impl Connection {
                 .await?;
         }
         let out = upstream_head(head);
-        // A reused connection the upstream closed meanwhile is replaced; a request without
-        // a body is sent again once if the upstream closed before answering.
+        // A reused connection the upstream closed meanwhile is replaced; an idempotent
+        // request without a body is sent again once if the upstream closed before answering
+        // (it may have executed it: RFC 9110 §9.2.2 forbids a proxy to retry the others).
         for attempt in 0..2 {
             let reused = self.upstream.is_some();
             let Some(up) = upstream_ready(&mut self.upstream, &self.flow, &self.config).await
@@ -451,7 +452,10 @@ impl Connection {
                     return Ok(response::Relayed { next, ..relayed });
                 }
                 Err(ExchangeError::UpstreamClosedEarly)
-                    if reused && attempt == 0 && head.body == BodyFraming::None =>
+                    if reused
+                        && attempt == 0
+                        && head.body == BodyFraming::None
+                        && is_idempotent(&head.method) =>
                 {
                     self.upstream = None;
                     continue;
@@ -470,6 +474,14 @@ impl Connection {
         }
         Ok(response::Relayed::closed(None))
     }
+}
+
+/// RFC 9110 §9.2.2: the methods whose repetition has the effect of one request.
+fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }
 
 /// The upstream connection, connected if there is none or the last one was closed.
@@ -859,6 +871,8 @@ fn redirect_reply(location: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+#[cfg(test)]
+mod attack_tests;
 #[cfg(test)]
 mod evasion_tests;
 #[cfg(test)]

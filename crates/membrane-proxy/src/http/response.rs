@@ -74,6 +74,10 @@ fn parse_head(buf: &[u8], request_is_head: bool) -> Result<Parse, &'static str> 
     let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
     let len = match resp.parse(buf) {
+        // The limit holds however the head arrived: one read can complete a head past it.
+        Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => {
+            return Err("answer head too large");
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
             return Err("answer head too large");
@@ -82,6 +86,11 @@ fn parse_head(buf: &[u8], request_is_head: bool) -> Result<Parse, &'static str> 
         Err(_) => return Err("malformed answer head"),
     };
     let status = resp.code.unwrap_or(0);
+    // RFC 9110 §15: a status is three digits from 100; httparse reads `099` as 99, which
+    // would go to the client as a two-digit status line (Envoy: a codec error, `502`).
+    if !(100..=999).contains(&status) {
+        return Err("invalid status in the answer");
+    }
     let mut nominated: Vec<String> = Vec::new();
     let mut upstream_close = resp.version == Some(0);
     let mut chunked_coding = false;
