@@ -596,7 +596,8 @@ async fn exchange_bodies(
 ) -> Result<response::Relayed, ExchangeError> {
     let answered = AtomicBool::new(false);
     let send = send_body(cr, cbuf, uw, out_head, head.body, body_timeout, &answered);
-    let recv = response::relay(ur, ubuf, cw, head.is_head(), &answered);
+    let continue_sent = head.expect_continue && head.body != BodyFraming::None;
+    let recv = response::relay(ur, ubuf, cw, head.is_head(), continue_sent, &answered);
     tokio::pin!(send, recv);
     let mut sent = false;
     loop {

@@ -590,13 +590,20 @@ fn cases() -> Vec<Case> {
             400,
             None,
         ),
-        // Two `Upgrade` headers, the last `h2c`: the upgrade is not one Envoy drops, but the
-        // proxy strips both, so the backend gets a plain request and no upgrade happens.
+        // Two `Upgrade` headers, the last `h2c`: Envoy reads them joined (`websocket,h2c`),
+        // which is not only the h2c offer it drops: 403, as for any upgrade.
         case(
             "websocket hidden before an h2c offer",
             b"GET /public/up HTTP/1.1\r\nHost: echo\r\nx-case: @TAG@\r\nUpgrade: websocket\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            403,
+            None,
+        ),
+        // The h2c offer alone is dropped and the request served as HTTP/1.1.
+        case(
+            "h2c offer alone",
+            b"GET /public/h2c HTTP/1.1\r\nHost: echo\r\nx-case: @TAG@\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
             200,
-            Some("/public/up"),
+            Some("/public/h2c"),
         ),
     ]
 }
@@ -1028,6 +1035,34 @@ async fn interim_answers_pass_and_keep_the_connection_in_step() {
         [103, 100, 200]
     );
     assert_eq!(statuses[2].body, b"final");
+    assert_eq!(c.response().await.unwrap().body, b"own /public/next");
+}
+
+/// `Expect: 100-continue`: the proxy answers `100` itself, so the upstream's own `100` is
+/// dropped (Envoy does the same): the client reads one `100`, then the answer.
+#[tokio::test]
+async fn one_100_continue_when_the_proxy_answered_the_expectation() {
+    fn script(_m: &str, t: &str) -> Vec<(u64, Vec<u8>)> {
+        if t == "/upload" {
+            vec![
+                (0, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+                (10, ok("stored")),
+            ]
+        } else {
+            vec![(0, ok(&format!("own {t}")))]
+        }
+    }
+    let (up, _log) = scripted_upstream(script).await;
+    let proxy = proxy_to(up).await;
+    let mut c = RawConn::connect(proxy).await;
+    c.send(b"POST /upload HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 100);
+    c.send(b"body").await;
+    let r = c.response().await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"stored"[..]));
+    c.send(b"GET /public/next HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await;
     assert_eq!(c.response().await.unwrap().body, b"own /public/next");
 }
 

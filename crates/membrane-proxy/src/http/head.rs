@@ -339,7 +339,8 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
     let mut nominated: Vec<String> = Vec::new();
     let mut close = false;
     let mut upgrade_token = false;
-    let mut upgrade_to: Option<String> = None;
+    // Some `Upgrade` token other than `h2c`, in any of the headers (Envoy reads them joined).
+    let mut upgrade_other = false;
     let mut expect_continue = false;
     // One scratch buffer for every lower-cased name: no allocation per header.
     let mut scratch = String::new();
@@ -350,7 +351,11 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
             "content-length" => lengths.push(h.value),
             "transfer-encoding" => codings.push(h.value),
             "upgrade" => {
-                upgrade_to = Some(String::from_utf8_lossy(h.value).trim().to_ascii_lowercase());
+                upgrade_other |= h
+                    .value
+                    .split(|b| *b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"h2c"));
             }
             "connection" => {
                 for token in String::from_utf8_lossy(h.value).split(',') {
@@ -418,7 +423,7 @@ fn check(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead
     // An upgrade needs both `Upgrade` and a `Connection: upgrade` token; none is configured,
     // so it is refused (h2c excepted: Envoy drops that offer and serves HTTP/1.1). `Upgrade`
     // alone is a stray header and is dropped.
-    if upgrade_token && upgrade_to.as_deref().is_some_and(|u| u != "h2c") {
+    if upgrade_token && upgrade_other {
         return Err(Rejection::UpgradeDenied(
             "protocol upgrades are not allowed",
         ));

@@ -211,6 +211,7 @@ pub(super) async fn relay(
     ubuf: &mut Vec<u8>,
     cw: &mut WriteHalf<'_>,
     request_is_head: bool,
+    continue_sent: bool,
     answered: &AtomicBool,
 ) -> Result<Relayed, ExchangeError> {
     let mut any_byte = false;
@@ -229,10 +230,14 @@ pub(super) async fn relay(
                         false,
                     ));
                 }
-                // Interim answers (`100 Continue`, `103 Early Hints`) pass through.
-                let mut out = h.out;
-                out.extend_from_slice(b"\r\n");
-                cw.write_all(&out).await?;
+                // Interim answers (`100 Continue`, `103 Early Hints`) pass through, except a
+                // `100` when the proxy already sent its own (Envoy drops the upstream's then:
+                // a client must not read two).
+                if !(h.status == 100 && continue_sent) {
+                    let mut out = h.out;
+                    out.extend_from_slice(b"\r\n");
+                    cw.write_all(&out).await?;
+                }
                 ubuf.drain(..h.len);
                 continue;
             }
