@@ -12,6 +12,8 @@
 //!
 //! Messages are parsed and written with hickory-proto; the forwarding loops are here.
 
+pub mod wire;
+
 use crate::flow::{Flow, bind_reply_socket, recv_with_original_dst, udp_upstream_socket};
 use crate::fqdn::FqdnLearner;
 use crate::http::accept;
