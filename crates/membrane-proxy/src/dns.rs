@@ -40,7 +40,7 @@ pub mod wire;
 use crate::flow::{Flow, bind_reply_socket, recv_with_original_dst, udp_upstream_socket};
 use crate::fqdn::FqdnLearner;
 use crate::http::accept;
-use crate::policy::{DenialHook, ProxyPolicy, report};
+use crate::policy::{Denial, DenialHook, ProxyPolicy, report};
 use membrane_policy::model::Protocol;
 use membrane_policy::verdict::Verdict;
 use std::collections::HashMap;
@@ -127,7 +127,8 @@ pub enum QueryCheck {
 }
 
 /// [`QueryCheck`] with the parsed query kept for forwarding.
-enum Checked {
+#[derive(Debug)]
+pub enum Checked {
     Forward(Box<Query>, String),
     Reply(Vec<u8>),
     Drop,
@@ -406,34 +407,13 @@ impl DnsProxy {
     }
 
     fn check(&self, flow: &Flow, protocol: Protocol, query: &[u8]) -> Checked {
-        let q = match wire::parse_query(query) {
-            Ok(q) => q,
-            Err(e) => return refuse_unreadable(query, e),
-        };
-        // Case folded: the server compares names case-insensitively, so must the policy.
-        let qname = q.question.name.to_text(true);
-        let decision = self
-            .policy
-            .borrow()
-            .decide_dns(flow.src, flow.dst, protocol, &qname);
-        if let Some(denial) = decision.denial(flow.src, flow.dst, qname.clone()) {
+        let snapshot = self.policy.borrow().clone();
+        let (checked, denial) = decide_query(&snapshot, flow, protocol, query, self.config.reject);
+        drop(snapshot);
+        if let Some(denial) = denial {
             report(&denial, self.config.on_denial.as_ref());
-            let rcode = match self.config.reject {
-                RejectResponse::Refused => wire::RCODE_REFUSED,
-                RejectResponse::NameError => wire::RCODE_NXDOMAIN,
-            };
-            return match decision.verdict {
-                Verdict::DnsRefused => Checked::Reply(wire::reply(
-                    query,
-                    &q.header,
-                    Some(q.question_end),
-                    q.edns.is_some(),
-                    rcode,
-                )),
-                _ => Checked::Drop,
-            };
         }
-        Checked::Forward(Box::new(q), qname)
+        checked
     }
 
     /// Learns the A/AAAA records of a server's answer. Every address is recorded under its
@@ -543,6 +523,42 @@ impl DnsProxy {
         let mux = UdpMux::start(sock, self.learner.clone(), self.config.upstream_timeout);
         Ok(lock(&self.muxes).entry(key).or_insert(mux).clone())
     }
+}
+
+/// Decides one query (wire format) with `policy`, without side effects: what to do, and the
+/// denial to report if any. The name checked is the question's, ASCII case folded (the
+/// server compares names case-insensitively, so must the policy).
+pub fn decide_query(
+    policy: &ProxyPolicy,
+    flow: &Flow,
+    protocol: Protocol,
+    query: &[u8],
+    reject: RejectResponse,
+) -> (Checked, Option<Denial>) {
+    let q = match wire::parse_query(query) {
+        Ok(q) => q,
+        Err(e) => return (refuse_unreadable(query, e), None),
+    };
+    let qname = q.question.name.to_text(true);
+    let decision = policy.decide_dns(flow.src, flow.dst, protocol, &qname);
+    if let Some(denial) = decision.denial(flow.src, flow.dst, qname.clone()) {
+        let rcode = match reject {
+            RejectResponse::Refused => wire::RCODE_REFUSED,
+            RejectResponse::NameError => wire::RCODE_NXDOMAIN,
+        };
+        let checked = match decision.verdict {
+            Verdict::DnsRefused => Checked::Reply(wire::reply(
+                query,
+                &q.header,
+                Some(q.question_end),
+                q.edns.is_some(),
+                rcode,
+            )),
+            _ => Checked::Drop,
+        };
+        return (checked, Some(denial));
+    }
+    (Checked::Forward(Box::new(q), qname), None)
 }
 
 /// What an unreadable message gets: nothing without a header or for a response, `NOTIMP`
