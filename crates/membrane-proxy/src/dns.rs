@@ -35,9 +35,10 @@
 //!   finished within `tcp_read_timeout` closes the connection; pipelined queries are
 //!   answered in order.
 
+mod batch;
 pub mod wire;
 
-use crate::flow::{Flow, bind_reply_socket, recv_with_original_dst, udp_upstream_socket};
+use crate::flow::{Flow, bind_reply_socket, udp_upstream_socket};
 use crate::fqdn::FqdnLearner;
 use crate::http::accept;
 use crate::policy::{Denial, DenialHook, ProxyPolicy, report};
@@ -214,13 +215,17 @@ impl UdpMux {
         // Expired queries are found within a quarter of the timeout.
         let sweep = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 65535];
+            let mut batch = batch::RecvBatch::new();
+            let mut out = Replies::default();
             let mut tick = tokio::time::interval(sweep);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let Ok(local) = r_sock.local_addr() else {
+                return;
+            };
             loop {
-                let n = tokio::select! {
-                    r = r_sock.recv(&mut buf) => match r {
-                        Ok(n) => n,
+                tokio::select! {
+                    r = batch.recv(&r_sock, local) => match r {
+                        Ok(()) => {}
                         Err(e) if is_transient_udp(&e) => continue,
                         Err(_) => return,
                     },
@@ -229,25 +234,36 @@ impl UdpMux {
                         continue;
                     }
                 };
-                let answer = &buf[..n];
-                let Some(h) = Header::parse(answer) else {
-                    continue;
-                };
-                let entry = {
-                    let mut p = lock(&r_pending);
-                    match p.get(&h.id) {
-                        Some(e) if wire::answers_query(answer, h.id, &e.question) => {
-                            p.remove(&h.id)
-                        }
-                        // Stray, late or spoofed: the query stays pending.
-                        _ => None,
+                for m in &batch.msgs {
+                    if m.truncated {
+                        continue;
                     }
-                };
-                if let Some(entry) = entry {
-                    let reply =
-                        finish_answer(answer, &entry.header, &entry.question, entry.edns, &learner);
-                    deliver(entry.waiter, reply).await;
+                    let answer = batch.data(m);
+                    let Some(h) = Header::parse(answer) else {
+                        continue;
+                    };
+                    let entry = {
+                        let mut p = lock(&r_pending);
+                        match p.get(&h.id) {
+                            Some(e) if wire::answers_query(answer, h.id, &e.question) => {
+                                p.remove(&h.id)
+                            }
+                            // Stray, late or spoofed: the query stays pending.
+                            _ => None,
+                        }
+                    };
+                    if let Some(entry) = entry {
+                        let reply = finish_answer(
+                            answer,
+                            &entry.header,
+                            &entry.question,
+                            entry.edns,
+                            &learner,
+                        );
+                        out.add(entry.waiter, reply);
+                    }
                 }
+                out.flush().await;
             }
         })
         .abort_handle();
@@ -258,9 +274,9 @@ impl UdpMux {
         })
     }
 
-    /// Sends `query` (its `question_end` first bytes are header and question) under a new
-    /// ID, to be answered to `waiter`.
-    async fn send(
+    /// Registers `query` (its `question_end` first bytes are header and question) under a
+    /// new ID, to be answered to `waiter`; returns the message to send to the server.
+    fn register(
         &self,
         ids: &IdSource,
         query: &[u8],
@@ -268,38 +284,68 @@ impl UdpMux {
         waiter: Waiter,
         timeout: Duration,
         max_in_flight: usize,
-    ) -> io::Result<u16> {
+    ) -> io::Result<Vec<u8>> {
         let question = query
             .get(HEADER_LEN..q.question_end)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short query"))?;
-        let id = {
-            let mut pending = lock(&self.pending);
-            if pending.len() >= max_in_flight.min(60_000) {
-                return Err(io::Error::other("too many queries in flight"));
-            }
-            let mut id = ids.next();
-            while pending.contains_key(&id) {
-                id = ids.next();
-            }
-            pending.insert(
-                id,
-                Pending {
-                    header: q.header,
-                    question: question.to_vec(),
-                    edns: q.edns.is_some(),
-                    deadline: Instant::now() + timeout,
-                    waiter,
-                },
-            );
-            id
-        };
         let mut out = query.to_vec();
-        out[..2].copy_from_slice(&id.to_be_bytes());
-        if let Err(e) = self.sock.send(&out).await {
-            lock(&self.pending).remove(&id);
-            return Err(e);
+        let mut pending = lock(&self.pending);
+        if pending.len() >= max_in_flight.min(60_000) {
+            return Err(io::Error::other("too many queries in flight"));
         }
-        Ok(id)
+        let mut id = ids.next();
+        while pending.contains_key(&id) {
+            id = ids.next();
+        }
+        pending.insert(
+            id,
+            Pending {
+                header: q.header,
+                question: question.to_vec(),
+                edns: q.edns.is_some(),
+                deadline: Instant::now() + timeout,
+                waiter,
+            },
+        );
+        out[..2].copy_from_slice(&id.to_be_bytes());
+        Ok(out)
+    }
+}
+
+/// Answers for UDP clients gathered over one batch, to be sent with one `sendmmsg` per
+/// socket they leave from.
+#[derive(Default)]
+struct Replies {
+    by_socket: Vec<(Arc<UdpSocket>, batch::Outgoing)>,
+}
+
+impl Replies {
+    fn push(&mut self, via: &Arc<UdpSocket>, msg: Vec<u8>, to: Option<SocketAddr>) {
+        match self.by_socket.iter_mut().find(|(s, _)| Arc::ptr_eq(s, via)) {
+            Some((_, v)) => v.push((msg, to)),
+            None => self.by_socket.push((via.clone(), vec![(msg, to)])),
+        }
+    }
+
+    /// `reply` for `waiter`: UDP clients get it with the next flush, cut to their size.
+    fn add(&mut self, waiter: Waiter, mut reply: Vec<u8>) {
+        match waiter {
+            Waiter::Udp { via, client, limit } => {
+                let question_end = wire::question_end(&reply).unwrap_or(HEADER_LEN);
+                wire::truncate_for_udp(&mut reply, question_end, limit);
+                self.push(&via, reply, Some(client));
+            }
+            Waiter::Call(tx) => {
+                let _ = tx.send(reply);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        for (sock, msgs) in &self.by_socket {
+            batch::send_batch(sock, msgs).await;
+        }
+        self.by_socket.clear();
     }
 }
 
@@ -324,11 +370,13 @@ async fn expire(pending: &Mutex<HashMap<u16, Pending>>) {
             .collect();
         ids.iter().filter_map(|id| p.remove(id)).collect()
     };
+    let mut out = Replies::default();
     for e in expired {
         tracing::info!(id = e.header.id, "dns upstream did not answer in time");
         let reply = wire::reply_to(&e.header, &e.question, e.edns, wire::RCODE_SERVFAIL);
-        deliver(e.waiter, reply).await;
+        out.add(e.waiter, reply);
     }
+    out.flush().await;
 }
 
 /// The server's answer as the client gets it: its ID and its spelling of the question
@@ -355,21 +403,6 @@ fn finish_answer(
         Err(e) => {
             tracing::info!(error = ?e, "dns proxy: unreadable answer from the server");
             wire::reply_to(header, question, edns, wire::RCODE_SERVFAIL)
-        }
-    }
-}
-
-async fn deliver(waiter: Waiter, mut reply: Vec<u8>) {
-    match waiter {
-        Waiter::Udp { via, client, limit } => {
-            let question_end = wire::question_end(&reply).unwrap_or(HEADER_LEN);
-            wire::truncate_for_udp(&mut reply, question_end, limit);
-            if let Err(e) = via.send_to(&reply, client).await {
-                tracing::info!(error = %e, %client, "dns reply failed");
-            }
-        }
-        Waiter::Call(tx) => {
-            let _ = tx.send(reply);
         }
     }
 }
@@ -446,17 +479,17 @@ impl DnsProxy {
         // covers a reader that is gone.
         let timeout = self.config.upstream_timeout;
         let sent = match self.upstream_mux(flow).await {
-            Ok(mux) => {
-                mux.send(
-                    &self.ids,
-                    query,
-                    &q,
-                    Waiter::Call(tx),
-                    timeout,
-                    self.config.max_in_flight,
-                )
-                .await
-            }
+            Ok(mux) => match mux.register(
+                &self.ids,
+                query,
+                &q,
+                Waiter::Call(tx),
+                timeout,
+                self.config.max_in_flight,
+            ) {
+                Ok(out) => mux.sock.send(&out).await.map(|_| ()),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -469,23 +502,28 @@ impl DnsProxy {
         }
     }
 
-    /// Forwards an allowed query from a UDP client, to be answered from `via`.
+    /// Registers an allowed query from a UDP client, to be answered from `via`; the query
+    /// is sent with the next [`Forwards::flush`]. If it cannot be, the client gets
+    /// `SERVFAIL` (in `replies`).
+    #[allow(clippy::too_many_arguments)]
     async fn forward_udp(
         &self,
         flow: &Flow,
         query: &[u8],
         q: &Query,
-        via: Arc<UdpSocket>,
+        via: &Arc<UdpSocket>,
         client: SocketAddr,
+        forwards: &mut Forwards,
+        replies: &mut Replies,
     ) {
         let waiter = Waiter::Udp {
             via: via.clone(),
             client,
             limit: Edns::udp_limit(q.edns),
         };
-        let sent = match self.upstream_mux(flow).await {
-            Ok(mux) => {
-                mux.send(
+        let registered = match self.upstream_mux(flow).await {
+            Ok(mux) => mux
+                .register(
                     &self.ids,
                     query,
                     q,
@@ -493,11 +531,10 @@ impl DnsProxy {
                     self.config.upstream_timeout,
                     self.config.max_in_flight,
                 )
-                .await
-            }
+                .map(|out| forwards.push(&mux, out)),
             Err(e) => Err(e),
         };
-        if let Err(e) = sent {
+        if let Err(e) = registered {
             tracing::info!(error = %e, upstream = %flow.upstream, "dns upstream failed");
             let r = wire::reply(
                 query,
@@ -506,7 +543,7 @@ impl DnsProxy {
                 q.edns.is_some(),
                 wire::RCODE_SERVFAIL,
             );
-            let _ = via.send_to(&r, client).await;
+            replies.push(via, r, Some(client));
         }
     }
 
@@ -609,40 +646,85 @@ where
     let flow_of = Arc::new(flow_of);
     let mut repliers: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut tasks = JoinSet::new();
-    let mut buf = vec![0u8; 65535];
+    let mut batch = batch::RecvBatch::new();
+    let (mut forwards, mut replies) = (Forwards::default(), Replies::default());
     loop {
-        let (n, src, dst) = match recv_with_original_dst(&listener, &mut buf).await {
-            Ok(r) => r,
+        match batch.recv(&listener, local).await {
+            Ok(()) => {}
             Err(e) if is_transient_udp(&e) => continue,
             Err(e) => return Err(e),
-        };
-        let via = if dst == local {
-            listener.clone()
-        } else {
-            replier(&mut repliers, &mut tasks, &proxy, &flow_of, dst)
-                .unwrap_or_else(|| listener.clone())
-        };
-        let flow = flow_of(src, dst);
-        handle_datagram(&proxy, &flow, &buf[..n], via, src).await;
+        }
+        for m in &batch.msgs {
+            let via = if m.dst == local {
+                listener.clone()
+            } else {
+                replier(&mut repliers, &mut tasks, &proxy, &flow_of, m.dst)
+                    .unwrap_or_else(|| listener.clone())
+            };
+            let flow = flow_of(m.src, m.dst);
+            let query = batch.data(m);
+            // Cut by the kernel: only its header is trustworthy.
+            let query = if m.truncated {
+                query.get(..HEADER_LEN).unwrap_or_default()
+            } else {
+                query
+            };
+            handle_datagram(
+                &proxy,
+                &flow,
+                query,
+                &via,
+                m.src,
+                &mut forwards,
+                &mut replies,
+            )
+            .await;
+        }
+        forwards.flush().await;
+        replies.flush().await;
     }
 }
 
-/// Decides one datagram and answers or forwards it.
+/// Queries for servers gathered over one batch, sent with one `sendmmsg` per server.
+#[derive(Default)]
+struct Forwards {
+    by_mux: Vec<(Arc<UdpMux>, batch::Outgoing)>,
+}
+
+impl Forwards {
+    fn push(&mut self, mux: &Arc<UdpMux>, msg: Vec<u8>) {
+        match self.by_mux.iter_mut().find(|(m, _)| Arc::ptr_eq(m, mux)) {
+            Some((_, v)) => v.push((msg, None)),
+            None => self.by_mux.push((mux.clone(), vec![(msg, None)])),
+        }
+    }
+
+    async fn flush(&mut self) {
+        for (mux, msgs) in &mut self.by_mux {
+            batch::send_batch(&mux.sock, msgs).await;
+        }
+        self.by_mux.clear();
+    }
+}
+
+/// Decides one datagram and answers or forwards it (with the next flush).
 async fn handle_datagram(
     proxy: &DnsProxy,
     flow: &Flow,
     query: &[u8],
-    via: Arc<UdpSocket>,
+    via: &Arc<UdpSocket>,
     src: SocketAddr,
+    forwards: &mut Forwards,
+    replies: &mut Replies,
 ) {
     match proxy.check(flow, Protocol::Udp, query) {
         Checked::Drop => {}
-        Checked::Reply(r) => {
-            if let Err(e) = via.send_to(&r, src).await {
-                tracing::info!(error = %e, %src, "dns reply failed");
-            }
+        Checked::Reply(r) => replies.push(via, r, Some(src)),
+        Checked::Forward(q, _) => {
+            proxy
+                .forward_udp(flow, query, &q, via, src, forwards, replies)
+                .await;
         }
-        Checked::Forward(q, _) => proxy.forward_udp(flow, query, &q, via, src).await,
     }
 }
 
@@ -678,7 +760,19 @@ where
                 Err(_) => return,
             };
             let flow = flow_of(src, dst);
-            handle_datagram(&proxy, &flow, &buf[..n], reader.clone(), src).await;
+            let (mut forwards, mut replies) = (Forwards::default(), Replies::default());
+            handle_datagram(
+                &proxy,
+                &flow,
+                &buf[..n],
+                &reader,
+                src,
+                &mut forwards,
+                &mut replies,
+            )
+            .await;
+            forwards.flush().await;
+            replies.flush().await;
         }
     });
     Some(sock)
