@@ -36,6 +36,7 @@
 //!   answered in order.
 
 mod batch;
+mod udp;
 pub mod wire;
 
 use crate::flow::{Flow, bind_reply_socket, udp_upstream_socket};
@@ -502,51 +503,6 @@ impl DnsProxy {
         }
     }
 
-    /// Registers an allowed query from a UDP client, to be answered from `via`; the query
-    /// is sent with the next [`Forwards::flush`]. If it cannot be, the client gets
-    /// `SERVFAIL` (in `replies`).
-    #[allow(clippy::too_many_arguments)]
-    async fn forward_udp(
-        &self,
-        flow: &Flow,
-        query: &[u8],
-        q: &Query,
-        via: &Arc<UdpSocket>,
-        client: SocketAddr,
-        forwards: &mut Forwards,
-        replies: &mut Replies,
-    ) {
-        let waiter = Waiter::Udp {
-            via: via.clone(),
-            client,
-            limit: Edns::udp_limit(q.edns),
-        };
-        let registered = match self.upstream_mux(flow).await {
-            Ok(mux) => mux
-                .register(
-                    &self.ids,
-                    query,
-                    q,
-                    waiter,
-                    self.config.upstream_timeout,
-                    self.config.max_in_flight,
-                )
-                .map(|out| forwards.push(&mux, out)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = registered {
-            tracing::info!(error = %e, upstream = %flow.upstream, "dns upstream failed");
-            let r = wire::reply(
-                query,
-                &q.header,
-                Some(q.question_end),
-                q.edns.is_some(),
-                wire::RCODE_SERVFAIL,
-            );
-            replies.push(via, r, Some(client));
-        }
-    }
-
     /// The multiplexed socket to `flow.upstream` (from `flow.src` when spoofing).
     async fn upstream_mux(&self, flow: &Flow) -> io::Result<Arc<UdpMux>> {
         let key = (
@@ -632,8 +588,8 @@ fn refuse_unreadable(query: &[u8], e: QueryError) -> Checked {
 /// serves the queries that reach it too (tproxy hands datagrams to the socket bound to
 /// their destination when there is one).
 ///
-/// Each datagram is decided and forwarded inline, without a task of its own; answers are
-/// sent by the reader of the server's socket.
+/// One task serves the socket, its reply sockets and the sockets to the servers (see
+/// `dns/udp.rs`); datagrams are read and sent in batches.
 ///
 /// # Errors
 /// When receiving fails for a reason other than a transient one.
@@ -641,141 +597,7 @@ pub async fn serve_dns_udp<F>(socket: UdpSocket, proxy: Arc<DnsProxy>, flow_of: 
 where
     F: Fn(SocketAddr, SocketAddr) -> Flow + Send + Sync + 'static,
 {
-    let listener = Arc::new(socket);
-    let local = listener.local_addr()?;
-    let flow_of = Arc::new(flow_of);
-    let mut repliers: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
-    let mut tasks = JoinSet::new();
-    let mut batch = batch::RecvBatch::new();
-    let (mut forwards, mut replies) = (Forwards::default(), Replies::default());
-    loop {
-        match batch.recv(&listener, local).await {
-            Ok(()) => {}
-            Err(e) if is_transient_udp(&e) => continue,
-            Err(e) => return Err(e),
-        }
-        for m in &batch.msgs {
-            let via = if m.dst == local {
-                listener.clone()
-            } else {
-                replier(&mut repliers, &mut tasks, &proxy, &flow_of, m.dst)
-                    .unwrap_or_else(|| listener.clone())
-            };
-            let flow = flow_of(m.src, m.dst);
-            let query = batch.data(m);
-            // Cut by the kernel: only its header is trustworthy.
-            let query = if m.truncated {
-                query.get(..HEADER_LEN).unwrap_or_default()
-            } else {
-                query
-            };
-            handle_datagram(
-                &proxy,
-                &flow,
-                query,
-                &via,
-                m.src,
-                &mut forwards,
-                &mut replies,
-            )
-            .await;
-        }
-        forwards.flush().await;
-        replies.flush().await;
-    }
-}
-
-/// Queries for servers gathered over one batch, sent with one `sendmmsg` per server.
-#[derive(Default)]
-struct Forwards {
-    by_mux: Vec<(Arc<UdpMux>, batch::Outgoing)>,
-}
-
-impl Forwards {
-    fn push(&mut self, mux: &Arc<UdpMux>, msg: Vec<u8>) {
-        match self.by_mux.iter_mut().find(|(m, _)| Arc::ptr_eq(m, mux)) {
-            Some((_, v)) => v.push((msg, None)),
-            None => self.by_mux.push((mux.clone(), vec![(msg, None)])),
-        }
-    }
-
-    async fn flush(&mut self) {
-        for (mux, msgs) in &mut self.by_mux {
-            batch::send_batch(&mux.sock, msgs).await;
-        }
-        self.by_mux.clear();
-    }
-}
-
-/// Decides one datagram and answers or forwards it (with the next flush).
-async fn handle_datagram(
-    proxy: &DnsProxy,
-    flow: &Flow,
-    query: &[u8],
-    via: &Arc<UdpSocket>,
-    src: SocketAddr,
-    forwards: &mut Forwards,
-    replies: &mut Replies,
-) {
-    match proxy.check(flow, Protocol::Udp, query) {
-        Checked::Drop => {}
-        Checked::Reply(r) => replies.push(via, r, Some(src)),
-        Checked::Forward(q, _) => {
-            proxy
-                .forward_udp(flow, query, &q, via, src, forwards, replies)
-                .await;
-        }
-    }
-}
-
-/// The socket bound to the original destination `dst`, made (and read from) on first use.
-fn replier<F>(
-    repliers: &mut HashMap<SocketAddr, Arc<UdpSocket>>,
-    tasks: &mut JoinSet<()>,
-    proxy: &Arc<DnsProxy>,
-    flow_of: &Arc<F>,
-    dst: SocketAddr,
-) -> Option<Arc<UdpSocket>>
-where
-    F: Fn(SocketAddr, SocketAddr) -> Flow + Send + Sync + 'static,
-{
-    if let Some(s) = repliers.get(&dst) {
-        return Some(s.clone());
-    }
-    let sock = match bind_reply_socket(dst) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::warn!(error = %e, %dst, "dns proxy: cannot answer from the original destination");
-            return None;
-        }
-    };
-    repliers.insert(dst, sock.clone());
-    let (reader, proxy, flow_of) = (sock.clone(), proxy.clone(), flow_of.clone());
-    tasks.spawn(async move {
-        let mut buf = vec![0u8; 65535];
-        loop {
-            let (n, src) = match reader.recv_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) if is_transient_udp(&e) => continue,
-                Err(_) => return,
-            };
-            let flow = flow_of(src, dst);
-            let (mut forwards, mut replies) = (Forwards::default(), Replies::default());
-            handle_datagram(
-                &proxy,
-                &flow,
-                &buf[..n],
-                &reader,
-                src,
-                &mut forwards,
-                &mut replies,
-            )
-            .await;
-            forwards.flush().await;
-            replies.flush().await;
-        }
-    });
-    Some(sock)
+    udp::serve(socket, proxy, flow_of).await
 }
 
 fn is_transient_udp(e: &io::Error) -> bool {

@@ -57,7 +57,28 @@ impl RecvBatch {
         let fd = sock.as_raw_fd();
         let (bufs, msgs) = (&mut self.bufs, &mut self.msgs);
         msgs.clear();
-        sock.async_io(Interest::READABLE, || {
+        sock.async_io(Interest::READABLE, || recv_now(fd, bufs, msgs, local))
+            .await
+    }
+
+    /// Takes the datagrams queued now (`WouldBlock` if none, which also clears the socket's
+    /// readiness so that the next poll waits).
+    pub fn try_recv(&mut self, sock: &UdpSocket, local: SocketAddr) -> io::Result<()> {
+        let fd = sock.as_raw_fd();
+        let (bufs, msgs) = (&mut self.bufs, &mut self.msgs);
+        msgs.clear();
+        sock.try_io(Interest::READABLE, || recv_now(fd, bufs, msgs, local))
+    }
+}
+
+fn recv_now(
+    fd: std::os::fd::RawFd,
+    bufs: &mut [Vec<u8>],
+    msgs: &mut Vec<Received>,
+    local: SocketAddr,
+) -> io::Result<()> {
+    {
+        {
             // Fresh headers each call: the kernel shortens their name and control lengths
             // to what it wrote, so reused headers would lose room.
             let cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6, nix::libc::sockaddr_in);
@@ -99,8 +120,7 @@ impl RecvBatch {
                 });
             }
             Ok(())
-        })
-        .await
+        }
     }
 }
 
