@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(q) => {
             let name = q.question.name;
             assert!(name.wire().len() <= wire::MAX_NAME_LEN);
-            assert!(name.labels().all(|l| !l.is_empty() && l.len() <= wire::MAX_LABEL_LEN));
+            assert!(
+                name.labels()
+                    .all(|l| !l.is_empty() && l.len() <= wire::MAX_LABEL_LEN)
+            );
             let text = name.to_text(true);
             assert!(text.ends_with('.'));
             assert_eq!(text, name.to_text(false).to_ascii_lowercase());
@@ -46,23 +49,48 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(back.header.id, q.header.id);
             let question = &data[HEADER_LEN..q.question_end];
             for rcode in [wire::RCODE_REFUSED, wire::RCODE_SERVFAIL] {
-                let r = wire::reply(data, &q.header, Some(q.question_end), q.edns.is_some(), rcode);
+                let r = wire::reply(
+                    data,
+                    &q.header,
+                    Some(q.question_end),
+                    q.edns.is_some(),
+                    rcode,
+                );
                 check_own_reply(&r, &q.header, Some(question));
                 assert_eq!(Header::parse(&r).map(|h| h.rcode()), Some(rcode));
             }
         }
-        Err(QueryError::NotImplemented(h)) => check_own_reply(&wire::reply(data, &h, None, false, 4), &h, None),
-        Err(QueryError::Malformed { header, question_end, .. }) => {
+        Err(QueryError::NotImplemented(h)) => {
+            check_own_reply(&wire::reply(data, &h, None, false, 4), &h, None)
+        }
+        Err(QueryError::Malformed {
+            header,
+            question_end,
+            ..
+        }) => {
             let q = question_end.map(|e| &data[HEADER_LEN..e]);
-            check_own_reply(&wire::reply(data, &header, question_end, false, 1), &header, q);
+            check_own_reply(
+                &wire::reply(data, &header, question_end, false, 1),
+                &header,
+                q,
+            );
         }
         Err(QueryError::NoHeader) => assert!(data.len() < HEADER_LEN),
         Err(QueryError::NotAQuery) => {}
     }
 
     // The whole decision with an empty policy: only readable queries are forwarded.
-    let flow = Flow::new("10.0.0.1:40000".parse().unwrap(), "10.0.0.53:53".parse().unwrap());
-    let (checked, _) = decide_query(&ProxyPolicy::new(), &flow, Protocol::Udp, data, RejectResponse::Refused);
+    let flow = Flow::new(
+        "10.0.0.1:40000".parse().unwrap(),
+        "10.0.0.53:53".parse().unwrap(),
+    );
+    let (checked, _) = decide_query(
+        &ProxyPolicy::new(),
+        &flow,
+        Protocol::Udp,
+        data,
+        RejectResponse::Refused,
+    );
     if let Checked::Forward(q, qname) = checked {
         assert_eq!(wire::parse_query(data).ok().as_ref(), Some(&*q));
         assert_eq!(qname, q.question.name.to_text(true));

@@ -534,6 +534,9 @@ pub fn decide_query(
     };
     let qname = q.question.name.to_text(true);
     let decision = policy.decide_dns(flow.src, flow.dst, protocol, &qname);
+    if decision.is_allowed() {
+        return (Checked::Forward(Box::new(q), qname), None);
+    }
     if let Some(denial) = decision.denial(flow.src, flow.dst, qname.clone()) {
         let rcode = match reject {
             RejectResponse::Refused => wire::RCODE_REFUSED,

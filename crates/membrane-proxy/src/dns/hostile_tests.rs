@@ -156,6 +156,18 @@ async fn case_mixing_is_checked_folded_and_forwarded_as_spelled() {
 }
 
 #[tokio::test]
+async fn the_client_gets_its_own_spelling_back() {
+    let s = start(Mode::LowerCase).await;
+    let q = query(0x2021, &name("WwW.ExAmPlE.CoM"));
+    let r = udp_answer(s.udp, &q).await;
+    assert_eq!(rcode(&r), wire::RCODE_NOERROR);
+    assert_eq!(&r[12..q.len()], &q[12..]);
+    assert_eq!(addresses(&r), [std::net::IpAddr::V4(ANSWER)]);
+    // The server got the client's spelling.
+    assert_eq!(&s.rec.messages()[0][2..], &q[2..]);
+}
+
+#[tokio::test]
 async fn dots_inside_labels_are_not_label_separators() {
     let s = start(Mode::Normal).await;
     // One label `api.example.com` (a top-level name), and `evil.test` under example.com
@@ -353,8 +365,12 @@ async fn spoofed_and_mismatched_answers_are_ignored() {
         cache.lookup("www.example.com"),
         [std::net::IpAddr::V4(ANSWER)]
     );
-    assert!(cache.names_of("6.6.6.6".parse().unwrap()).is_empty());
-    assert!(cache.names_of("6.6.6.7".parse().unwrap()).is_empty());
+    for forged in ["6.6.6.5", "6.6.6.6", "6.6.6.7"] {
+        assert!(
+            cache.names_of(forged.parse().unwrap()).is_empty(),
+            "{forged}"
+        );
+    }
 }
 
 #[tokio::test]

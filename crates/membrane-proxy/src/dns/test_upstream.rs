@@ -17,11 +17,15 @@ pub enum Mode {
     Normal,
     /// 100 A records (about 1.6 KB).
     Big,
-    /// First a forged answer (another ID, 6.6.6.6), then one with our ID but another
-    /// question (6.6.6.7), then the real one.
+    /// First a forged answer with the right ID from another port (6.6.6.5), then one with
+    /// another ID (6.6.6.6), then one with the right ID but another question (6.6.6.7),
+    /// then the real one.
     SpoofFirst,
     /// The real answer with trailing garbage.
     Garbage,
+    /// The answer with the question (and the records' names) in lower case, as servers
+    /// that do not preserve case write it.
+    LowerCase,
 }
 
 pub const ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -88,10 +92,24 @@ fn answer(query: &[u8], mode: Mode) -> Vec<Vec<u8>> {
             let mut other = q.clone();
             other.queries[0].name = "spoof.example.com.".parse().unwrap();
             vec![
+                build(id, Ipv4Addr::new(6, 6, 6, 5), 1, &q),
                 build(id.wrapping_add(1), Ipv4Addr::new(6, 6, 6, 6), 1, &q),
                 build(id, Ipv4Addr::new(6, 6, 6, 7), 1, &other),
                 build(id, ANSWER, 1, &q),
             ]
+        }
+        Mode::LowerCase => {
+            let mut lower = q.clone();
+            lower.queries[0].name = question.name.to_lowercase();
+            let mut r = Message::response(id, q.metadata.op_code);
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.queries = lower.queries.clone();
+            r.answers.push(Record::from_rdata(
+                question.name.to_lowercase(),
+                60,
+                RData::A(A(ANSWER)),
+            ));
+            vec![r.to_vec().unwrap()]
         }
         Mode::Garbage => {
             let mut m = build(id, ANSWER, 1, &q);
@@ -117,7 +135,13 @@ pub async fn recording_upstream(mode: Mode) -> Recording {
             {
                 continue;
             }
-            for a in answer(&buf[..n], mode) {
+            let mut answers = answer(&buf[..n], mode);
+            if mode == Mode::SpoofFirst && !answers.is_empty() {
+                // From another port of the same host: the right ID, the wrong source.
+                let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let _ = other.send_to(&answers.remove(0), from).await;
+            }
+            for a in answers {
                 let _ = udp.send_to(&a, from).await;
             }
         }
