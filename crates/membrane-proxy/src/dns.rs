@@ -180,7 +180,7 @@ impl IdSource {
 enum Waiter {
     /// A client of [`serve_dns_udp`]: the answer is sent from `via` to `client`.
     Udp {
-        via: Arc<UdpSocket>,
+        via: Arc<batch::ReadOnlySocket>,
         client: SocketAddr,
         limit: usize,
     },
@@ -317,11 +317,11 @@ impl UdpMux {
 /// socket they leave from.
 #[derive(Default)]
 struct Replies {
-    by_socket: Vec<(Arc<UdpSocket>, batch::Outgoing)>,
+    by_socket: Vec<(Arc<batch::ReadOnlySocket>, batch::Outgoing)>,
 }
 
 impl Replies {
-    fn push(&mut self, via: &Arc<UdpSocket>, msg: Vec<u8>, to: Option<SocketAddr>) {
+    fn push(&mut self, via: &Arc<batch::ReadOnlySocket>, msg: Vec<u8>, to: Option<SocketAddr>) {
         match self.by_socket.iter_mut().find(|(s, _)| Arc::ptr_eq(s, via)) {
             Some((_, v)) => v.push((msg, to)),
             None => self.by_socket.push((via.clone(), vec![(msg, to)])),
@@ -344,7 +344,7 @@ impl Replies {
 
     async fn flush(&mut self) {
         for (sock, msgs) in &self.by_socket {
-            batch::send_batch(sock, msgs).await;
+            batch::send_batch(sock.get_ref(), msgs).await;
         }
         self.by_socket.clear();
     }

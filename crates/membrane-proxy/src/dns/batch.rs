@@ -10,7 +10,26 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
+
+/// A UDP socket watched for readability only. Tokio's `UdpSocket` also watches for
+/// writability, edge-triggered, and the kernel signals writability every time the peer
+/// consumes one of our datagrams (its buffer is freed): one useless wake-up of the proxy
+/// per datagram sent. Sends are non-blocking and hardly ever find the buffer full (see
+/// [`send_batch`]).
+pub(crate) type ReadOnlySocket = AsyncFd<std::net::UdpSocket>;
+
+/// `sock`, watched for readability only.
+///
+/// `AsyncFd::with_interest` is deprecated because a `T` that does not own its descriptor
+/// could let it be closed (and reused) while registered; its replacement is `unsafe`, which
+/// this crate forbids. Here `T` is a `std::net::UdpSocket`, which owns its descriptor and
+/// closes it only when dropped, after `AsyncFd` has deregistered it: the case that is sound.
+#[allow(deprecated)]
+pub(crate) fn read_only(sock: UdpSocket) -> io::Result<ReadOnlySocket> {
+    AsyncFd::with_interest(sock.into_std()?, Interest::READABLE)
+}
 
 /// Messages to send, each with its destination (`None`: the connected peer).
 pub(crate) type Outgoing = Vec<(Vec<u8>, Option<SocketAddr>)>;
@@ -61,13 +80,17 @@ impl RecvBatch {
             .await
     }
 
-    /// Takes the datagrams queued now (`WouldBlock` if none, which also clears the socket's
-    /// readiness so that the next poll waits).
-    pub fn try_recv(&mut self, sock: &UdpSocket, local: SocketAddr) -> io::Result<()> {
-        let fd = sock.as_raw_fd();
+    /// Takes the datagrams queued on a socket that was found readable (`WouldBlock` if
+    /// there were none after all, which also clears its readiness so that the next poll
+    /// waits).
+    pub async fn recv_ready(&mut self, sock: &ReadOnlySocket, local: SocketAddr) -> io::Result<()> {
         let (bufs, msgs) = (&mut self.bufs, &mut self.msgs);
         msgs.clear();
-        sock.try_io(Interest::READABLE, || recv_now(fd, bufs, msgs, local))
+        let mut guard = sock.readable().await?;
+        match guard.try_io(|inner| recv_now(inner.get_ref().as_raw_fd(), bufs, msgs, local)) {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        }
     }
 }
 
@@ -125,42 +148,48 @@ fn recv_now(
 }
 
 /// Sends `msgs` (each to its address, or on the connected peer for `None`) in as few
-/// `sendmmsg` calls as the kernel allows. A message the kernel refuses is skipped (the
-/// client retries, or the query times out): one bad address must not block the others.
-pub(crate) async fn send_batch(sock: &UdpSocket, msgs: &[(Vec<u8>, Option<SocketAddr>)]) {
+/// non-blocking `sendmmsg` calls as the kernel allows. A message the kernel refuses is
+/// skipped (the client retries, or the query times out): one bad address must not block
+/// the others. A full send buffer is waited out briefly, a few times, then the rest is
+/// dropped as a congested network would.
+pub(crate) async fn send_batch(sock: &impl AsRawFd, msgs: &[(Vec<u8>, Option<SocketAddr>)]) {
     let fd = sock.as_raw_fd();
     let mut done = 0;
+    let mut full = 0;
     while done < msgs.len() {
         let chunk = &msgs[done..msgs.len().min(done + 64)];
-        let sent = sock
-            .async_io(Interest::WRITABLE, || {
-                let addrs: Vec<Option<SockaddrStorage>> = chunk
-                    .iter()
-                    .map(|(_, a)| a.map(SockaddrStorage::from))
-                    .collect();
-                let iovs: Vec<[IoSlice<'_>; 1]> =
-                    chunk.iter().map(|(m, _)| [IoSlice::new(m)]).collect();
-                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
-                let cmsgs: [ControlMessage<'_>; 0] = [];
-                let results = sendmmsg(
-                    fd,
-                    &mut headers,
-                    &iovs,
-                    &addrs,
-                    cmsgs,
-                    MsgFlags::MSG_DONTWAIT,
-                )
-                .map_err(io::Error::from)?;
-                Ok(results.count())
-            })
-            .await;
+        let sent = send_now(fd, chunk);
         match sent {
-            Ok(n) if n > 0 => done += n,
-            Ok(_) => done += 1,
+            Ok(n) => done += n.max(1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && full < 3 => {
+                full += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
             Err(e) => {
                 tracing::info!(error = %e, to = ?chunk.first().and_then(|m| m.1), "dns send failed");
                 done += 1;
             }
         }
     }
+}
+
+/// One non-blocking `sendmmsg` of `chunk`: how many messages went.
+fn send_now(fd: std::os::fd::RawFd, chunk: &[(Vec<u8>, Option<SocketAddr>)]) -> io::Result<usize> {
+    let addrs: Vec<Option<SockaddrStorage>> = chunk
+        .iter()
+        .map(|(_, a)| a.map(SockaddrStorage::from))
+        .collect();
+    let iovs: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(m, _)| [IoSlice::new(m)]).collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+    let cmsgs: [ControlMessage<'_>; 0] = [];
+    sendmmsg(
+        fd,
+        &mut headers,
+        &iovs,
+        &addrs,
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map(|r| r.count())
+    .map_err(io::Error::from)
 }

@@ -7,14 +7,14 @@
 //! It polls every socket it owns on each wake-up, so it suits a handful of servers (the
 //! cluster's DNS servers), and, when spoofing the source, a socket per client address.
 
-use super::batch::{Outgoing, RecvBatch, send_batch};
+use super::batch::{Outgoing, ReadOnlySocket, RecvBatch, read_only, send_batch};
 use super::*;
 use std::future::poll_fn;
 
 /// A server, and the queries sent to it that it has not answered yet.
 struct Upstream {
     key: MuxKey,
-    sock: UdpSocket,
+    sock: ReadOnlySocket,
     local: SocketAddr,
     pending: HashMap<u16, Pending>,
     out: Outgoing,
@@ -33,7 +33,8 @@ where
     let local = socket.local_addr()?;
     // The listener first, then the sockets bound to original destinations (tproxy hands
     // later datagrams to those), each with its own address.
-    let mut inbound: Vec<(Arc<UdpSocket>, SocketAddr)> = vec![(Arc::new(socket), local)];
+    let mut inbound: Vec<(Arc<ReadOnlySocket>, SocketAddr)> =
+        vec![(Arc::new(read_only(socket)?), local)];
     let mut upstreams: Vec<Upstream> = Vec::new();
     let mut batch = RecvBatch::new();
     let mut replies = Replies::default();
@@ -51,10 +52,12 @@ where
             for k in 0..n {
                 let i = (rotate + k) % n;
                 let ready = match inbound.get(i) {
-                    Some((s, _)) => s.poll_recv_ready(cx).map(|_| Event::Inbound(i)),
+                    // The guard is dropped at once: readiness is cleared by the read that
+                    // finds nothing more.
+                    Some((s, _)) => s.poll_read_ready(cx).map(|_| Event::Inbound(i)),
                     None => upstreams[i - inbound.len()]
                         .sock
-                        .poll_recv_ready(cx)
+                        .poll_read_ready(cx)
                         .map(|_| Event::Upstream(i - inbound.len())),
                 };
                 if ready.is_ready() {
@@ -73,7 +76,7 @@ where
             }
             Event::Inbound(i) => {
                 let (sock, addr) = inbound[i].clone();
-                match batch.try_recv(&sock, addr) {
+                match batch.recv_ready(&sock, addr).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock || is_transient_udp(&e) => {
                         continue;
@@ -130,14 +133,14 @@ where
                 }
                 for u in &mut upstreams {
                     if !u.out.is_empty() {
-                        send_batch(&u.sock, &u.out).await;
+                        send_batch(u.sock.get_ref(), &u.out).await;
                         u.out.clear();
                     }
                 }
             }
             Event::Upstream(i) => {
                 let u = &mut upstreams[i];
-                match batch.try_recv(&u.sock, u.local) {
+                match batch.recv_ready(&u.sock, u.local).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock || is_transient_udp(&e) => {
                         continue;
@@ -197,6 +200,7 @@ async fn upstream<'a>(
         None => {
             let sock = udp_upstream_socket(flow, proxy.config.spoof_source).await?;
             let local = sock.local_addr()?;
+            let sock = read_only(sock)?;
             upstreams.push(Upstream {
                 key,
                 sock,
@@ -268,13 +272,13 @@ fn expire_into(pending: &mut HashMap<u16, Pending>, now: Instant, replies: &mut 
 /// The socket bound to the original destination `dst`, made on first use and from then
 /// on read by the loop too.
 fn replier(
-    inbound: &mut Vec<(Arc<UdpSocket>, SocketAddr)>,
+    inbound: &mut Vec<(Arc<ReadOnlySocket>, SocketAddr)>,
     dst: SocketAddr,
-) -> Option<Arc<UdpSocket>> {
+) -> Option<Arc<ReadOnlySocket>> {
     if let Some((s, _)) = inbound.iter().find(|(_, a)| *a == dst) {
         return Some(s.clone());
     }
-    match bind_reply_socket(dst) {
+    match bind_reply_socket(dst).and_then(read_only) {
         Ok(s) => {
             let s = Arc::new(s);
             inbound.push((s.clone(), dst));
