@@ -183,6 +183,8 @@ enum Waiter {
         via: Arc<batch::ReadOnlySocket>,
         client: SocketAddr,
         limit: usize,
+        /// The client sent an OPT record.
+        edns: bool,
     },
     /// A caller of [`DnsProxy::answer_udp`].
     Call(oneshot::Sender<Vec<u8>>),
@@ -331,9 +333,14 @@ impl Replies {
     /// `reply` for `waiter`: UDP clients get it with the next flush, cut to their size.
     fn add(&mut self, waiter: Waiter, mut reply: Vec<u8>) {
         match waiter {
-            Waiter::Udp { via, client, limit } => {
+            Waiter::Udp {
+                via,
+                client,
+                limit,
+                edns,
+            } => {
                 let question_end = wire::question_end(&reply).unwrap_or(HEADER_LEN);
-                wire::truncate_for_udp(&mut reply, question_end, limit);
+                wire::truncate_for_udp(&mut reply, question_end, limit, edns);
                 self.push(&via, reply, Some(client));
             }
             Waiter::Call(tx) => {

@@ -341,6 +341,13 @@ async fn edns_is_forwarded_and_sizes_the_udp_answer() {
     assert!(h.truncated());
     assert_eq!((h.id, h.qdcount, h.ancount), (13, 1, 0));
     assert_eq!(&r[12..], &plain[12..]);
+    // An EDNS client taking 512 bytes: cut too, with an OPT record.
+    let mut body = question(&name("api.example.com"));
+    body.extend_from_slice(&[0, 0, 41, 0x02, 0x00, 0, 0, 0, 0, 0, 0]);
+    let r = udp_answer(s.udp, &msg(15, 0x0100, [1, 0, 0, 1], &body)).await;
+    let h = Header::parse(&r).unwrap();
+    assert!(h.truncated() && r.len() <= 512);
+    assert_eq!((h.id, h.qdcount, h.ancount, h.arcount), (15, 1, 0, 1));
     // The same query over TCP gets everything.
     let mut c = TcpStream::connect(s.tcp).await.unwrap();
     write_framed(&mut c, &plain).await.unwrap();

@@ -114,6 +114,7 @@ where
                         via: via.clone(),
                         client: m.src,
                         limit: Edns::udp_limit(q.edns),
+                        edns: q.edns.is_some(),
                     };
                     let sent = match upstream(&mut upstreams, &proxy, &flow).await {
                         Ok(u) => register(u, &proxy, query, &q, waiter),

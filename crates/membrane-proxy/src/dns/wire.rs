@@ -474,15 +474,20 @@ pub fn answers_query(answer: &[u8], id: u16, question: &[u8]) -> bool {
 
 /// Makes `answer` fit in `limit` bytes for a UDP client: unchanged if it fits, else its
 /// header and question with TC set (RFC 1035 §4.2.1, RFC 2181 §9), so the client retries
-/// over TCP. `question_end` is where the question ends in the answer.
-pub fn truncate_for_udp(answer: &mut Vec<u8>, question_end: usize, limit: usize) {
+/// over TCP; with an OPT record of the proxy's when the client sent one (`edns`, RFC 6891
+/// §7). `question_end` is where the question ends in the answer.
+pub fn truncate_for_udp(answer: &mut Vec<u8>, question_end: usize, limit: usize, edns: bool) {
     if answer.len() <= limit || question_end > answer.len() || question_end < HEADER_LEN {
         return;
     }
     answer.truncate(question_end);
     answer[2] |= (FLAG_TC >> 8) as u8;
-    // No answer, authority or additional record is left.
+    // No answer or authority record is left; the additional section is our OPT, if any.
     answer[6..HEADER_LEN].fill(0);
+    if edns {
+        answer[11] = 1;
+        put_opt(answer);
+    }
 }
 
 /// `(name, address, ttl)` for every A/AAAA record (class IN) in the answer section of a

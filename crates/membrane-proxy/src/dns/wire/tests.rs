@@ -212,11 +212,19 @@ fn replies_and_truncation() {
 
     let mut big = r.clone();
     big.extend(std::iter::repeat_n(0u8, 600));
-    truncate_for_udp(&mut big, q.question_end, 512);
+    let mut big_edns = big.clone();
+    truncate_for_udp(&mut big, q.question_end, 512, false);
     let h = Header::parse(&big).unwrap();
     assert!(h.truncated());
     assert_eq!((h.qdcount, h.ancount, h.nscount, h.arcount), (1, 0, 0, 0));
     assert_eq!(big.len(), q.question_end);
+    // For an EDNS client the cut answer keeps an OPT record.
+    truncate_for_udp(&mut big_edns, q.question_end, 512, true);
+    let h = Header::parse(&big_edns).unwrap();
+    assert!(h.truncated());
+    assert_eq!((h.qdcount, h.ancount, h.nscount, h.arcount), (1, 0, 0, 1));
+    assert_eq!(big_edns.len(), q.question_end + 11);
+    assert_eq!(addresses(&big_edns).unwrap(), []);
 }
 
 #[test]
