@@ -26,7 +26,8 @@ for tool in dnsperf dnsmasq; do
 done
 
 cargo build --release -q -p membrane-proxy --features cluster --example bench_proxy
-BIN=target/release/examples/bench_proxy
+# Built where cargo puts it: $CARGO_TARGET_DIR if set (relative to the repository root).
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_proxy
 
 work=$(mktemp -d)
 pids=()

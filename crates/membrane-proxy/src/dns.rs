@@ -3,34 +3,62 @@
 //!
 //! - A name no rule allows gets a synthesized `REFUSED` (rcode 5), or `NXDOMAIN` (rcode 3)
 //!   with [`RejectResponse::NameError`], like Cilium's `--tofqdns-dns-reject-response-code`.
-//!   Only the first question's name counts; the query type does not (§3.7).
+//!   The query type does not count.
 //! - A flow L3/L4 does not allow is dropped without an answer.
 //! - An allowed query goes to the original destination ([`Flow::upstream`]); its answer's
 //!   A/AAAA records are recorded in the [`FqdnLearner`] (and published) before the answer is
 //!   sent back, so the client's next connection finds its addresses known. A server that
 //!   does not answer in time gives `SERVFAIL`, as Cilium's proxy does.
 //!
-//! Messages are parsed and written with hickory-proto; the forwarding loops are here.
+//! Hostile input (messages are read by [`wire`], which refuses anything ambiguous):
+//!
+//! - Fewer than 12 bytes, or a response (QR=1): dropped. Two proxies, or a proxy and a
+//!   spoofer, cannot make each other answer forever.
+//! - An opcode other than QUERY: `NOTIMP`.
+//! - Anything else the reader refuses: `FORMERR`. That includes no question and more than
+//!   one question: a second question is a second name the server might answer, so a query
+//!   carries exactly one (BIND answers FORMERR too; Cilium checks only the first).
+//! - The policy sees the name as the server will: ASCII case folded (names compare
+//!   case-insensitively), with a final dot, bytes that are not printable and literal dots
+//!   inside a label escaped (`a\.b` is one label and matches no `*.b` pattern). The query
+//!   goes to the server byte for byte apart from its ID, so a client's 0x20 case mixing and
+//!   its EDNS OPT record are kept.
+//! - On the way to the server every query gets a fresh unpredictable ID. An answer counts
+//!   only if it comes from the server's address (connected socket), carries that ID, is a
+//!   response, and repeats the question (ignoring case); anything else is ignored as stray
+//!   or spoofed. The client gets its own ID and its own spelling of the question back.
+//! - An answer the proxy cannot read through to its end is not passed on (the client could
+//!   otherwise use addresses the proxy did not learn): `SERVFAIL`.
+//! - A UDP answer larger than the client takes (512 bytes, or the size in its OPT record)
+//!   is cut to its header and question with TC set, so the client retries over TCP.
+//! - TCP: 2-byte length framing; a zero length, a truncated message, or a message not
+//!   finished within `tcp_read_timeout` closes the connection; pipelined queries are
+//!   answered in order.
 
-use crate::flow::{Flow, bind_reply_socket, recv_with_original_dst, udp_upstream_socket};
+mod batch;
+mod udp;
+pub mod wire;
+
+use crate::flow::{Flow, bind_reply_socket, udp_upstream_socket};
 use crate::fqdn::FqdnLearner;
 use crate::http::accept;
-use crate::policy::{DenialHook, ProxyPolicy, report};
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{Name, RData};
+use crate::policy::{Denial, DenialHook, ProxyPolicy, report};
 use membrane_policy::model::Protocol;
 use membrane_policy::verdict::Verdict;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
+use wire::{Edns, HEADER_LEN, Header, Query, QueryError};
 
 /// How a query no rule allows is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,10 +78,13 @@ pub struct DnsProxyConfig {
     pub upstream_timeout: Duration,
     /// Query the server from the client's own address (`IP_TRANSPARENT`).
     pub spoof_source: bool,
-    /// UDP queries being forwarded at once; more are dropped (the client retries).
+    /// UDP queries being forwarded at once (per server); more are dropped (the client
+    /// retries).
     pub max_in_flight: usize,
     /// A TCP client idle this long is disconnected.
     pub tcp_idle_timeout: Duration,
+    /// A TCP message whose length has arrived must be complete within this time.
+    pub tcp_read_timeout: Duration,
     /// Called for every denial, after it is logged.
     pub on_denial: Option<DenialHook>,
 }
@@ -66,6 +97,7 @@ impl Default for DnsProxyConfig {
             spoof_source: false,
             max_in_flight: 4096,
             tcp_idle_timeout: Duration::from_secs(30),
+            tcp_read_timeout: Duration::from_secs(5),
             on_denial: None,
         }
     }
@@ -79,6 +111,7 @@ impl fmt::Debug for DnsProxyConfig {
             .field("spoof_source", &self.spoof_source)
             .field("max_in_flight", &self.max_in_flight)
             .field("tcp_idle_timeout", &self.tcp_idle_timeout)
+            .field("tcp_read_timeout", &self.tcp_read_timeout)
             .field("on_denial", &self.on_denial.is_some())
             .finish()
     }
@@ -89,9 +122,17 @@ impl fmt::Debug for DnsProxyConfig {
 pub enum QueryCheck {
     /// Allowed: forward it; `qname` is the name that was checked.
     Forward { qname: String },
-    /// Answer it with this message (REFUSED, NXDOMAIN or FORMERR).
+    /// Answer it with this message (REFUSED, NXDOMAIN, FORMERR or NOTIMP).
     Reply(Vec<u8>),
     /// Say nothing (dropped by L3/L4 policy, or not a query).
+    Drop,
+}
+
+/// [`QueryCheck`] with the parsed query kept for forwarding.
+#[derive(Debug)]
+pub enum Checked {
+    Forward(Box<Query>, String),
+    Reply(Vec<u8>),
     Drop,
 }
 
@@ -102,6 +143,8 @@ pub struct DnsProxy {
     config: DnsProxyConfig,
     /// One UDP socket per server (and client address, when spoofing), shared by queries.
     muxes: Mutex<HashMap<MuxKey, Arc<UdpMux>>>,
+    /// Unpredictable query IDs: SipHash, keyed randomly per process, of a counter.
+    ids: IdSource,
 }
 
 type MuxKey = (SocketAddr, Option<IpAddr>);
@@ -111,89 +154,264 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Queries to one server over one connected UDP socket. Each in-flight query gets its own
-/// message ID on the wire (restored in the answer), so answers are matched to queries and
-/// late or stray datagrams are ignored.
+/// Query IDs an off-path attacker cannot predict: std's `RandomState` is keyed from the
+/// OS's random source, and SipHash of a counter under a secret key is a pseudo-random
+/// function. Sequential IDs would let a spoofer guess the ID of the next query.
+struct IdSource {
+    key: RandomState,
+    counter: AtomicU64,
+}
+
+impl IdSource {
+    fn new() -> IdSource {
+        IdSource {
+            key: RandomState::new(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> u16 {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        (self.key.hash_one(n) >> 24) as u16
+    }
+}
+
+/// Who waits for a forwarded UDP query's answer.
+enum Waiter {
+    /// A client of [`serve_dns_udp`]: the answer is sent from `via` to `client`.
+    Udp {
+        via: Arc<batch::ReadOnlySocket>,
+        client: SocketAddr,
+        limit: usize,
+        /// The client sent an OPT record.
+        edns: bool,
+    },
+    /// A caller of [`DnsProxy::answer_udp`].
+    Call(oneshot::Sender<Vec<u8>>),
+}
+
+/// A query sent to the server and not answered yet.
+struct Pending {
+    /// The client's header (its ID and flags).
+    header: Header,
+    /// The client's question section, exactly as it spelled it.
+    question: Vec<u8>,
+    edns: bool,
+    deadline: Instant,
+    waiter: Waiter,
+}
+
+/// Queries to one server over one connected UDP socket: the kernel only delivers datagrams
+/// from the server's address. Each query gets its own random ID (see [`IdSource`]); a
+/// reader task matches answers to queries, answers clients and, on a timer, tells the
+/// clients of unanswered queries `SERVFAIL`.
 struct UdpMux {
     sock: Arc<UdpSocket>,
-    pending: Arc<Mutex<HashMap<u16, oneshot::Sender<Vec<u8>>>>>,
-    next_id: AtomicU16,
+    pending: Arc<Mutex<HashMap<u16, Pending>>>,
     reader: tokio::task::AbortHandle,
 }
 
 impl UdpMux {
-    fn start(sock: Arc<UdpSocket>) -> Arc<UdpMux> {
-        let pending: Arc<Mutex<HashMap<u16, oneshot::Sender<Vec<u8>>>>> = Arc::default();
+    fn start(sock: Arc<UdpSocket>, learner: Arc<FqdnLearner>, timeout: Duration) -> Arc<UdpMux> {
+        let pending: Arc<Mutex<HashMap<u16, Pending>>> = Arc::default();
         let (r_sock, r_pending) = (sock.clone(), pending.clone());
+        // Expired queries are found within a quarter of the timeout.
+        let sweep = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let reader = tokio::spawn(async move {
+            let mut batch = batch::RecvBatch::new();
+            let mut out = Replies::default();
+            let mut tick = tokio::time::interval(sweep);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let Ok(local) = r_sock.local_addr() else {
+                return;
+            };
             loop {
-                // Uninitialized capacity: no 64 KiB memset per answer.
-                let mut buf = Vec::with_capacity(65535);
-                match r_sock.recv_buf(&mut buf).await {
-                    Ok(_) => {}
-                    Err(e) if is_transient_udp(&e) => continue,
-                    Err(_) => return,
-                }
-                let Some(id) = buf.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
-                    continue;
+                tokio::select! {
+                    r = batch.recv(&r_sock, local) => match r {
+                        Ok(()) => {}
+                        Err(e) if is_transient_udp(&e) => continue,
+                        Err(_) => return,
+                    },
+                    _ = tick.tick() => {
+                        expire(&r_pending).await;
+                        continue;
+                    }
                 };
-                if let Some(tx) = lock(&r_pending).remove(&id) {
-                    let _ = tx.send(buf);
+                for m in &batch.msgs {
+                    if m.truncated {
+                        continue;
+                    }
+                    let answer = batch.data(m);
+                    let Some(h) = Header::parse(answer) else {
+                        continue;
+                    };
+                    let entry = {
+                        let mut p = lock(&r_pending);
+                        match p.get(&h.id) {
+                            Some(e) if wire::answers_query(answer, h.id, &e.question) => {
+                                p.remove(&h.id)
+                            }
+                            // Stray, late or spoofed: the query stays pending.
+                            _ => None,
+                        }
+                    };
+                    if let Some(entry) = entry {
+                        let reply = finish_answer(
+                            answer,
+                            &entry.header,
+                            &entry.question,
+                            entry.edns,
+                            &learner,
+                        );
+                        out.add(entry.waiter, reply);
+                    }
                 }
+                out.flush().await;
             }
         })
         .abort_handle();
         Arc::new(UdpMux {
             sock,
             pending,
-            next_id: AtomicU16::new(0),
             reader,
         })
     }
 
-    async fn exchange(&self, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
-        let Some(original) = query.get(..2).map(|b| [b[0], b[1]]) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "short query"));
-        };
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut pending = lock(&self.pending);
-            let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut tries = 0u32;
-            while pending.contains_key(&id) {
-                tries += 1;
-                if tries > 65536 {
-                    return Err(io::Error::other("all 65536 query IDs in flight"));
-                }
-                id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            }
-            pending.insert(id, tx);
-            id
-        };
-        let mut wire = query.to_vec();
-        wire[..2].copy_from_slice(&id.to_be_bytes());
-        let result = async {
-            self.sock.send(&wire).await?;
-            let mut answer = tokio::time::timeout(timeout, rx)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the server"))?
-                .map_err(|_| io::Error::other("upstream reader stopped"))?;
-            if let Some(head) = answer.get_mut(..2) {
-                head.copy_from_slice(&original);
-            }
-            Ok(answer)
+    /// Registers `query` (its `question_end` first bytes are header and question) under a
+    /// new ID, to be answered to `waiter`; returns the message to send to the server.
+    fn register(
+        &self,
+        ids: &IdSource,
+        query: &[u8],
+        q: &Query,
+        waiter: Waiter,
+        timeout: Duration,
+        max_in_flight: usize,
+    ) -> io::Result<Vec<u8>> {
+        let question = query
+            .get(HEADER_LEN..q.question_end)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short query"))?;
+        let mut out = query.to_vec();
+        let mut pending = lock(&self.pending);
+        if pending.len() >= max_in_flight.min(60_000) {
+            return Err(io::Error::other("too many queries in flight"));
         }
-        .await;
-        if result.is_err() {
-            lock(&self.pending).remove(&id);
+        let mut id = ids.next();
+        while pending.contains_key(&id) {
+            id = ids.next();
         }
-        result
+        pending.insert(
+            id,
+            Pending {
+                header: q.header,
+                question: question.to_vec(),
+                edns: q.edns.is_some(),
+                deadline: Instant::now() + timeout,
+                waiter,
+            },
+        );
+        out[..2].copy_from_slice(&id.to_be_bytes());
+        Ok(out)
+    }
+}
+
+/// Answers for UDP clients gathered over one batch, to be sent with one `sendmmsg` per
+/// socket they leave from.
+#[derive(Default)]
+struct Replies {
+    by_socket: Vec<(Arc<batch::ReadOnlySocket>, batch::Outgoing)>,
+}
+
+impl Replies {
+    fn push(&mut self, via: &Arc<batch::ReadOnlySocket>, msg: Vec<u8>, to: Option<SocketAddr>) {
+        match self.by_socket.iter_mut().find(|(s, _)| Arc::ptr_eq(s, via)) {
+            Some((_, v)) => v.push((msg, to)),
+            None => self.by_socket.push((via.clone(), vec![(msg, to)])),
+        }
+    }
+
+    /// `reply` for `waiter`: UDP clients get it with the next flush, cut to their size.
+    fn add(&mut self, waiter: Waiter, mut reply: Vec<u8>) {
+        match waiter {
+            Waiter::Udp {
+                via,
+                client,
+                limit,
+                edns,
+            } => {
+                let question_end = wire::question_end(&reply).unwrap_or(HEADER_LEN);
+                wire::truncate_for_udp(&mut reply, question_end, limit, edns);
+                self.push(&via, reply, Some(client));
+            }
+            Waiter::Call(tx) => {
+                let _ = tx.send(reply);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        for (sock, msgs) in &self.by_socket {
+            batch::send_batch(sock.get_ref(), msgs).await;
+        }
+        self.by_socket.clear();
     }
 }
 
 impl Drop for UdpMux {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+/// Answers `SERVFAIL` to every query past its deadline.
+async fn expire(pending: &Mutex<HashMap<u16, Pending>>) {
+    let now = Instant::now();
+    let expired: Vec<Pending> = {
+        let mut p = lock(pending);
+        if p.values().all(|e| e.deadline > now) {
+            return;
+        }
+        let ids: Vec<u16> = p
+            .iter()
+            .filter(|(_, e)| e.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter().filter_map(|id| p.remove(id)).collect()
+    };
+    let mut out = Replies::default();
+    for e in expired {
+        tracing::info!(id = e.header.id, "dns upstream did not answer in time");
+        let reply = wire::reply_to(&e.header, &e.question, e.edns, wire::RCODE_SERVFAIL);
+        out.add(e.waiter, reply);
+    }
+    out.flush().await;
+}
+
+/// The server's answer as the client gets it: its ID and its spelling of the question
+/// restored, the addresses learned first. An answer that cannot be read to its end gives
+/// `SERVFAIL` instead.
+fn finish_answer(
+    answer: &[u8],
+    header: &Header,
+    question: &[u8],
+    edns: bool,
+    learner: &FqdnLearner,
+) -> Vec<u8> {
+    match wire::addresses(answer) {
+        Ok(learned) => {
+            learner.learn(&learned);
+            let mut out = answer.to_vec();
+            out[..2].copy_from_slice(&header.id.to_be_bytes());
+            // `answers_query` checked that this range holds the question, ignoring case.
+            if let Some(q) = out.get_mut(HEADER_LEN..HEADER_LEN + question.len()) {
+                q.copy_from_slice(question);
+            }
+            out
+        }
+        Err(e) => {
+            tracing::info!(error = ?e, "dns proxy: unreadable answer from the server");
+            wire::reply_to(header, question, edns, wire::RCODE_SERVFAIL)
+        }
     }
 }
 
@@ -208,6 +426,7 @@ impl DnsProxy {
             learner,
             config,
             muxes: Mutex::new(HashMap::new()),
+            ids: IdSource::new(),
         }
     }
 
@@ -221,34 +440,21 @@ impl DnsProxy {
 
     /// Decides one query (wire format) with the current policy; denials are reported.
     pub fn check_query(&self, flow: &Flow, protocol: Protocol, query: &[u8]) -> QueryCheck {
-        let msg = match Message::from_vec(query) {
-            Ok(m) => m,
-            Err(_) => return format_error(query),
-        };
-        if msg.metadata.message_type != MessageType::Query {
-            return QueryCheck::Drop;
+        match self.check(flow, protocol, query) {
+            Checked::Forward(_, qname) => QueryCheck::Forward { qname },
+            Checked::Reply(r) => QueryCheck::Reply(r),
+            Checked::Drop => QueryCheck::Drop,
         }
-        let Some(q) = msg.queries.first() else {
-            return reply(&msg, ResponseCode::FormErr);
-        };
-        let qname = name_text(&q.name);
+    }
+
+    fn check(&self, flow: &Flow, protocol: Protocol, query: &[u8]) -> Checked {
         let snapshot = self.policy.borrow().clone();
-        let decision = snapshot.decide_dns(flow.src, flow.dst, protocol, &qname);
+        let (checked, denial) = decide_query(&snapshot, flow, protocol, query, self.config.reject);
         drop(snapshot);
-        if let Some(denial) = decision.denial(flow.src, flow.dst, qname.clone()) {
+        if let Some(denial) = denial {
             report(&denial, self.config.on_denial.as_ref());
-            return match decision.verdict {
-                Verdict::DnsRefused => reply(
-                    &msg,
-                    match self.config.reject {
-                        RejectResponse::Refused => ResponseCode::Refused,
-                        RejectResponse::NameError => ResponseCode::NXDomain,
-                    },
-                ),
-                _ => QueryCheck::Drop,
-            };
         }
-        QueryCheck::Forward { qname }
+        checked
     }
 
     /// Learns the A/AAAA records of a server's answer. Every address is recorded under its
@@ -262,29 +468,46 @@ impl DnsProxy {
 
     /// Answers one query: the reply to send back, or `None` to stay silent.
     pub async fn answer_udp(&self, flow: &Flow, query: &[u8]) -> Option<Vec<u8>> {
-        match self.check_query(flow, Protocol::Udp, query) {
-            QueryCheck::Reply(r) => Some(r),
-            QueryCheck::Drop => None,
-            QueryCheck::Forward { qname } => match self.forward_udp(flow, query).await {
-                Ok(resp) => {
-                    self.learn_from_response(&resp);
-                    Some(resp)
-                }
-                Err(e) => {
-                    tracing::info!(
-                        error = %e, upstream = %flow.upstream, qname = %qname,
-                        "dns upstream failed"
-                    );
-                    server_failure(query)
-                }
+        let (q, qname) = match self.check(flow, Protocol::Udp, query) {
+            Checked::Reply(r) => return Some(r),
+            Checked::Drop => return None,
+            Checked::Forward(q, qname) => (q, qname),
+        };
+        let servfail = || {
+            Some(wire::reply(
+                query,
+                &q.header,
+                Some(q.question_end),
+                q.edns.is_some(),
+                wire::RCODE_SERVFAIL,
+            ))
+        };
+        let (tx, rx) = oneshot::channel();
+        // The mux's own timer answers SERVFAIL at the deadline; the extra second only
+        // covers a reader that is gone.
+        let timeout = self.config.upstream_timeout;
+        let sent = match self.upstream_mux(flow).await {
+            Ok(mux) => match mux.register(
+                &self.ids,
+                query,
+                &q,
+                Waiter::Call(tx),
+                timeout,
+                self.config.max_in_flight,
+            ) {
+                Ok(out) => mux.sock.send(&out).await.map(|_| ()),
+                Err(e) => Err(e),
             },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::info!(error = %e, upstream = %flow.upstream, %qname, "dns upstream failed");
+            return servfail();
         }
-    }
-
-    /// Forwards a query over the shared socket to its server and waits for the answer.
-    async fn forward_udp(&self, flow: &Flow, query: &[u8]) -> io::Result<Vec<u8>> {
-        let mux = self.upstream_mux(flow).await?;
-        mux.exchange(query, self.config.upstream_timeout).await
+        match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
+            Ok(Ok(r)) => Some(r),
+            _ => servfail(),
+        }
     }
 
     /// The multiplexed socket to `flow.upstream` (from `flow.src` when spoofing).
@@ -297,8 +520,72 @@ impl DnsProxy {
             return Ok(m.clone());
         }
         let sock = Arc::new(udp_upstream_socket(flow, self.config.spoof_source).await?);
-        let mux = UdpMux::start(sock);
+        let mux = UdpMux::start(sock, self.learner.clone(), self.config.upstream_timeout);
         Ok(lock(&self.muxes).entry(key).or_insert(mux).clone())
+    }
+}
+
+/// Decides one query (wire format) with `policy`, without side effects: what to do, and the
+/// denial to report if any. The name checked is the question's, ASCII case folded (the
+/// server compares names case-insensitively, so must the policy).
+pub fn decide_query(
+    policy: &ProxyPolicy,
+    flow: &Flow,
+    protocol: Protocol,
+    query: &[u8],
+    reject: RejectResponse,
+) -> (Checked, Option<Denial>) {
+    let q = match wire::parse_query(query) {
+        Ok(q) => q,
+        Err(e) => return (refuse_unreadable(query, e), None),
+    };
+    let qname = q.question.name.to_text(true);
+    let decision = policy.decide_dns(flow.src, flow.dst, protocol, &qname);
+    if decision.is_allowed() {
+        return (Checked::Forward(Box::new(q), qname), None);
+    }
+    if let Some(denial) = decision.denial(flow.src, flow.dst, qname.clone()) {
+        let rcode = match reject {
+            RejectResponse::Refused => wire::RCODE_REFUSED,
+            RejectResponse::NameError => wire::RCODE_NXDOMAIN,
+        };
+        let checked = match decision.verdict {
+            Verdict::DnsRefused => Checked::Reply(wire::reply(
+                query,
+                &q.header,
+                Some(q.question_end),
+                q.edns.is_some(),
+                rcode,
+            )),
+            _ => Checked::Drop,
+        };
+        return (checked, Some(denial));
+    }
+    (Checked::Forward(Box::new(q), qname), None)
+}
+
+/// What an unreadable message gets: nothing without a header or for a response, `NOTIMP`
+/// for another opcode, `FORMERR` otherwise.
+fn refuse_unreadable(query: &[u8], e: QueryError) -> Checked {
+    match e {
+        QueryError::NoHeader | QueryError::NotAQuery => Checked::Drop,
+        QueryError::NotImplemented(h) => {
+            Checked::Reply(wire::reply(query, &h, None, false, wire::RCODE_NOTIMP))
+        }
+        QueryError::Malformed {
+            header,
+            question_end,
+            error,
+        } => {
+            tracing::debug!(?error, "dns proxy: malformed query");
+            Checked::Reply(wire::reply(
+                query,
+                &header,
+                question_end,
+                false,
+                wire::RCODE_FORMERR,
+            ))
+        }
     }
 }
 
@@ -311,99 +598,16 @@ impl DnsProxy {
 /// serves the queries that reach it too (tproxy hands datagrams to the socket bound to
 /// their destination when there is one).
 ///
+/// One task serves the socket, its reply sockets and the sockets to the servers (see
+/// `dns/udp.rs`); datagrams are read and sent in batches.
+///
 /// # Errors
 /// When receiving fails for a reason other than a transient one.
 pub async fn serve_dns_udp<F>(socket: UdpSocket, proxy: Arc<DnsProxy>, flow_of: F) -> io::Result<()>
 where
     F: Fn(SocketAddr, SocketAddr) -> Flow + Send + Sync + 'static,
 {
-    let listener = Arc::new(socket);
-    let local = listener.local_addr()?;
-    let (tx, mut rx) = mpsc::channel::<Datagram>(1024);
-    let mut repliers: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
-    let mut tasks = JoinSet::new();
-    let mut buf = vec![0u8; 65535];
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let datagram = tokio::select! {
-            r = recv_with_original_dst(&listener, &mut buf) => {
-                let (n, src, dst) = match r {
-                    Ok(r) => r,
-                    Err(e) if is_transient_udp(&e) => continue,
-                    Err(e) => return Err(e),
-                };
-                let via = if dst == local {
-                    listener.clone()
-                } else {
-                    replier(&mut repliers, &mut tasks, &tx, dst).unwrap_or_else(|| listener.clone())
-                };
-                Datagram { query: buf[..n].to_vec(), src, dst, via }
-            }
-            Some(d) = rx.recv() => d,
-        };
-        if tasks.len() >= proxy.config.max_in_flight + repliers.len() {
-            tracing::warn!(src = %datagram.src, "dns proxy: too many queries in flight, dropping one");
-            continue;
-        }
-        let flow = flow_of(datagram.src, datagram.dst);
-        let proxy = proxy.clone();
-        tasks.spawn(async move {
-            if let Some(resp) = proxy.answer_udp(&flow, &datagram.query).await {
-                if let Err(e) = datagram.via.send_to(&resp, datagram.src).await {
-                    tracing::info!(error = %e, src = %datagram.src, "dns reply failed");
-                }
-            }
-        });
-    }
-}
-
-/// A query received by the UDP proxy, and the socket to answer it from.
-struct Datagram {
-    query: Vec<u8>,
-    src: SocketAddr,
-    dst: SocketAddr,
-    via: Arc<UdpSocket>,
-}
-
-/// The socket bound to the original destination `dst`, made (and read from) on first use.
-fn replier(
-    repliers: &mut HashMap<SocketAddr, Arc<UdpSocket>>,
-    tasks: &mut JoinSet<()>,
-    tx: &mpsc::Sender<Datagram>,
-    dst: SocketAddr,
-) -> Option<Arc<UdpSocket>> {
-    if let Some(s) = repliers.get(&dst) {
-        return Some(s.clone());
-    }
-    let sock = match bind_reply_socket(dst) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::warn!(error = %e, %dst, "dns proxy: cannot answer from the original destination");
-            return None;
-        }
-    };
-    repliers.insert(dst, sock.clone());
-    let (reader, tx) = (sock.clone(), tx.clone());
-    tasks.spawn(async move {
-        let mut buf = vec![0u8; 65535];
-        loop {
-            let (n, src) = match reader.recv_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) if is_transient_udp(&e) => continue,
-                Err(_) => return,
-            };
-            let d = Datagram {
-                query: buf[..n].to_vec(),
-                src,
-                dst,
-                via: reader.clone(),
-            };
-            if tx.send(d).await.is_err() {
-                return;
-            }
-        }
-    });
-    Some(sock)
+    udp::serve(socket, proxy, flow_of).await
 }
 
 fn is_transient_udp(e: &io::Error) -> bool {
@@ -449,41 +653,43 @@ where
     }
 }
 
-/// Serves the length-prefixed queries of one TCP connection, one at a time.
+/// Serves the length-prefixed queries of one TCP connection, one at a time, in order.
 pub async fn serve_dns_tcp_connection(
     mut client: TcpStream,
     flow: Flow,
     proxy: &DnsProxy,
 ) -> io::Result<()> {
     let mut upstream: Option<TcpStream> = None;
-    let idle = proxy.config.tcp_idle_timeout;
+    let config = &proxy.config;
     loop {
-        let query = match tokio::time::timeout(idle, read_framed(&mut client)).await {
-            Ok(Ok(Some(q))) => q,
-            Ok(Ok(None)) | Err(_) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
+        let query = match read_framed_timed(
+            &mut client,
+            config.tcp_idle_timeout,
+            config.tcp_read_timeout,
+        )
+        .await?
+        {
+            Some(q) => q,
+            None => return Ok(()),
         };
-        let resp = match proxy.check_query(&flow, Protocol::Tcp, &query) {
-            QueryCheck::Reply(r) => r,
-            QueryCheck::Drop => return Ok(()),
-            QueryCheck::Forward { qname } => {
+        let resp = match proxy.check(&flow, Protocol::Tcp, &query) {
+            Checked::Reply(r) => r,
+            Checked::Drop => return Ok(()),
+            Checked::Forward(q, qname) => {
+                let id = proxy.ids.next();
                 let answer = tokio::time::timeout(
-                    proxy.config.upstream_timeout,
-                    exchange_tcp(&mut upstream, &flow, &proxy.config, &query),
+                    config.upstream_timeout,
+                    exchange_tcp(&mut upstream, &flow, config, &query, &q, id),
                 )
                 .await;
+                let question = query.get(HEADER_LEN..q.question_end).unwrap_or_default();
+                let edns = q.edns.is_some();
                 match answer {
-                    Ok(Ok(r)) => {
-                        proxy.learn_from_response(&r);
-                        r
-                    }
+                    Ok(Ok(r)) => finish_answer(&r, &q.header, question, edns, &proxy.learner),
                     Ok(Err(_)) | Err(_) => {
                         upstream = None;
                         tracing::info!(upstream = %flow.upstream, %qname, "dns upstream failed");
-                        match server_failure(&query) {
-                            Some(r) => r,
-                            None => return Ok(()),
-                        }
+                        wire::reply_to(&q.header, question, edns, wire::RCODE_SERVFAIL)
                     }
                 }
             }
@@ -492,11 +698,15 @@ pub async fn serve_dns_tcp_connection(
     }
 }
 
+/// Sends `query` under `id` on the (re)used connection to the server and reads the answer;
+/// an answer that is not to this query is an error (the connection is then dropped).
 async fn exchange_tcp(
     upstream: &mut Option<TcpStream>,
     flow: &Flow,
     config: &DnsProxyConfig,
     query: &[u8],
+    q: &Query,
+    id: u16,
 ) -> io::Result<Vec<u8>> {
     let stream = match upstream {
         Some(s) => s,
@@ -505,10 +715,48 @@ async fn exchange_tcp(
                 .await?,
         ),
     };
-    write_framed(stream, query).await?;
-    read_framed(stream)
+    let mut out = query.to_vec();
+    out[..2].copy_from_slice(&id.to_be_bytes());
+    write_framed(stream, &out).await?;
+    let answer = read_framed(stream)
         .await?
-        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "server closed"))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "server closed"))?;
+    let question = query.get(HEADER_LEN..q.question_end).unwrap_or_default();
+    if !wire::answers_query(&answer, id, question) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the server's answer is not to our query",
+        ));
+    }
+    Ok(answer)
+}
+
+/// One length-prefixed message: the length within `idle`, the rest within `read`. `None`
+/// at a clean end of stream, on a zero length, or when idle too long.
+async fn read_framed_timed(
+    stream: &mut TcpStream,
+    idle: Duration,
+    read: Duration,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Ok(None),
+    }
+    let len = usize::from(u16::from_be_bytes(len));
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut msg = vec![0u8; len];
+    match tokio::time::timeout(read, stream.read_exact(&mut msg)).await {
+        Ok(r) => r.map(|_| Some(msg)),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "message not finished",
+        )),
+    }
 }
 
 /// One length-prefixed message; `None` at a clean end of stream.
@@ -537,95 +785,18 @@ async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
     stream.write_all(&out).await
 }
 
-/// A name as text, the way Cilium's DNS library writes it: labels joined by dots, a final
-/// dot, bytes outside `[!-~]` and the characters `.` `\` written as `\DDD` / `\.` escapes.
-pub fn name_text(name: &Name) -> String {
-    if name.is_root() {
-        return ".".to_string();
-    }
-    let mut out = String::with_capacity(name.len() + 1);
-    for label in name.iter() {
-        for &b in label {
-            match b {
-                b'.' | b'\\' => {
-                    out.push('\\');
-                    out.push(char::from(b));
-                }
-                b'!'..=b'~' => out.push(char::from(b)),
-                _ => out.push_str(&format!("\\{b:03}")),
-            }
-        }
-        out.push('.');
-    }
-    out
-}
-
-/// The response to `request` with `rcode` and its questions.
-fn reply(request: &Message, rcode: ResponseCode) -> QueryCheck {
-    let mut resp = Message::response(request.metadata.id, request.metadata.op_code);
-    resp.metadata.recursion_desired = request.metadata.recursion_desired;
-    resp.metadata.recursion_available = true;
-    resp.metadata.checking_disabled = request.metadata.checking_disabled;
-    resp.metadata.response_code = rcode;
-    resp.queries = request.queries.clone();
-    match resp.to_vec() {
-        Ok(bytes) => QueryCheck::Reply(bytes),
-        Err(_) => QueryCheck::Drop,
-    }
-}
-
-/// `FORMERR` for a query hickory cannot read (when it at least has an ID and is a query).
-fn format_error(query: &[u8]) -> QueryCheck {
-    match (query.first(), query.get(1), query.get(2)) {
-        (Some(&hi), Some(&lo), Some(&flags)) if flags & 0x80 == 0 && query.len() >= 12 => {
-            let msg = Message::error_msg(
-                u16::from_be_bytes([hi, lo]),
-                OpCode::Query,
-                ResponseCode::FormErr,
-            );
-            msg.to_vec().map_or(QueryCheck::Drop, QueryCheck::Reply)
-        }
-        _ => QueryCheck::Drop,
-    }
-}
-
-fn server_failure(query: &[u8]) -> Option<Vec<u8>> {
-    let msg = Message::from_vec(query).ok()?;
-    match reply(&msg, ResponseCode::ServFail) {
-        QueryCheck::Reply(r) => Some(r),
-        _ => None,
-    }
-}
-
 /// `(name, address, ttl)` for every A/AAAA record in the answer section of a successful
-/// response, under its owner name and under the question's name.
+/// response, under its owner name and under the question's name; nothing for a message
+/// that cannot be read.
 pub fn addresses_in(response: &[u8]) -> Vec<(String, IpAddr, u32)> {
-    let Ok(msg) = Message::from_vec(response) else {
-        return vec![];
-    };
-    if msg.metadata.message_type != MessageType::Response
-        || msg.metadata.response_code != ResponseCode::NoError
-    {
-        return vec![];
-    }
-    let qname = msg.queries.first().map(|q| name_text(&q.name));
-    let mut out = Vec::new();
-    for r in &msg.answers {
-        let ip = match &r.data {
-            RData::A(a) => IpAddr::V4(a.0),
-            RData::AAAA(a) => IpAddr::V6(a.0),
-            _ => continue,
-        };
-        let owner = name_text(&r.name);
-        if let Some(q) = &qname {
-            if !q.eq_ignore_ascii_case(&owner) {
-                out.push((q.clone(), ip, r.ttl));
-            }
-        }
-        out.push((owner, ip, r.ttl));
-    }
-    out
+    wire::addresses(response).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod test_upstream;
+
+#[cfg(test)]
+mod hostile_tests;

@@ -6,16 +6,11 @@
 //! as an `IP_RECVORIGDSTADDR` control message. Tests, which cannot use tproxy, map addresses
 //! with their own hook instead (any `Fn(&TcpStream) -> io::Result<Flow>`).
 
-use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage, recvmsg, setsockopt,
-    sockopt,
-};
+use nix::sys::socket::{SockaddrStorage, setsockopt, sockopt};
 use socket2::{Domain, SockRef, Socket, Type};
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
-use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 /// The addresses of one proxied connection or datagram.
@@ -156,46 +151,7 @@ pub(crate) fn bind_reply_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(sock.into())
 }
 
-/// Receives one datagram: its length, its source, and its original destination (the
-/// `IP_RECVORIGDSTADDR` control message, else the socket's own address).
-pub(crate) async fn recv_with_original_dst(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr, SocketAddr)> {
-    let local = socket.local_addr()?;
-    let fd = socket.as_raw_fd();
-    // Room for one sockaddr_in6 control message (and a sockaddr_in one).
-    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6, nix::libc::sockaddr_in);
-    socket
-        .async_io(Interest::READABLE, || {
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
-                .map_err(io::Error::from)?;
-            let src = msg
-                .address
-                .as_ref()
-                .and_then(storage_to_socket_addr)
-                .ok_or_else(|| io::Error::other("datagram without a source address"))?;
-            let mut dst = local;
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    match c {
-                        ControlMessageOwned::Ipv4OrigDstAddr(sin) => {
-                            dst = SocketAddr::V4(SocketAddrV4::from(SockaddrIn::from(sin)));
-                        }
-                        ControlMessageOwned::Ipv6OrigDstAddr(sin6) => {
-                            dst = SocketAddr::V6(SocketAddrV6::from(SockaddrIn6::from(sin6)));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Ok((msg.bytes, src, dst))
-        })
-        .await
-}
-
-fn storage_to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+pub(crate) fn storage_to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = s.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
     }

@@ -6,6 +6,8 @@ use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::policy::DenialKind;
 use crate::testutil::*;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{Name, RData};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -72,6 +74,16 @@ fn answers(m: &Message) -> Vec<IpAddr> {
             _ => None,
         })
         .collect()
+}
+
+/// The text the proxy checks for a name (written by hickory, read back by `wire`).
+fn name_text(name: &Name) -> String {
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::RecordType;
+    let mut m = Message::new(1, MessageType::Query, OpCode::Query);
+    m.queries.push(Query::query(name.clone(), RecordType::A));
+    let q = wire::parse_query(&m.to_vec().unwrap()).unwrap();
+    q.question.name.to_text(false)
 }
 
 #[tokio::test]
