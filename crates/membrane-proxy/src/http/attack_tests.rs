@@ -1055,8 +1055,10 @@ async fn one_100_continue_when_the_proxy_answered_the_expectation() {
     let (up, _log) = scripted_upstream(script).await;
     let proxy = proxy_to(up).await;
     let mut c = RawConn::connect(proxy).await;
-    c.send(b"POST /upload HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
-        .await;
+    c.send(
+        b"POST /upload HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .await;
     assert_eq!(c.response().await.unwrap().status, 100);
     c.send(b"body").await;
     let r = c.response().await.unwrap();
