@@ -31,6 +31,29 @@ pub struct EndpointPolicies {
 pub struct ProxyPolicy {
     ipcache: HashMap<IpAddr, IdentityId>,
     endpoints: HashMap<IpAddr, EndpointPolicies>,
+    /// Some HTTP rule of some endpoint has `headerMatches`: only then is a request's header
+    /// rewrite looked for (a second lookup and rule match per request otherwise wasted).
+    header_rewrites: bool,
+}
+
+/// Whether any HTTP rule of `policy` has `headerMatches`.
+fn has_header_matches(policy: &DirectionPolicy) -> bool {
+    policy.map.keys().any(|key| {
+        policy.contributions(key).iter().any(|c| {
+            c.l7.as_ref().is_some_and(|l7| {
+                l7.http
+                    .as_ref()
+                    .is_some_and(|rules| rules.iter().any(|r| !r.header_matches.is_empty()))
+            })
+        })
+    })
+}
+
+fn endpoint_rewrites_headers(e: &EndpointPolicies) -> bool {
+    [e.egress.as_deref(), e.ingress.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(has_header_matches)
 }
 
 /// A header rewrite that a `headerMatches` mismatch action asks for.
@@ -223,7 +246,12 @@ impl ProxyPolicy {
         for (ip, p) in ingress {
             endpoints.entry(ip).or_default().ingress = Some(p);
         }
-        ProxyPolicy { ipcache, endpoints }
+        let header_rewrites = endpoints.values().any(endpoint_rewrites_headers);
+        ProxyPolicy {
+            ipcache,
+            endpoints,
+            header_rewrites,
+        }
     }
 
     /// Maps `ip` to `identity` in the ipcache.
@@ -233,6 +261,7 @@ impl ProxyPolicy {
 
     /// Sets the resolved policies of the local endpoint at `ip`.
     pub fn set_endpoint(&mut self, ip: IpAddr, policies: EndpointPolicies) {
+        self.header_rewrites |= endpoint_rewrites_headers(&policies);
         self.endpoints.insert(ip, policies);
     }
 
@@ -274,7 +303,7 @@ impl ProxyPolicy {
             .and_then(|e| e.egress.as_deref())
             .map(|p| {
                 let d = verdict::decide_side(p, dst_id, protocol, port, request);
-                if d.outcome == Outcome::Allowed {
+                if self.header_rewrites && d.outcome == Outcome::Allowed {
                     actions.extend(header_actions(p, dst_id, protocol, port, request));
                 }
                 d
@@ -284,7 +313,7 @@ impl ProxyPolicy {
                 .and_then(|e| e.ingress.as_deref())
                 .map(|p| {
                     let d = verdict::decide_side(p, src_id, protocol, port, request);
-                    if d.outcome == Outcome::Allowed {
+                    if self.header_rewrites && d.outcome == Outcome::Allowed {
                         actions.extend(header_actions(p, src_id, protocol, port, request));
                     }
                     d
@@ -464,3 +493,24 @@ pub struct Forwarded {
 
 /// Called for every forwarded request (flow events, metrics, tests).
 pub type ForwardHook = Arc<dyn Fn(&Forwarded) + Send + Sync>;
+
+#[cfg(test)]
+mod rewrite_flag_tests {
+    use super::*;
+    use crate::testutil::{CLIENT, policy, policy_with};
+
+    /// The flag that skips looking for header rewrites is set exactly when some rule has
+    /// `headerMatches` (the test scenario's client has one; without its rules, none).
+    #[test]
+    fn header_rewrite_flag_follows_the_rules() {
+        assert!(policy().header_rewrites);
+        let p = policy_with("");
+        let client = p.endpoint(crate::testutil::ip(CLIENT)).cloned();
+        let mut bare = ProxyPolicy::new();
+        assert!(!bare.header_rewrites);
+        if let Some(c) = client {
+            bare.set_endpoint(crate::testutil::ip(CLIENT), c);
+        }
+        assert!(bare.header_rewrites);
+    }
+}

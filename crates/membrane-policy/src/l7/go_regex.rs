@@ -56,6 +56,35 @@ const MAX_RUNE: u32 = 0x10_FFFF;
 pub struct GoRegex {
     source: String,
     regex: Regex,
+    /// How a full match is decided without the regex engine, for the common simple shapes.
+    shortcut: Shortcut,
+}
+
+/// Most Cilium HTTP rules are a literal (`GET`, `/healthz`) or a literal prefix followed by
+/// `.*` (`/public/.*`): decided by comparing strings, with the regex as the definition
+/// (`shortcut_agrees_with_the_regex` checks they agree).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shortcut {
+    None,
+    /// The whole text equals this.
+    Literal(String),
+    /// The text starts with this, and the rest has no newline (`.` does not match it in RE2
+    /// without the `s` flag).
+    PrefixThenAny(String),
+}
+
+impl Shortcut {
+    fn of(pattern: &str) -> Shortcut {
+        // Characters that mean themselves in Go's syntax everywhere outside a class.
+        let plain = |c: char| c.is_ascii_alphanumeric() || "/-_,:;@=&%~!'\"<> #`".contains(c);
+        if pattern.chars().all(plain) {
+            return Shortcut::Literal(pattern.to_owned());
+        }
+        match pattern.strip_suffix(".*") {
+            Some(prefix) if prefix.chars().all(plain) => Shortcut::PrefixThenAny(prefix.to_owned()),
+            _ => Shortcut::None,
+        }
+    }
 }
 
 impl GoRegex {
@@ -79,6 +108,7 @@ impl GoRegex {
         Ok(GoRegex {
             source: pattern.to_owned(),
             regex,
+            shortcut: Shortcut::of(pattern),
         })
     }
 
@@ -89,6 +119,18 @@ impl GoRegex {
 
     /// Whether the whole of `text` matches, as Envoy's RE2 `FullMatch` decides it.
     pub fn is_full_match(&self, text: &str) -> bool {
+        match &self.shortcut {
+            Shortcut::Literal(l) => text == l,
+            Shortcut::PrefixThenAny(p) => text
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| !rest.contains('\n')),
+            Shortcut::None => self.regex.is_match(text),
+        }
+    }
+
+    /// The regex engine's answer, whatever the shortcut (for tests).
+    #[cfg(test)]
+    fn regex_full_match(&self, text: &str) -> bool {
         self.regex.is_match(text)
     }
 }
@@ -1566,6 +1608,48 @@ fn unicode_table(name: &str) -> Option<(UnicodeSet, bool)> {
         .iter()
         .find(|(alias, _)| canonical_name(alias) == canonical)
         .map(|&(_, gc)| (category(gc), true))
+}
+
+#[cfg(test)]
+mod shortcut_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn simple_shapes_take_the_shortcut() {
+        for (p, want) in [
+            ("GET", Shortcut::Literal("GET".into())),
+            ("/healthz", Shortcut::Literal("/healthz".into())),
+            ("/public/.*", Shortcut::PrefixThenAny("/public/".into())),
+            (".*", Shortcut::PrefixThenAny(String::new())),
+            ("GET|POST", Shortcut::None),
+            ("/a.b", Shortcut::None),
+            ("/a.*/b", Shortcut::None),
+            ("\\Q.*\\E", Shortcut::None),
+            ("(?s).*", Shortcut::None),
+            ("/x+.*", Shortcut::None),
+            ("[.]*", Shortcut::None),
+        ] {
+            assert_eq!(Shortcut::of(p), want, "{p}");
+        }
+    }
+
+    proptest! {
+        /// The shortcut is an optimization, never a second meaning: for patterns built from
+        /// plain characters and regex syntax, on texts with newlines and near-misses, it
+        /// answers what the regex answers.
+        #[test]
+        fn shortcut_agrees_with_the_regex(
+            pattern in "[a-c/.*|\\\\-]{0,6}",
+            text in "[a-c/.\n-]{0,8}",
+        ) {
+            if let Ok(r) = GoRegex::new(&pattern) {
+                prop_assert_eq!(r.is_full_match(&text), r.regex_full_match(&text), "{:?} {:?}", pattern, text);
+                let prefixed = format!("{}{}", pattern.trim_end_matches(".*"), text);
+                prop_assert_eq!(r.is_full_match(&prefixed), r.regex_full_match(&prefixed));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
