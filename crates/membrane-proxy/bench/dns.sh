@@ -5,6 +5,8 @@
 #             learned into the FQDN cache) → dnsmasq
 #   refused   dnsperf → membrane's DNS proxy, names no rule allows (answered REFUSED by the
 #             proxy itself, nothing forwarded)
+#   dnsmasq   dnsperf → dnsmasq as a forwarder (no cache) → dnsmasq: the cost of forwarding
+#             at all on this machine, with a lean C forwarder
 # Interleaved over ROUNDS rounds; medians and the median per-round ratio to `direct`.
 #
 # Needs: dnsperf, dnsmasq (apt-get install dnsperf dnsmasq-base). Usage: bench/dns.sh
@@ -18,7 +20,7 @@ THREADS=${THREADS:-2}
 OUTSTANDING=${OUTSTANDING:-100}
 ROUNDS=${ROUNDS:-3}
 BASE=${PORT_BASE:-15353}
-UPSTREAM=$BASE MEMBRANE=$((BASE + 1))
+UPSTREAM=$BASE MEMBRANE=$((BASE + 1)) FORWARDER=$((BASE + 2))
 HOST=127.0.0.1
 
 for tool in dnsperf dnsmasq; do
@@ -41,6 +43,12 @@ trap cleanup EXIT
 dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --listen-address=$HOST \
   --port="$UPSTREAM" --address=/example.com/203.0.113.20 --local-ttl=300 --cache-size=0 \
   --dns-forward-max=10000 --pid-file="$work/dnsmasq.pid" --log-facility="$work/dnsmasq.log" &
+pids+=($!)
+# The baseline for a forwarder: dnsmasq itself forwarding every query (no cache) to the
+# same server, i.e. what a lean C forwarder costs on this machine.
+dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --listen-address=$HOST \
+  --port="$FORWARDER" --server="$HOST#$UPSTREAM" --cache-size=0 --dns-forward-max=10000 \
+  --pid-file="$work/forwarder.pid" --log-facility="$work/forwarder.log" &
 pids+=($!)
 "$BIN" dns "$HOST:$MEMBRANE" "$HOST:$UPSTREAM" 2>"$work/proxy.log" &
 pids+=($!)
@@ -65,9 +73,10 @@ run() {
 
 declare -A QPS LAT
 for r in $(seq "$ROUNDS"); do
-  for cfg in direct membrane refused; do
+  for cfg in direct membrane refused dnsmasq; do
     case $cfg in
       direct) port=$UPSTREAM file=$work/allowed.txt ;;
+      dnsmasq) port=$FORWARDER file=$work/allowed.txt ;;
       membrane) port=$MEMBRANE file=$work/allowed.txt ;;
       refused) port=$MEMBRANE file=$work/refused.txt ;;
     esac
@@ -81,9 +90,11 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 echo
 echo "DNS over UDP, $CLIENTS clients, $OUTSTANDING outstanding, ${DURATION}s x $ROUNDS rounds (medians)"
 printf '%-8s %10s %12s %14s\n' config qps 'avg lat ms' 'qps / direct'
-for cfg in direct membrane refused; do
+for cfg in direct membrane refused dnsmasq; do
   qps=$(for r in $(seq "$ROUNDS"); do echo "${QPS[$cfg,$r]}"; done | median)
   lat=$(for r in $(seq "$ROUNDS"); do echo "${LAT[$cfg,$r]}"; done | median)
   ratio=$(for r in $(seq "$ROUNDS"); do awk -v a="${QPS[$cfg,$r]}" -v b="${QPS[direct,$r]}" 'BEGIN {print a/b}'; done | median)
   printf '%-8s %10.0f %12.3f %14.2f\n' "$cfg" "$qps" "$lat" "$ratio"
 done
+fr=$(for r in $(seq "$ROUNDS"); do awk -v a="${QPS[membrane,$r]}" -v b="${QPS[dnsmasq,$r]}" 'BEGIN {print a/b}'; done | median)
+echo "membrane / dnsmasq as a forwarder (qps): $fr"
