@@ -67,9 +67,17 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             append_line(&path, &denial_json(d, &node_name));
         })
     });
-    let forward_hook = events.map(|path| -> membrane_proxy::policy::ForwardHook {
-        Arc::new(move |f: &membrane_proxy::policy::Forwarded| {
-            append_line(&path, &forwarded_json(f, &node_name));
+    let forward_hook = events
+        .clone()
+        .map(|path| -> membrane_proxy::policy::ForwardHook {
+            let node_name = node_name.clone();
+            Arc::new(move |f: &membrane_proxy::policy::Forwarded| {
+                append_line(&path, &forwarded_json(f, &node_name));
+            })
+        });
+    let dns_forward_hook = events.map(|path| -> membrane_proxy::policy::DnsForwardHook {
+        Arc::new(move |f: &membrane_proxy::policy::DnsForwarded| {
+            append_line(&path, &dns_forwarded_json(f, &node_name));
         })
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -114,6 +122,7 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
             DnsProxyConfig {
                 spoof_source: true,
                 on_denial: hook.clone(),
+                on_forward: dns_forward_hook,
                 ..Default::default()
             },
         ));
@@ -264,6 +273,35 @@ pub fn forwarded_json(f: &membrane_proxy::policy::Forwarded, node: &str) -> serd
             f.request,
             f.host
         ),
+    })
+}
+
+/// An allowed DNS query as a flow event (Hubble shows DNS requests that pass, with the rules
+/// that let them).
+pub fn dns_forwarded_json(
+    f: &membrane_proxy::policy::DnsForwarded,
+    node: &str,
+) -> serde_json::Value {
+    use serde_json::json;
+    let mut policies: Vec<String> = Vec::new();
+    for r in &f.rules {
+        let p = r.rule.policy.to_string();
+        if !policies.contains(&p) {
+            policies.push(p);
+        }
+    }
+    let rules: Vec<String> = f.rules.iter().map(|r| r.to_string()).collect();
+    json!({
+        "time_us": now_us(),
+        "verdict": "FORWARDED",
+        "Type": "L7",
+        "node_name": node,
+        "IP": {"source": f.src.ip().to_string(), "destination": f.dst.ip().to_string()},
+        "l4": {"source_port": f.src.port(), "destination_port": f.dst.port()},
+        "l7": {"type": "REQUEST", "dns": {"query": f.qname}},
+        "policies": policies,
+        "rules": rules,
+        "Summary": format!("DNS query {} forwarded", f.qname),
     })
 }
 

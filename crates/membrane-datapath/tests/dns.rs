@@ -50,3 +50,68 @@ fn dns_answers_allowed_names_refuses_others_and_learned_addresses_open() {
     assert_eq!(drop.direction.as_str(), "egress");
     assert!(lab::lab_namespaces(&opts.name).is_empty());
 }
+
+/// Allowed DNS queries are flow events too (verdict FORWARDED, the name, the rule that
+/// allowed it), next to the REFUSED one.
+#[test]
+fn allowed_dns_queries_are_flow_events_with_their_rule() {
+    if !root_or_skip("allowed_dns_queries_are_flow_events_with_their_rule") {
+        return;
+    }
+    use membrane_datapath::events::Collector;
+    use membrane_datapath::lab::Lab;
+    use membrane_datapath::probe::{load_world, probe_lab};
+    use serde_json::Value;
+    use std::time::{Duration, Instant};
+
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/dns-learned.yaml");
+    let world = load_world(&path).unwrap();
+    let mut opts = options("dnsev");
+    opts.proxies = Some(path.clone());
+    let lab = Lab::up(&world, &opts).unwrap();
+    let files = (0..lab.topo.nodes.len())
+        .map(|i| (i, lab.pcap(i)))
+        .collect();
+    let collector = Collector::start(files, false);
+    let (_, outcomes) = probe_lab(&world, &lab, &collector, 4);
+    assert!(outcomes.iter().all(|o| o.passed), "{outcomes:?}");
+    let is_forwarded =
+        |e: &Value| e["verdict"] == "FORWARDED" && e["l7"]["dns"]["query"] == "api.example.com.";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let events: Vec<Value> = (0..lab.topo.nodes.len())
+            .filter_map(|i| std::fs::read_to_string(lab.l7_events(i)).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect::<Vec<Value>>()
+            })
+            .collect();
+        if events.iter().any(is_forwarded) || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let all = serde_json::to_string_pretty(&events).unwrap();
+    let ev = events
+        .iter()
+        .find(|e| is_forwarded(e))
+        .unwrap_or_else(|| panic!("no FORWARDED event for the allowed query: {all}"));
+    assert_eq!(ev["IP"]["source"], "10.244.1.10", "{all}");
+    assert_eq!(ev["l4"]["destination_port"], 53, "{all}");
+    assert!(
+        ev["policies"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("client-dns-and-api")))),
+        "{all}"
+    );
+    // The refused name is not reported as forwarded.
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["verdict"] == "FORWARDED" && e["l7"]["dns"]["query"] == "other.example.com."),
+        "{all}"
+    );
+    drop(collector);
+    lab.down().unwrap();
+}

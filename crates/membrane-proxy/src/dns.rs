@@ -42,7 +42,7 @@ pub mod wire;
 use crate::flow::{Flow, bind_reply_socket, udp_upstream_socket};
 use crate::fqdn::FqdnLearner;
 use crate::http::accept;
-use crate::policy::{Denial, DenialHook, ProxyPolicy, report};
+use crate::policy::{Denial, DenialHook, DnsForwardHook, DnsForwarded, ProxyPolicy, report};
 use membrane_policy::model::Protocol;
 use membrane_policy::verdict::Verdict;
 use std::collections::HashMap;
@@ -87,6 +87,8 @@ pub struct DnsProxyConfig {
     pub tcp_read_timeout: Duration,
     /// Called for every denial, after it is logged.
     pub on_denial: Option<DenialHook>,
+    /// Called for every query forwarded because a rule allows it (flow events).
+    pub on_forward: Option<DnsForwardHook>,
 }
 
 impl Default for DnsProxyConfig {
@@ -99,6 +101,7 @@ impl Default for DnsProxyConfig {
             tcp_idle_timeout: Duration::from_secs(30),
             tcp_read_timeout: Duration::from_secs(5),
             on_denial: None,
+            on_forward: None,
         }
     }
 }
@@ -113,6 +116,7 @@ impl fmt::Debug for DnsProxyConfig {
             .field("tcp_idle_timeout", &self.tcp_idle_timeout)
             .field("tcp_read_timeout", &self.tcp_read_timeout)
             .field("on_denial", &self.on_denial.is_some())
+            .field("on_forward", &self.on_forward.is_some())
             .finish()
     }
 }
@@ -450,6 +454,16 @@ impl DnsProxy {
     fn check(&self, flow: &Flow, protocol: Protocol, query: &[u8]) -> Checked {
         let snapshot = self.policy.borrow().clone();
         let (checked, denial) = decide_query(&snapshot, flow, protocol, query, self.config.reject);
+        if let (Checked::Forward(_, qname), Some(hook)) = (&checked, &self.config.on_forward) {
+            // Only with a hook: the rules that allowed it are decided again for the event.
+            let decision = snapshot.decide_dns(flow.src, flow.dst, protocol, qname);
+            hook(&DnsForwarded {
+                src: flow.src,
+                dst: flow.dst,
+                qname: qname.clone(),
+                rules: decision.deciding_rules(),
+            });
+        }
         drop(snapshot);
         if let Some(denial) = denial {
             report(&denial, self.config.on_denial.as_ref());

@@ -334,12 +334,7 @@ impl Connection {
                 request: describe(),
                 host: head.authority.clone(),
                 status: forwarded.status,
-                rules: decision
-                    .egress
-                    .iter()
-                    .chain(decision.ingress.iter())
-                    .flat_map(|s| s.deciding.iter().cloned())
-                    .collect(),
+                rules: decision.deciding_rules(),
             });
         }
         Ok(forwarded.next)

@@ -494,6 +494,31 @@ pub struct Forwarded {
 /// Called for every forwarded request (flow events, metrics, tests).
 pub type ForwardHook = Arc<dyn Fn(&Forwarded) + Send + Sync>;
 
+/// A DNS query the DNS proxy forwarded because a rule allows its name.
+#[derive(Debug, Clone)]
+pub struct DnsForwarded {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// The name as policy matched it (lower case, trailing dot).
+    pub qname: String,
+    /// The policy entries that allowed it, on either side.
+    pub rules: Vec<Arc<EntryOrigin>>,
+}
+
+/// Called for every forwarded DNS query (flow events, metrics, tests).
+pub type DnsForwardHook = Arc<dyn Fn(&DnsForwarded) + Send + Sync>;
+
+impl ProxyDecision {
+    /// The entries that decided, egress side first.
+    pub fn deciding_rules(&self) -> Vec<Arc<EntryOrigin>> {
+        self.egress
+            .iter()
+            .chain(self.ingress.iter())
+            .flat_map(|s| s.deciding.iter().cloned())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod rewrite_flag_tests {
     use super::*;

@@ -492,3 +492,31 @@ async fn concurrent_queries_with_the_same_id_get_their_own_answers() {
     }
     assert_eq!(learner.snapshot().len(), 20);
 }
+
+/// Allowed queries are reported (flow events, as Hubble shows allowed DNS requests): the name
+/// as policy matched it and the rules that allowed it, over UDP and TCP; refused ones are not.
+#[tokio::test]
+async fn forwarded_queries_reach_the_forward_hook_with_their_rules() {
+    let log: Arc<std::sync::Mutex<Vec<crate::policy::DnsForwarded>>> = Arc::default();
+    let sink = log.clone();
+    let s = start_with(DnsProxyConfig {
+        on_forward: Some(Arc::new(move |f: &crate::policy::DnsForwarded| {
+            sink.lock().unwrap().push(f.clone());
+        })),
+        ..DnsProxyConfig::default()
+    })
+    .await;
+    let ok = udp_exchange(s.udp, &dns_query(1, "Api.Example.com"))
+        .await
+        .unwrap();
+    assert_eq!(ok.metadata.response_code, ResponseCode::NoError);
+    let refused = udp_exchange(s.udp, &dns_query(2, "evil.test"))
+        .await
+        .unwrap();
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].qname, "api.example.com.");
+    assert_eq!(log[0].dst, sock(KUBE_DNS, 53));
+    assert!(!log[0].rules.is_empty());
+}
