@@ -170,6 +170,7 @@ async fn connection_loop(
     stop: Arc<AtomicBool>,
 ) {
     let mut n: u64 = id;
+    let mut first = true;
     // Paced connections start spread over one period, so the load is even from the start.
     let mut next = Instant::now()
         + pace.map_or(Duration::ZERO, |p| {
@@ -183,7 +184,16 @@ async fn connection_loop(
         };
         let _ = stream.set_nodelay(true);
         let mut buf = Vec::with_capacity(4096);
-        for _ in 0..per_connection {
+        // The first connection of each loop is cut short by a different amount, so the
+        // connections do not all reconnect in the same second (a storm no real client
+        // population makes).
+        let budget = if first {
+            first = false;
+            1 + per_connection * (id.wrapping_mul(2654435761) % 1000) / 1000
+        } else {
+            per_connection
+        };
+        for _ in 0..budget {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
