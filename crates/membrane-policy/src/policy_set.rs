@@ -48,6 +48,8 @@ pub fn parse_resources(text: &str, embedding: Embedding) -> (Vec<Resource>, Vec<
 pub struct PolicySet {
     pub policies: Vec<Translated>,
     pub cidr_groups: Vec<CidrGroupInfo>,
+    /// Errors in the CiliumCIDRGroups themselves (a group with one is not created).
+    pub group_diagnostics: Vec<(FileId, Diagnostic)>,
 }
 
 impl PolicySet {
@@ -58,18 +60,33 @@ impl PolicySet {
     ) -> PolicySet {
         let mut cidr_groups = Vec::new();
         let mut group_diags = Vec::new();
-        for (_, r) in resources {
+        for (file, r) in resources {
             if let Resource::CidrGroup(g) = r {
                 let mut cidrs = Vec::new();
+                let mut invalid = false;
                 for c in &g.external_cidrs {
                     match translate::parse_cidr(&c.value, false) {
                         Ok(n) => cidrs.push(n),
-                        Err(e) => group_diags.push(Diagnostic::error(
-                            "invalid-cidr-group",
-                            e,
-                            Some(c.span),
-                        )),
+                        Err(e) => {
+                            invalid = true;
+                            group_diags.push((
+                                *file,
+                                Diagnostic::error(
+                                    "invalid-cidr-group",
+                                    format!(
+                                        "CiliumCIDRGroup externalCIDRs: {e}; the API server rejects the whole group, so it does not exist"
+                                    ),
+                                    Some(c.span),
+                                )
+                                .with_help("write the entry as an address/prefix length, e.g. 203.0.113.0/24"),
+                            ));
+                        }
                     }
+                }
+                // The CRD's validation refuses the object: no entry of it is ever used, and
+                // policies naming the group see an undefined group.
+                if invalid {
+                    continue;
                 }
                 let labels = LabelSet::new(
                     g.meta
@@ -91,7 +108,6 @@ impl PolicySet {
                 });
             }
         }
-        let _ = group_diags;
         let mut policies = Vec::new();
         for (file, r) in resources {
             let cx = Context {
@@ -110,6 +126,7 @@ impl PolicySet {
         PolicySet {
             policies,
             cidr_groups,
+            group_diagnostics: group_diags,
         }
     }
 
@@ -122,9 +139,11 @@ impl PolicySet {
     }
 
     pub fn diagnostics(&self) -> impl Iterator<Item = (FileId, &Diagnostic)> {
-        self.policies
-            .iter()
-            .flat_map(|p| p.diagnostics.iter().map(move |d| (p.origin.file, d)))
+        self.group_diagnostics.iter().map(|(f, d)| (*f, d)).chain(
+            self.policies
+                .iter()
+                .flat_map(|p| p.diagnostics.iter().map(move |d| (p.origin.file, d))),
+        )
     }
 }
 
