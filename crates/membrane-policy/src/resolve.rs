@@ -131,9 +131,13 @@ impl<'a> MapValue<'a> {
             plain_allow: false,
             dns_wildcard: false,
         };
+        // The agent's allow-localhost is a plain L3 map entry, not part of any rule's L4
+        // filter: it wildcards nothing a rule's own port-specific L7 entry for the host asks.
+        let some_l7 = self.contributions.iter().any(|c| !c.deny && c.l7.is_some());
         for c in self.contributions.iter().filter(|c| !c.deny) {
             match &c.l7 {
                 Some(p) => d.policies.push(p),
+                None if some_l7 && is_allow_localhost(&c.origin) => {}
                 None => {
                     d.plain_allow = true;
                     d.dns_wildcard |= c.exact_port;

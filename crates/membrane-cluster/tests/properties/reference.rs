@@ -285,15 +285,14 @@ impl<'a> Reference<'a> {
         if self.deny_covers(selecting, subject, d, peer, protocol, port) {
             return Outcome::DenyRule;
         }
-        // Step 6: the local host reaches local endpoints (allow-localhost), with every L7
-        // restriction wildcarded for it (§3.5).
-        if d == Direction::Ingress
+        // Step 6: the local host reaches local endpoints (allow-localhost). It is a plain L3
+        // entry of the agent's, outside every rule's L4 filter: where a rule selects the host
+        // on this port with L7 rules, those still apply (checked against Cilium's engine);
+        // elsewhere it allows everything (§3.5).
+        let localhost = d == Direction::Ingress
             && self.options.allow_localhost
             && !subject.is_host
-            && peer.id == HOST
-        {
-            return Outcome::Allowed;
-        }
+            && peer.id == HOST;
         // fromRequires / toRequires: conditions on every allowed peer (never generated, but
         // honoured so that the reference stays a reading of the rules).
         let requires = selecting.iter().flat_map(|r| match d {
@@ -322,6 +321,9 @@ impl<'a> Reference<'a> {
                 l7: None,
                 exact: false,
             });
+        }
+        if localhost && !allows.iter().any(|h| h.l7.is_some()) {
+            return Outcome::Allowed;
         }
         if allows.is_empty() {
             return Outcome::DefaultDeny;
