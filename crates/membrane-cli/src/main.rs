@@ -99,6 +99,9 @@ enum Command {
         files: Vec<std::path::PathBuf>,
         #[arg(long, default_value_t = 20)]
         iterations: u32,
+        /// Print the figures as one JSON object (keys: files, flows, iterations, phases_ms.*).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -111,7 +114,11 @@ fn main() -> ExitCode {
             verbose,
         } => printer::run_tests(&files, output, verbose),
         Command::Validate { paths, output } => printer::run_validate(&paths, output),
-        Command::Bench { files, iterations } => printer::run_bench(&files, iterations),
+        Command::Bench {
+            files,
+            iterations,
+            json,
+        } => printer::run_bench(&files, iterations, json),
         Command::Check { paths, output } => check::run_check(&paths, output),
         Command::Lint(args) => lint_cmd::run(args),
         Command::Matrix(args) => matrix_cmd::run(args),

@@ -288,7 +288,7 @@ pub fn run_tests(paths: &[PathBuf], output: Output, verbose: bool) -> u8 {
     if had_error { 2 } else { u8::from(failed > 0) }
 }
 
-pub fn run_bench(paths: &[PathBuf], iterations: u32) -> u8 {
+pub fn run_bench(paths: &[PathBuf], iterations: u32, json: bool) -> u8 {
     let mut texts = Vec::new();
     for p in paths {
         match read_path(p) {
@@ -326,6 +326,23 @@ pub fn run_bench(paths: &[PathBuf], iterations: u32) -> u8 {
     let n = f64::from(iterations);
     let ms = |x: f64| x / n * 1000.0;
     let whole = total.as_secs_f64() / n * 1000.0 - ms(yaml);
+    if json {
+        let out = serde_json::json!({
+            "files": texts.len(),
+            "flows": flows / iterations as usize,
+            "iterations": iterations,
+            "phases_ms": {
+                "yaml_parse": ms(yaml),
+                "scenario_decode": ms(parse),
+                "repository": ms(build),
+                "resolve_and_flows": ms(flows_t),
+                "whole_engine": whole,
+            },
+            "whole_vs_yaml": whole / ms(yaml).max(1e-9),
+        });
+        println!("{out}");
+        return 0;
+    }
     println!(
         "{} files, {} flows per run, mean of {iterations} runs:",
         texts.len(),
