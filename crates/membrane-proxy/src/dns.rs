@@ -50,12 +50,12 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use wire::{Edns, HEADER_LEN, Header, Query, QueryError};
@@ -145,17 +145,8 @@ pub struct DnsProxy {
     policy: watch::Receiver<Arc<ProxyPolicy>>,
     learner: Arc<FqdnLearner>,
     config: DnsProxyConfig,
-    /// One UDP socket per server (and client address, when spoofing), shared by queries.
-    muxes: Mutex<HashMap<MuxKey, Arc<UdpMux>>>,
     /// Unpredictable query IDs: SipHash, keyed randomly per process, of a counter.
     ids: IdSource,
-}
-
-type MuxKey = (SocketAddr, Option<IpAddr>);
-
-/// Short critical sections only, never across an await; a poisoned lock is still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Query IDs an off-path attacker cannot predict: std's `RandomState` is keyed from the
@@ -190,8 +181,6 @@ enum Waiter {
         /// The client sent an OPT record.
         edns: bool,
     },
-    /// A caller of [`DnsProxy::answer_udp`].
-    Call(oneshot::Sender<Vec<u8>>),
 }
 
 /// A query sent to the server and not answered yet.
@@ -203,120 +192,6 @@ struct Pending {
     edns: bool,
     deadline: Instant,
     waiter: Waiter,
-}
-
-/// Queries to one server over one connected UDP socket: the kernel only delivers datagrams
-/// from the server's address. Each query gets its own random ID (see [`IdSource`]); a
-/// reader task matches answers to queries, answers clients and, on a timer, tells the
-/// clients of unanswered queries `SERVFAIL`.
-struct UdpMux {
-    sock: Arc<UdpSocket>,
-    pending: Arc<Mutex<HashMap<u16, Pending>>>,
-    reader: tokio::task::AbortHandle,
-}
-
-impl UdpMux {
-    fn start(sock: Arc<UdpSocket>, learner: Arc<FqdnLearner>, timeout: Duration) -> Arc<UdpMux> {
-        let pending: Arc<Mutex<HashMap<u16, Pending>>> = Arc::default();
-        let (r_sock, r_pending) = (sock.clone(), pending.clone());
-        // Expired queries are found within a quarter of the timeout.
-        let sweep = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-        let reader = tokio::spawn(async move {
-            let mut batch = batch::RecvBatch::new();
-            let mut out = Replies::default();
-            let mut tick = tokio::time::interval(sweep);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let Ok(local) = r_sock.local_addr() else {
-                return;
-            };
-            loop {
-                tokio::select! {
-                    r = batch.recv(&r_sock, local) => match r {
-                        Ok(()) => {}
-                        Err(e) if is_transient_udp(&e) => continue,
-                        Err(_) => return,
-                    },
-                    _ = tick.tick() => {
-                        expire(&r_pending).await;
-                        continue;
-                    }
-                };
-                for m in &batch.msgs {
-                    if m.truncated {
-                        continue;
-                    }
-                    let answer = batch.data(m);
-                    let Some(h) = Header::parse(answer) else {
-                        continue;
-                    };
-                    let entry = {
-                        let mut p = lock(&r_pending);
-                        match p.get(&h.id) {
-                            Some(e) if wire::answers_query(answer, h.id, &e.question) => {
-                                p.remove(&h.id)
-                            }
-                            // Stray, late or spoofed: the query stays pending.
-                            _ => None,
-                        }
-                    };
-                    if let Some(entry) = entry {
-                        let reply = finish_answer(
-                            answer,
-                            &entry.header,
-                            &entry.question,
-                            entry.edns,
-                            &learner,
-                        );
-                        out.add(entry.waiter, reply);
-                    }
-                }
-                out.flush().await;
-            }
-        })
-        .abort_handle();
-        Arc::new(UdpMux {
-            sock,
-            pending,
-            reader,
-        })
-    }
-
-    /// Registers `query` (its `question_end` first bytes are header and question) under a
-    /// new ID, to be answered to `waiter`; returns the message to send to the server.
-    fn register(
-        &self,
-        ids: &IdSource,
-        query: &[u8],
-        q: &Query,
-        waiter: Waiter,
-        timeout: Duration,
-        max_in_flight: usize,
-    ) -> io::Result<Vec<u8>> {
-        let question = query
-            .get(HEADER_LEN..q.question_end)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short query"))?;
-        let mut out = query.to_vec();
-        let mut pending = lock(&self.pending);
-        if pending.len() >= max_in_flight.min(60_000) {
-            return Err(io::Error::other("too many queries in flight"));
-        }
-        let mut id = ids.next();
-        while pending.contains_key(&id) {
-            id = ids.next();
-        }
-        pending.insert(
-            id,
-            Pending {
-                header: q.header,
-                question: question.to_vec(),
-                edns: q.edns.is_some(),
-                deadline: Instant::now() + timeout,
-                waiter,
-            },
-        );
-        out[..2].copy_from_slice(&id.to_be_bytes());
-        Ok(out)
-    }
 }
 
 /// Answers for UDP clients gathered over one batch, to be sent with one `sendmmsg` per
@@ -347,9 +222,6 @@ impl Replies {
                 wire::truncate_for_udp(&mut reply, question_end, limit, edns);
                 self.push(&via, reply, Some(client));
             }
-            Waiter::Call(tx) => {
-                let _ = tx.send(reply);
-            }
         }
     }
 
@@ -359,36 +231,6 @@ impl Replies {
         }
         self.by_socket.clear();
     }
-}
-
-impl Drop for UdpMux {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-/// Answers `SERVFAIL` to every query past its deadline.
-async fn expire(pending: &Mutex<HashMap<u16, Pending>>) {
-    let now = Instant::now();
-    let expired: Vec<Pending> = {
-        let mut p = lock(pending);
-        if p.values().all(|e| e.deadline > now) {
-            return;
-        }
-        let ids: Vec<u16> = p
-            .iter()
-            .filter(|(_, e)| e.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.iter().filter_map(|id| p.remove(id)).collect()
-    };
-    let mut out = Replies::default();
-    for e in expired {
-        tracing::info!(id = e.header.id, "dns upstream did not answer in time");
-        let reply = wire::reply_to(&e.header, &e.question, e.edns, wire::RCODE_SERVFAIL);
-        out.add(e.waiter, reply);
-    }
-    out.flush().await;
 }
 
 /// The server's answer as the client gets it: its ID and its spelling of the question
@@ -429,7 +271,6 @@ impl DnsProxy {
             policy,
             learner,
             config,
-            muxes: Mutex::new(HashMap::new()),
             ids: IdSource::new(),
         }
     }
@@ -478,64 +319,6 @@ impl DnsProxy {
         let learned = addresses_in(response);
         self.learner.learn(&learned);
         learned.len()
-    }
-
-    /// Answers one query: the reply to send back, or `None` to stay silent.
-    pub async fn answer_udp(&self, flow: &Flow, query: &[u8]) -> Option<Vec<u8>> {
-        let (q, qname) = match self.check(flow, Protocol::Udp, query) {
-            Checked::Reply(r) => return Some(r),
-            Checked::Drop => return None,
-            Checked::Forward(q, qname) => (q, qname),
-        };
-        let servfail = || {
-            Some(wire::reply(
-                query,
-                &q.header,
-                Some(q.question_end),
-                q.edns.is_some(),
-                wire::RCODE_SERVFAIL,
-            ))
-        };
-        let (tx, rx) = oneshot::channel();
-        // The mux's own timer answers SERVFAIL at the deadline; the extra second only
-        // covers a reader that is gone.
-        let timeout = self.config.upstream_timeout;
-        let sent = match self.upstream_mux(flow).await {
-            Ok(mux) => match mux.register(
-                &self.ids,
-                query,
-                &q,
-                Waiter::Call(tx),
-                timeout,
-                self.config.max_in_flight,
-            ) {
-                Ok(out) => mux.sock.send(&out).await.map(|_| ()),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(e) = sent {
-            tracing::info!(error = %e, upstream = %flow.upstream, %qname, "dns upstream failed");
-            return servfail();
-        }
-        match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
-            Ok(Ok(r)) => Some(r),
-            _ => servfail(),
-        }
-    }
-
-    /// The multiplexed socket to `flow.upstream` (from `flow.src` when spoofing).
-    async fn upstream_mux(&self, flow: &Flow) -> io::Result<Arc<UdpMux>> {
-        let key = (
-            flow.upstream,
-            self.config.spoof_source.then_some(flow.src.ip()),
-        );
-        if let Some(m) = lock(&self.muxes).get(&key) {
-            return Ok(m.clone());
-        }
-        let sock = Arc::new(udp_upstream_socket(flow, self.config.spoof_source).await?);
-        let mux = UdpMux::start(sock, self.learner.clone(), self.config.upstream_timeout);
-        Ok(lock(&self.muxes).entry(key).or_insert(mux).clone())
     }
 }
 

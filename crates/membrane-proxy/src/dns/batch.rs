@@ -70,16 +70,6 @@ impl RecvBatch {
             .unwrap_or_default()
     }
 
-    /// Waits for at least one datagram and takes all that are queued, up to [`BATCH`].
-    /// `local` is the socket's own address.
-    pub async fn recv(&mut self, sock: &UdpSocket, local: SocketAddr) -> io::Result<()> {
-        let fd = sock.as_raw_fd();
-        let (bufs, msgs) = (&mut self.bufs, &mut self.msgs);
-        msgs.clear();
-        sock.async_io(Interest::READABLE, || recv_now(fd, bufs, msgs, local))
-            .await
-    }
-
     /// Takes the datagrams queued on a socket that was found readable (`WouldBlock` if
     /// there were none after all, which also clears its readiness so that the next poll
     /// waits).
@@ -100,51 +90,47 @@ fn recv_now(
     msgs: &mut Vec<Received>,
     local: SocketAddr,
 ) -> io::Result<()> {
-    {
-        {
-            // Fresh headers each call: the kernel shortens their name and control lengths
-            // to what it wrote, so reused headers would lose room.
-            let cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6, nix::libc::sockaddr_in);
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), Some(cmsg));
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
-                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-            let results = recvmmsg(
-                fd,
-                &mut headers,
-                iovs.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
-                None,
-            )
-            .map_err(io::Error::from)?;
-            for (slot, m) in results.enumerate() {
-                let Some(src) = m.address.as_ref().and_then(storage_to_socket_addr) else {
-                    continue;
-                };
-                let mut dst = local;
-                if let Ok(cmsgs) = m.cmsgs() {
-                    for c in cmsgs {
-                        match c {
-                            ControlMessageOwned::Ipv4OrigDstAddr(sin) => {
-                                dst = SocketAddr::V4(SocketAddrV4::from(SockaddrIn::from(sin)));
-                            }
-                            ControlMessageOwned::Ipv6OrigDstAddr(sin6) => {
-                                dst = SocketAddr::V6(SocketAddrV6::from(SockaddrIn6::from(sin6)));
-                            }
-                            _ => {}
-                        }
+    // Fresh headers each call: the kernel shortens their name and control lengths
+    // to what it wrote, so reused headers would lose room.
+    let cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6, nix::libc::sockaddr_in);
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), Some(cmsg));
+    let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+        bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+    let results = recvmmsg(
+        fd,
+        &mut headers,
+        iovs.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    for (slot, m) in results.enumerate() {
+        let Some(src) = m.address.as_ref().and_then(storage_to_socket_addr) else {
+            continue;
+        };
+        let mut dst = local;
+        if let Ok(cmsgs) = m.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::Ipv4OrigDstAddr(sin) => {
+                        dst = SocketAddr::V4(SocketAddrV4::from(SockaddrIn::from(sin)));
                     }
+                    ControlMessageOwned::Ipv6OrigDstAddr(sin6) => {
+                        dst = SocketAddr::V6(SocketAddrV6::from(SockaddrIn6::from(sin6)));
+                    }
+                    _ => {}
                 }
-                msgs.push(Received {
-                    slot,
-                    len: m.bytes.min(65535),
-                    truncated: m.flags.contains(MsgFlags::MSG_TRUNC),
-                    src,
-                    dst,
-                });
             }
-            Ok(())
         }
+        msgs.push(Received {
+            slot,
+            len: m.bytes.min(65535),
+            truncated: m.flags.contains(MsgFlags::MSG_TRUNC),
+            src,
+            dst,
+        });
     }
+    Ok(())
 }
 
 /// Sends `msgs` (each to its address, or on the connected peer for `None`) in as few

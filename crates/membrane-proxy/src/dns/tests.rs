@@ -223,6 +223,7 @@ async fn tcp_queries_are_checked_and_forwarded() {
     assert_eq!(s.learner.snapshot().len(), 3);
 }
 
+/// A server that never answers: the client gets `SERVFAIL` once the upstream timeout passes.
 #[tokio::test]
 async fn silent_server_gets_servfail() {
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -231,24 +232,25 @@ async fn silent_server_gets_servfail() {
         Instant::now(),
     ))));
     let (_tx, rx) = watch::channel(Arc::new(policy()));
-    let proxy = DnsProxy::new(
+    let proxy = Arc::new(DnsProxy::new(
         rx,
         learner,
         DnsProxyConfig {
             upstream_timeout: Duration::from_millis(200),
             ..DnsProxyConfig::default()
         },
-    );
-    let flow = Flow {
-        src: sock(CLIENT, 40000),
+    ));
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    tokio::spawn(serve_dns_udp(udp, proxy, move |src, _dst| Flow {
+        src: sock(CLIENT, src.port()),
         dst: sock(KUBE_DNS, 53),
         upstream: silent_addr,
-    };
-    let resp = proxy
-        .answer_udp(&flow, &dns_query(9, "api.example.com"))
+    }));
+    let m = udp_exchange(udp_addr, &dns_query(9, "api.example.com"))
         .await
         .unwrap();
-    let m = Message::from_vec(&resp).unwrap();
+    assert_eq!(m.metadata.id, 9);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     drop(silent);
 }

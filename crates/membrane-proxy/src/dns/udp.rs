@@ -9,6 +9,9 @@
 
 use super::batch::{Outgoing, ReadOnlySocket, RecvBatch, read_only, send_batch};
 use super::*;
+
+/// One upstream socket per server (and client address, when spoofing).
+type MuxKey = (SocketAddr, Option<IpAddr>);
 use std::future::poll_fn;
 
 /// A server, and the queries sent to it that it has not answered yet.
