@@ -337,34 +337,9 @@ pub async fn dns_responder(table: &[(&str, &str, u32)]) -> DnsResponder {
     }
     {
         let (table, queries) = (table.clone(), queries.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = tcp.accept().await else {
-                    return;
-                };
-                let (table, queries) = (table.clone(), queries.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let mut len = [0u8; 2];
-                        if s.read_exact(&mut len).await.is_err() {
-                            return;
-                        }
-                        let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                        if s.read_exact(&mut q).await.is_err() {
-                            return;
-                        }
-                        queries.fetch_add(1, Ordering::SeqCst);
-                        let Some(resp) = dns_answer(&table, &q) else {
-                            return;
-                        };
-                        let mut out = (resp.len() as u16).to_be_bytes().to_vec();
-                        out.extend_from_slice(&resp);
-                        if s.write_all(&out).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
+        serve_framed_dns(tcp, move |q| {
+            queries.fetch_add(1, Ordering::SeqCst);
+            dns_answer(&table, q)
         });
     }
     DnsResponder {
@@ -372,6 +347,40 @@ pub async fn dns_responder(table: &[(&str, &str, u32)]) -> DnsResponder {
         tcp: tcp_addr,
         queries,
     }
+}
+
+/// Serves DNS over TCP on `listener`: each length-prefixed message goes to `answer`, whose
+/// reply is written back length-prefixed; `None` (or a broken frame) closes the connection.
+pub fn serve_framed_dns<F>(listener: TcpListener, answer: F)
+where
+    F: Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
+{
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut len = [0u8; 2];
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if s.read_exact(&mut q).await.is_err() {
+                        return;
+                    }
+                    let Some(resp) = answer(&q) else {
+                        return;
+                    };
+                    let mut out = (resp.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&resp);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
 }
 
 fn dns_answer(table: &HashMap<String, Vec<(IpAddr, u32)>>, query: &[u8]) -> Option<Vec<u8>> {

@@ -7,7 +7,6 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 /// How the server answers.
@@ -147,32 +146,10 @@ pub async fn recording_upstream(mode: Mode) -> Recording {
         }
     });
     let rec = received.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = tcp.accept().await {
-            let rec = rec.clone();
-            tokio::spawn(async move {
-                loop {
-                    let mut len = [0u8; 2];
-                    if s.read_exact(&mut len).await.is_err() {
-                        return;
-                    }
-                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                    if s.read_exact(&mut q).await.is_err() {
-                        return;
-                    }
-                    rec.lock().unwrap().push(q.clone());
-                    // Over TCP only the real answer: one answer per query.
-                    let Some(a) = answer(&q, mode).pop() else {
-                        return;
-                    };
-                    let mut out = (a.len() as u16).to_be_bytes().to_vec();
-                    out.extend_from_slice(&a);
-                    if s.write_all(&out).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    crate::testutil::serve_framed_dns(tcp, move |q| {
+        rec.lock().unwrap().push(q.to_vec());
+        // Over TCP only the real answer: one answer per query.
+        answer(q, mode).pop()
     });
     Recording {
         udp: udp_addr,
