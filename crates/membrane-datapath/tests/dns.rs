@@ -62,7 +62,6 @@ fn allowed_dns_queries_are_flow_events_with_their_rule() {
     use membrane_datapath::lab::Lab;
     use membrane_datapath::probe::{load_world, probe_lab};
     use serde_json::Value;
-    use std::time::{Duration, Instant};
 
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/dns-learned.yaml");
     let world = load_world(&path).unwrap();
@@ -77,21 +76,7 @@ fn allowed_dns_queries_are_flow_events_with_their_rule() {
     assert!(outcomes.iter().all(|o| o.passed), "{outcomes:?}");
     let is_forwarded =
         |e: &Value| e["verdict"] == "FORWARDED" && e["l7"]["dns"]["query"] == "api.example.com.";
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let events = loop {
-        let events: Vec<Value> = (0..lab.topo.nodes.len())
-            .filter_map(|i| std::fs::read_to_string(lab.l7_events(i)).ok())
-            .flat_map(|t| {
-                t.lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect::<Vec<Value>>()
-            })
-            .collect();
-        if events.iter().any(is_forwarded) || Instant::now() > deadline {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let events = support::l7_events(&lab, |es| es.iter().any(is_forwarded));
     let all = serde_json::to_string_pretty(&events).unwrap();
     let ev = events
         .iter()

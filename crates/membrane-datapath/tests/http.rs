@@ -11,8 +11,7 @@ use membrane_datapath::probe::{load_world, probe_lab, run_file};
 use membrane_policy::verdict::Verdict;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-use support::{options, root_or_skip};
+use support::{l7_events, options, root_or_skip};
 
 fn scenario() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/http-head.yaml")
@@ -42,25 +41,6 @@ fn a_denied_head_is_http_403_without_a_body() {
         ]
     );
     assert!(lab::lab_namespaces(&opts.name).is_empty());
-}
-
-/// The L7 events the proxies of every node wrote, once `want` of them are there.
-fn l7_events(lab: &Lab, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let events: Vec<Value> = (0..lab.topo.nodes.len())
-            .filter_map(|i| std::fs::read_to_string(lab.l7_events(i)).ok())
-            .flat_map(|t| {
-                t.lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect::<Vec<Value>>()
-            })
-            .collect();
-        if want(&events) || Instant::now() > deadline {
-            return events;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn is(e: &Value, verdict: &str, method: &str) -> bool {

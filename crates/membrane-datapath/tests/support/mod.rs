@@ -1,9 +1,11 @@
 //! Shared by the lab tests: root detection and lab options.
 #![allow(dead_code)]
 
-use membrane_datapath::lab::{Helper, LabOptions, STATE_ROOT};
+use membrane_datapath::lab::{Helper, Lab, LabOptions, STATE_ROOT};
+use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -57,4 +59,23 @@ pub fn conformance(name: &str) -> PathBuf {
 /// Every skip must be for an L7 reason: the lab runs every L3/L4 flow.
 pub fn is_l7_reason(why: &str) -> bool {
     why.contains("proxy") || why.contains("L7") || why.contains("Gateway")
+}
+
+/// The L7 events the proxies of every node wrote, once `want` of them are there.
+pub fn l7_events(lab: &Lab, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let events: Vec<Value> = (0..lab.topo.nodes.len())
+            .filter_map(|i| std::fs::read_to_string(lab.l7_events(i)).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect::<Vec<Value>>()
+            })
+            .collect();
+        if want(&events) || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
