@@ -113,6 +113,34 @@ pub fn policy() -> ProxyPolicy {
     policy_with("")
 }
 
+/// The HTTP rules the evasion and attack suites add to the client's: a host-bound path, a
+/// header-bound path, and a method alternation.
+pub const SUITE_RULES: &str = r#"- {method: GET, path: "/hosted/.*", host: "good\\.example"}
+          - {method: GET, path: "/admin/.*", headers: ["X-Role: admin"]}
+          - {method: "GET|HEAD", path: "/status"}"#;
+
+/// An HTTP proxy on 127.0.0.1 whose every connection is `src_ip` → echo:8080, forwarded to
+/// `upstream`, deciding with `policy`; its address and the sender that swaps the policy.
+pub async fn start_http_proxy(
+    policy: ProxyPolicy,
+    src_ip: &'static str,
+    upstream: SocketAddr,
+    config: crate::HttpProxyConfig,
+) -> (SocketAddr, tokio::sync::watch::Sender<Arc<ProxyPolicy>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
+    let flow_of = move |s: &TcpStream| -> std::io::Result<crate::Flow> {
+        Ok(crate::Flow {
+            src: sock(src_ip, s.peer_addr()?.port()),
+            dst: sock(ECHO, 8080),
+            upstream,
+        })
+    };
+    tokio::spawn(crate::serve_http(listener, rx, flow_of, config));
+    (addr, tx)
+}
+
 /// A denial hook that keeps every denial.
 pub fn denial_log() -> (DenialHook, Arc<Mutex<Vec<Denial>>>) {
     let log = Arc::new(Mutex::new(Vec::new()));

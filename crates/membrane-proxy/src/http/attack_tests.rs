@@ -14,9 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 /// The client's HTTP rules beyond the scenario's (`GET /public.*`, `POST /upload`, …).
-const EXTRA_RULES: &str = r#"- {method: GET, path: "/hosted/.*", host: "good\\.example"}
-          - {method: GET, path: "/admin/.*", headers: ["X-Role: admin"]}
-          - {method: "GET|HEAD", path: "/status"}"#;
+const EXTRA_RULES: &str = SUITE_RULES;
 
 /// Where a case puts its tag (an `x-case` header value), so the backend's log and the
 /// answer can be traced to it whatever line endings the case uses.
@@ -627,24 +625,15 @@ struct Suite {
 
 /// The proxy with [`EXTRA_RULES`] in front of `upstream`.
 async fn proxy_to(upstream: SocketAddr) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let (tx, rx) = watch::channel(Arc::new(policy_with(EXTRA_RULES)));
+    let (proxy, tx) = start_http_proxy(
+        policy_with(EXTRA_RULES),
+        CLIENT,
+        upstream,
+        HttpProxyConfig::default(),
+    )
+    .await;
     // A closed channel still reads its last value; keep the sender anyway.
     std::mem::forget(tx);
-    let flow_of = move |s: &TcpStream| -> io::Result<Flow> {
-        Ok(Flow {
-            src: sock(CLIENT, s.peer_addr()?.port()),
-            dst: sock(ECHO, 8080),
-            upstream,
-        })
-    };
-    tokio::spawn(serve_http(
-        listener,
-        rx,
-        flow_of,
-        HttpProxyConfig::default(),
-    ));
     proxy
 }
 

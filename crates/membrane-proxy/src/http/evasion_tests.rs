@@ -14,9 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 /// The client's HTTP rules beyond the scenario's (`GET /public.*`, `POST /upload`, …).
-const EXTRA_RULES: &str = r#"- {method: GET, path: "/hosted/.*", host: "good\\.example"}
-          - {method: GET, path: "/admin/.*", headers: ["X-Role: admin"]}
-          - {method: "GET|HEAD", path: "/status"}"#;
+const EXTRA_RULES: &str = SUITE_RULES;
 
 /// One attempt: raw bytes, Envoy's status, and the target the backend must see (`None`:
 /// nothing may reach it).
@@ -394,23 +392,15 @@ struct Suite {
 
 async fn suite() -> Suite {
     let (backend_addr, backend) = raw_backend().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    // The sender lives as long as the test: a closed channel still reads its last value.
-    let (_tx, rx) = watch::channel(Arc::new(policy_with(EXTRA_RULES)));
-    let flow_of = move |s: &TcpStream| -> io::Result<Flow> {
-        Ok(Flow {
-            src: sock(CLIENT, s.peer_addr()?.port()),
-            dst: sock(ECHO, 8080),
-            upstream: backend_addr,
-        })
-    };
-    tokio::spawn(serve_http(
-        listener,
-        rx,
-        flow_of,
+    let (proxy, tx) = start_http_proxy(
+        policy_with(EXTRA_RULES),
+        CLIENT,
+        backend_addr,
         HttpProxyConfig::default(),
-    ));
+    )
+    .await;
+    // A closed channel still reads its last value; keep the sender anyway.
+    std::mem::forget(tx);
     Suite { proxy, backend }
 }
 

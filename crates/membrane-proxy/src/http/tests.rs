@@ -15,18 +15,8 @@ struct Proxy {
 
 /// Starts a proxy whose every connection is `src_ip` → echo:8080, forwarded to `upstream`.
 async fn start(src_ip: &'static str, upstream: SocketAddr, config: HttpProxyConfig) -> Proxy {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = watch::channel(Arc::new(policy()));
-    let flow_of = move |s: &TcpStream| -> io::Result<Flow> {
-        Ok(Flow {
-            src: sock(src_ip, s.peer_addr()?.port()),
-            dst: sock(ECHO, 8080),
-            upstream,
-        })
-    };
-    tokio::spawn(serve_http(listener, rx, flow_of, config));
-    Proxy { addr, policy: tx }
+    let (addr, policy) = start_http_proxy(policy(), src_ip, upstream, config).await;
+    Proxy { addr, policy }
 }
 
 async fn start_with_echo() -> (Proxy, UnboundedReceiver<Seen>) {
