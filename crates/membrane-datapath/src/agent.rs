@@ -394,27 +394,10 @@ fn tcp_exchange(
     enough: impl Fn(&[u8]) -> bool,
 ) -> Result<(Reply, Exchanged), String> {
     use std::io::Read;
-    let s = bound(Type::STREAM, Protocol::TCP, src, sport)?;
-    let mut r = Reply {
-        sport: local_port(&s),
-        ..Reply::default()
+    let (r, s) = tcp_connect(src, sport, dst, port, timeout)?;
+    let Some(mut s) = s else {
+        return Ok((r, None));
     };
-    match s.connect_timeout(&SockAddr::from(SocketAddrV4::new(dst, port)), timeout) {
-        Ok(()) => r.delivered = true,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            r.delivered = true;
-            r.refused = true;
-            return Ok((r, None));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok((r, None)),
-        Err(e) if e.raw_os_error() == Some(115) => return Ok((r, None)),
-        Err(e) => {
-            r.error = Some(format!("connect {dst}:{port}: {e}"));
-            return Ok((r, None));
-        }
-    }
-    let _ = s.set_linger(Some(Duration::ZERO));
-    let mut s: std::net::TcpStream = s.into();
     s.write_all(payload)
         .map_err(|e| format!("send to {dst}:{port}: {e}"))?;
     let deadline = Instant::now() + wait;
@@ -534,22 +517,10 @@ fn http_seq(
     timeout: Duration,
 ) -> Result<Reply, String> {
     use std::io::Read;
-    let s = bound(Type::STREAM, Protocol::TCP, src, 0)?;
-    let mut r = Reply {
-        sport: local_port(&s),
-        ..Reply::default()
+    let (mut r, s) = tcp_connect(src, 0, dst, port, timeout)?;
+    let Some(mut s) = s else {
+        return Ok(r);
     };
-    match s.connect_timeout(&SockAddr::from(SocketAddrV4::new(dst, port)), timeout) {
-        Ok(()) => r.delivered = true,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            r.delivered = true;
-            r.refused = true;
-            return Ok(r);
-        }
-        Err(_) => return Ok(r),
-    }
-    let _ = s.set_linger(Some(Duration::ZERO));
-    let mut s: std::net::TcpStream = s.into();
     let wait = timeout.max(Duration::from_secs(3));
     let mut got: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
@@ -810,17 +781,29 @@ fn tcp_probe(
     port: u16,
     timeout: Duration,
 ) -> Result<Reply, String> {
+    tcp_connect(src, sport, dst, port, timeout).map(|(r, _)| r)
+}
+
+/// Connects from `src:sport` (0: any port) to `dst:port`: whether the SYN was answered
+/// (delivered, refused) or why not, and the stream when connected. The stream closes with a
+/// reset: no TIME_WAIT, so probes never collide on a 4-tuple.
+fn tcp_connect(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> Result<(Reply, Option<std::net::TcpStream>), String> {
     let s = bound(Type::STREAM, Protocol::TCP, src, sport)?;
-    let sport = local_port(&s);
     let mut r = Reply {
-        sport,
+        sport: local_port(&s),
         ..Reply::default()
     };
     match s.connect_timeout(&SockAddr::from(SocketAddrV4::new(dst, port)), timeout) {
         Ok(()) => {
             r.delivered = true;
-            // Close with a reset: no TIME_WAIT, so probes never collide on a 4-tuple.
             let _ = s.set_linger(Some(Duration::ZERO));
+            return Ok((r, Some(s.into())));
         }
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             r.delivered = true;
@@ -830,7 +813,7 @@ fn tcp_probe(
         Err(e) if e.raw_os_error() == Some(115) => {} // EINPROGRESS at the deadline
         Err(e) => r.error = Some(format!("connect {dst}:{port}: {e}")),
     }
-    Ok(r)
+    Ok((r, None))
 }
 
 fn udp_probe(
