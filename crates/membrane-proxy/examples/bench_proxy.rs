@@ -83,7 +83,7 @@ fn main() {
     }
     // The DNS proxy serves each UDP listener from one task (batched receives and sends): a
     // single-threaded runtime, as the lab runs its proxies, spares every query a cross-thread
-    // wake-up (0.72x direct on a multi-threaded runtime, 0.85-0.90x on this one).
+    // wake-up (0.72x direct on a multi-threaded runtime, 0.79-0.90x on this one).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
