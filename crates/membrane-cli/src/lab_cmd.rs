@@ -5,7 +5,7 @@
 
 use crate::Output;
 use membrane_datapath::compile::compile_node;
-use membrane_datapath::events::{Collector, PcapTail, drop_event, flow_json};
+use membrane_datapath::events::{PcapTail, drop_event, flow_json};
 use membrane_datapath::lab::{self, Helper, Lab, LabOptions, STATE_ROOT};
 use membrane_datapath::probe::{FileReport, load_world, probe_lab, run_file, summary};
 use membrane_datapath::topology::Topology;
@@ -340,10 +340,7 @@ fn attach(name: Option<String>) -> Result<(membrane_cluster::world::World, Lab),
 fn probe(name: Option<String>, verbose: bool, output: Output, jobs: usize) -> Result<u8, String> {
     let (world, lab) = attach(name)?;
     let start = Instant::now();
-    let files = (0..lab.topo.nodes.len())
-        .map(|i| (i, lab.pcap(i)))
-        .collect();
-    let collector = Collector::start(files, true);
+    let collector = lab.drop_collector(true);
     let (plans, outcomes) = probe_lab(&world, &lab, &collector, jobs);
     let report = FileReport {
         file: format!("lab {}", lab.name),

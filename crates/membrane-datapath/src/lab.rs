@@ -429,6 +429,14 @@ impl Lab {
         self.dir.join(format!("{}.pcap", self.topo.nodes[node].key))
     }
 
+    /// Reads every node's drop log (`from_end`: only what is logged from now on).
+    pub fn drop_collector(&self, from_end: bool) -> crate::events::Collector {
+        let files = (0..self.topo.nodes.len())
+            .map(|i| (i, self.pcap(i)))
+            .collect();
+        crate::events::Collector::start(files, from_end)
+    }
+
     /// Builds the lab for a world. On any error the partial lab is torn down.
     pub fn up(world: &World, opts: &LabOptions) -> Result<Lab, String> {
         valid_name(&opts.name)?;

@@ -1287,10 +1287,7 @@ pub fn run_file(path: &Path, opts: &LabOptions, jobs: usize) -> FileReport {
             return report;
         }
     };
-    let files = (0..lab.topo.nodes.len())
-        .map(|i| (i, lab.pcap(i)))
-        .collect();
-    let collector = Collector::start(files, false);
+    let collector = lab.drop_collector(false);
     let (plans, outcomes) = probe_lab(&world, &lab, &collector, jobs);
     drop(collector);
     report.plans = plans;

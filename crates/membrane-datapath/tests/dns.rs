@@ -58,7 +58,6 @@ fn allowed_dns_queries_are_flow_events_with_their_rule() {
     if !root_or_skip("allowed_dns_queries_are_flow_events_with_their_rule") {
         return;
     }
-    use membrane_datapath::events::Collector;
     use membrane_datapath::lab::Lab;
     use membrane_datapath::probe::{load_world, probe_lab};
     use serde_json::Value;
@@ -68,10 +67,7 @@ fn allowed_dns_queries_are_flow_events_with_their_rule() {
     let mut opts = options("dnsev");
     opts.proxies = Some(path.clone());
     let lab = Lab::up(&world, &opts).unwrap();
-    let files = (0..lab.topo.nodes.len())
-        .map(|i| (i, lab.pcap(i)))
-        .collect();
-    let collector = Collector::start(files, false);
+    let collector = lab.drop_collector(false);
     let (_, outcomes) = probe_lab(&world, &lab, &collector, 4);
     assert!(outcomes.iter().all(|o| o.passed), "{outcomes:?}");
     let is_forwarded =

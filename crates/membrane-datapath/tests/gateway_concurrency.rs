@@ -11,7 +11,6 @@ mod support;
 
 use membrane_cluster::world::World;
 use membrane_datapath::compile::PROXY_UNAVAILABLE;
-use membrane_datapath::events::Collector;
 use membrane_datapath::lab::Lab;
 use membrane_datapath::probe::load_world;
 use membrane_datapath::topology::NsRef;
@@ -181,11 +180,8 @@ fn hundreds_of_concurrent_requests_through_the_gateway_and_direct_are_each_decid
     } = setup("gwload");
     // The frontend may not reach the backend at all (L3/L4): its requests are dropped.
     let frontend = place(&world, &lab, "frontend/frontend");
-    let files = (0..lab.topo.nodes.len())
-        .map(|i| (i, lab.pcap(i)))
-        .collect();
     // Policy drops during the run: only the frontend's.
-    let collector = Collector::start(files, false);
+    let collector = lab.drop_collector(false);
     let backend_addr = format!("{}:3000", backend.1);
     // 400 single-request connections, all released at once…
     const SINGLE: usize = 400;
@@ -434,10 +430,7 @@ fn without_its_l7_proxy_the_backend_gets_nothing_allowed_or_denied() {
         backend,
         world,
     } = setup("noproxy");
-    let files = (0..lab.topo.nodes.len())
-        .map(|i| (i, lab.pcap(i)))
-        .collect();
-    let collector = Collector::start(files, false);
+    let collector = lab.drop_collector(false);
     let single = |lab: &Lab, path: Path, (method, target): (&str, &str), id: &str| {
         let q = request(method, target, id);
         call(

@@ -8,7 +8,6 @@ mod support;
 
 use membrane_cluster::scenario::parse_scenario;
 use membrane_cluster::world::World;
-use membrane_datapath::events::Collector;
 use membrane_datapath::lab::Lab;
 use membrane_datapath::topology::NsRef;
 use membrane_datapath::wire::{self, Request};
@@ -94,10 +93,7 @@ fn policy_replacements_are_hitless() {
     }
     let (a, b) = (world(false), world(true));
     let mut lab = Lab::up(&a, &options("hitless")).unwrap();
-    let files = (0..lab.topo.nodes.len())
-        .map(|i| (i, lab.pcap(i)))
-        .collect();
-    let collector = Collector::start(files, false);
+    let collector = lab.drop_collector(false);
     let client = lab.socket(NsRef::Pod(0));
     let (src, dst) = (Ipv4Addr::new(10, 0, 1, 10), Ipv4Addr::new(10, 0, 2, 20));
     let duration = Duration::from_secs(12);

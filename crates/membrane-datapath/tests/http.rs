@@ -5,7 +5,6 @@
 
 mod support;
 
-use membrane_datapath::events::Collector;
 use membrane_datapath::lab::{self, Lab};
 use membrane_datapath::probe::{load_world, probe_lab, run_file};
 use membrane_policy::verdict::Verdict;
@@ -57,10 +56,7 @@ fn allowed_requests_are_flow_events_with_the_rule_that_allowed_them() {
     let mut opts = options("fwdev");
     opts.proxies = Some(path.clone());
     let lab = Lab::up(&world, &opts).unwrap();
-    let files = (0..lab.topo.nodes.len())
-        .map(|i| (i, lab.pcap(i)))
-        .collect();
-    let collector = Collector::start(files, false);
+    let collector = lab.drop_collector(false);
     let (_, outcomes) = probe_lab(&world, &lab, &collector, 4);
     assert!(outcomes.iter().all(|o| o.passed), "{outcomes:?}");
     let events = l7_events(&lab, |es| {

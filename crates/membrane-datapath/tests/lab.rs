@@ -249,10 +249,7 @@ fn lab_with_proxies_loads_starts_and_tears_down() {
         }
     }
     // Probe the scenario: its http-403 flows must show up as L7 flow events naming the policy.
-    let files = (0..lab.topo.nodes.len())
-        .map(|i| (i, lab.pcap(i)))
-        .collect();
-    let collector = membrane_datapath::events::Collector::start(files, false);
+    let collector = lab.drop_collector(false);
     let (_, outcomes) = membrane_datapath::probe::probe_lab(&world, &lab, &collector, 4);
     assert!(!outcomes.is_empty());
     drop(collector);
