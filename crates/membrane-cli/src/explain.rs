@@ -1,8 +1,8 @@
 //! Human-readable explanations of decisions: which side, which policy, which rule, where.
 
-use membrane_policy::model::EntryOrigin;
-use membrane_policy::resolve::{Enforcement, is_allow_localhost, is_synthesized_allow_all};
-use membrane_policy::verdict::{FlowDecision, Outcome, SideDecision};
+use membrane_policy::model::Origin;
+use membrane_policy::resolve::Enforcement;
+use membrane_policy::verdict::{FlowDecision, L7Outcome, Outcome, SideDecision};
 use serde_json::{Value, json};
 
 /// Names the file a policy came from.
@@ -16,41 +16,84 @@ impl FileNames for Vec<String> {
     }
 }
 
-pub fn origin_text(o: &EntryOrigin, files: &dyn FileNames) -> String {
-    if is_allow_localhost(o) {
-        return "the agent's allow-localhost (the local host always reaches its pods)".into();
-    }
-    if is_synthesized_allow_all(o) {
-        return format!(
+pub fn origin_text(o: &Origin, files: &dyn FileNames) -> String {
+    match o {
+        Origin::AllowLocalhost => {
+            "the agent's allow-localhost (the local host always reaches its pods)".into()
+        }
+        Origin::DefaultAllow { rule, .. } => format!(
             "the allow-all synthesized because {} sets enableDefaultDeny false ({}:{})",
-            o.rule,
-            files.file_name(o.rule.policy.file),
-            o.rule.span.line
-        );
+            rule,
+            files.file_name(rule.policy.file),
+            rule.span.line
+        ),
+        Origin::Rule(e) => format!(
+            "{} ({}:{}:{})",
+            e,
+            files.file_name(e.rule.policy.file),
+            e.span.line,
+            e.span.col
+        ),
     }
-    format!(
-        "{} ({}:{}:{})",
-        o,
-        files.file_name(o.rule.policy.file),
-        o.span.line,
-        o.span.col
-    )
 }
 
-pub fn origin_json(o: &EntryOrigin, files: &dyn FileNames) -> Value {
-    let p = &o.rule.policy;
+/// A policy-map entry's origin in the decision schema (`docs/schema/decision-v1.json`).
+pub fn origin_json(o: &Origin, files: &dyn FileNames) -> Value {
+    let policy = o.policy();
+    let (file, span) = match o.span() {
+        Some((file, span)) => (json!(files.file_name(file)), Some(span)),
+        None => (Value::Null, None),
+    };
     json!({
-        "kind": p.kind.as_str(),
-        "namespace": p.namespace,
-        "name": p.name,
-        "spec_index": o.rule.spec_index,
-        "section": o.section.field_name(),
-        "rule_index": if o.index == usize::MAX { Value::Null } else { json!(o.index) },
-        "file": if p.file == u32::MAX { Value::Null } else { json!(files.file_name(p.file)) },
-        "line": o.span.line,
-        "column": o.span.col,
+        "origin": o.kind(),
+        "kind": policy.map(|p| p.kind.as_str()),
+        "namespace": policy.and_then(|p| p.namespace.clone()),
+        "name": policy.map(|p| p.name.clone()),
+        "spec_index": o.rule().and_then(|r| r.spec_index),
+        "section": match o {
+            Origin::Rule(e) => json!(e.section.field_name()),
+            Origin::DefaultAllow { direction, .. } => json!(direction.as_str()),
+            Origin::AllowLocalhost => json!("ingress"),
+        },
+        "rule_index": o.entry().map(|e| e.index),
+        "file": file,
+        "line": span.map(|s| s.line),
+        "column": span.map(|s| s.col),
         "text": origin_text(o, files),
     })
+}
+
+/// An L7 outcome in the decision schema.
+pub fn l7_json(l7: &L7Outcome, files: &dyn FileNames) -> Value {
+    let rule = l7.rule().map(|r| {
+        let mut v = origin_json(&Origin::Rule(r.entry.clone()), files);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("l7_index".into(), json!(r.index));
+            obj.insert("line".into(), json!(r.span.line));
+            obj.insert("column".into(), json!(r.span.col));
+        }
+        v
+    });
+    json!({
+        "kind": l7.kind(),
+        "rule": rule,
+        "text": l7.to_string(),
+    })
+}
+
+fn enforcement_json(e: &Enforcement) -> Value {
+    let kind = match e {
+        Enforcement::NotSelected => "not-selected",
+        Enforcement::ModeNever => "mode-never",
+        Enforcement::ModeAlways => "mode-always",
+        Enforcement::InitIdentity => "init-identity",
+        Enforcement::Selected { .. } => "selected",
+    };
+    let policies: Vec<String> = match e {
+        Enforcement::Selected { rules } => rules.iter().map(|r| r.to_string()).collect(),
+        _ => vec![],
+    };
+    json!({"kind": kind, "rules": policies})
 }
 
 fn enforcement_text(e: &Enforcement) -> String {
@@ -82,8 +125,7 @@ pub fn side_text(side: &SideDecision, files: &dyn FileNames) -> String {
     let body = match side.outcome {
         Outcome::NotEnforced => {
             let why = side
-                .l7_detail
-                .clone()
+                .l7_detail()
                 .unwrap_or_else(|| enforcement_text(&side.enforcement));
             format!("not enforced: {why}")
         }
@@ -96,7 +138,7 @@ pub fn side_text(side: &SideDecision, files: &dyn FileNames) -> String {
             let mut s = format!("allowed by {}", deciding.join("; "));
             if let Some(p) = &side.proxy {
                 s.push_str(&format!(" [{p} proxy"));
-                if let Some(d) = &side.l7_detail {
+                if let Some(d) = side.l7_detail() {
                     s.push_str(&format!(": {d}"));
                 }
                 s.push(']');
@@ -111,7 +153,7 @@ pub fn side_text(side: &SideDecision, files: &dyn FileNames) -> String {
             };
             format!(
                 "{what}: {} (L7 rules of {})",
-                side.l7_detail.clone().unwrap_or_default(),
+                side.l7_detail().unwrap_or_default(),
                 deciding.join("; ")
             )
         }
@@ -127,8 +169,9 @@ pub fn side_json(side: &SideDecision, files: &dyn FileNames) -> Value {
         "reason": side.outcome.reason(),
         "key": side.key.map(|k| json!({"peer": k.peer, "protocol": k.protocol, "port": k.port, "prefix_len": k.prefix_len})),
         "deciding": side.deciding.iter().map(|o| origin_json(o, files)).collect::<Vec<_>>(),
-        "proxy": side.proxy,
-        "l7": side.l7_detail,
+        "enforcement": enforcement_json(&side.enforcement),
+        "proxy": side.proxy.as_ref().map(|p| p.as_str()),
+        "l7": side.l7.as_ref().map(|l| l7_json(l, files)),
         "explanation": side_text(side, files),
     })
 }

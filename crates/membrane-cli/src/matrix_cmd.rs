@@ -177,8 +177,8 @@ pub fn side_policies(side: &SideDecision) -> Vec<String> {
             }
         }
         _ => {
-            for o in &side.deciding {
-                push(&o.rule.policy);
+            for p in side.deciding.iter().filter_map(|o| o.policy()) {
+                push(p);
             }
         }
     }
@@ -586,7 +586,7 @@ fn side_json(side: &SideDecision, files: &dyn FileNames) -> Value {
     json!({
         "outcome": side.outcome.reason(),
         "enforced": side.outcome != Outcome::NotEnforced,
-        "proxy": side.proxy,
+        "proxy": side.proxy.as_ref().map(|p| p.as_str()),
         "policies": side_policies(side),
         "deciding": side.deciding.iter().map(|o| origin_json(o, files)).collect::<Vec<_>>(),
         "explanation": side_text(side, files),

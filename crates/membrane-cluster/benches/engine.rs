@@ -197,7 +197,7 @@ fn bench_l3_ingress(c: &mut Criterion) {
         assert!(policy.enforced);
         eprintln!(
             "{label}: {} rules, {} identities, {} map entries after resolve",
-            repo.rules.len(),
+            repo.rules().count(),
             repo.identities().len(),
             policy.map.len()
         );

@@ -38,6 +38,7 @@ use membrane_policy::api::{
     self, CiliumPolicy, KubePolicy, LabelSelector, PeerRule, PolicyKind, Resource, RuleSection,
 };
 use membrane_policy::diag::Severity;
+use membrane_policy::engine::DirectionRef;
 use membrane_policy::identity::{self, IdentityId};
 use membrane_policy::labels::{
     KEY_NAMESPACE, Label, LabelSet, Operator, PREFIX_NAMESPACE_LABELS, SOURCE_K8S, SOURCE_RESERVED,
@@ -45,15 +46,12 @@ use membrane_policy::labels::{
 };
 use membrane_policy::model::{self, Direction, Entry, FileId, PeerSelector, Peers, PortValue};
 use membrane_policy::policy_set::parse_resources;
-use membrane_policy::resolve::{
-    DirectionPolicy, Enforcement, is_allow_localhost, is_synthesized_allow_all, peer_selects,
-};
+use membrane_policy::resolve::{DirectionPolicy, Enforcement, peer_selects};
 use membrane_policy::translate::{Translated, parse_cidr};
 use membrane_policy::yaml::{Embedding, Node, Span, Value, parse_documents};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::rc::Rc;
 
 /// One lint rule: its stable id, a short name, its severity and what it is about.
 #[derive(Debug)]
@@ -746,21 +744,21 @@ impl<'a> Cx<'a> {
         &self,
         eps: &[&'e Ep<'a>],
         d: Direction,
-    ) -> Vec<(Rc<DirectionPolicy>, Vec<&'e Ep<'a>>)> {
+    ) -> Vec<(DirectionRef, Vec<&'e Ep<'a>>)> {
         let mut by_key: BTreeMap<usize, Vec<&'e Ep<'a>>> = BTreeMap::new();
         for ep in eps {
             by_key.entry(ep.pkey).or_default().push(*ep);
         }
         let mut index: HashMap<*const DirectionPolicy, usize> = HashMap::new();
-        let mut out: Vec<(Rc<DirectionPolicy>, Vec<&'e Ep<'a>>)> = Vec::new();
+        let mut out: Vec<(DirectionRef, Vec<&'e Ep<'a>>)> = Vec::new();
         for (_, group) in by_key {
             let Some(pol) = self.policy(group[0], d) else {
                 continue;
             };
-            match index.get(&Rc::as_ptr(&pol)) {
+            match index.get(&std::ptr::from_ref::<DirectionPolicy>(&pol)) {
                 Some(&i) => out[i].1.extend(group),
                 None => {
-                    index.insert(Rc::as_ptr(&pol), out.len());
+                    index.insert(std::ptr::from_ref::<DirectionPolicy>(&pol), out.len());
                     out.push((pol, group));
                 }
             }
@@ -768,7 +766,7 @@ impl<'a> Cx<'a> {
         out
     }
 
-    fn policy(&self, ep: &Ep<'_>, d: Direction) -> Option<Rc<DirectionPolicy>> {
+    fn policy(&self, ep: &Ep<'_>, d: Direction) -> Option<DirectionRef> {
         self.world.policy(ep.party, d)
     }
 
@@ -2265,10 +2263,14 @@ fn direction_span(
     }
 }
 
-fn describe_entry(cx: &Cx<'_>, o: &model::EntryOrigin) -> String {
-    if is_synthesized_allow_all(o) {
-        return format!("`enableDefaultDeny: false` of {}", o.rule);
-    }
+fn describe_entry(cx: &Cx<'_>, o: &model::Origin) -> String {
+    let o = match o {
+        model::Origin::Rule(e) => e,
+        model::Origin::DefaultAllow { rule, .. } => {
+            return format!("`enableDefaultDeny: false` of {rule}");
+        }
+        model::Origin::AllowLocalhost => return "the agent's allow-localhost".to_string(),
+    };
     format!(
         "`{}[{}]` of {} ({}:{})",
         o.section.field_name(),
@@ -2775,7 +2777,9 @@ fn shadowed(cx: &Cx<'_>, out: &mut Out) {
                                     .contributions
                                     .iter()
                                     .filter(|c| {
-                                        !c.deny && c.l7.is_none() && !is_allow_localhost(&c.origin)
+                                        !c.deny
+                                            && c.l7.is_none()
+                                            && c.origin != model::Origin::AllowLocalhost
                                     })
                                     .collect();
                                 if plain.is_empty() || checked > MAX_LOOKUPS {

@@ -159,7 +159,7 @@ pub fn evaluate_flow(world: &World, flow: &FlowSpec) -> Result<Evaluation, Strin
         if d.verdict != Verdict::DnsOk {
             return done(Verdict::Deny, Some(d), None);
         }
-        learned = d.egress.proxy.as_deref() == Some("dns");
+        learned = d.egress.proxy == Some(membrane_policy::verdict::L7Parser::Dns);
         lookup = Some(d);
     }
     let protocol_text = flow.protocol.as_deref().unwrap_or("TCP");

@@ -4,17 +4,15 @@
 use crate::scenario::{EndpointSpec, Scenario};
 use membrane_policy::api::Resource;
 use membrane_policy::diag::Diagnostic;
-use membrane_policy::identity::{self, IdentityId, IdentityTable};
+use membrane_policy::engine::{self, DirectionRef, Engine, Snapshot};
+use membrane_policy::identity::{IdentityId, IdentityTable};
 use membrane_policy::labels::{Label, LabelSet};
 use membrane_policy::model::{Direction, FileId, Protocol};
 use membrane_policy::options::Options;
 use membrane_policy::policy_set::{PolicySet, parse_resources};
-use membrane_policy::resolve::{DirectionPolicy, Repository, Subject, host_labels};
-use membrane_policy::verdict::{self, FlowDecision, HttpRequest, L7Request, Outcome, SideDecision};
-use std::cell::RefCell;
+use membrane_policy::verdict::{FlowDecision, HttpRequest, L7Request};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::rc::Rc;
 
 /// The address that stands for "somewhere outside the cluster" (`world` in flows): from
 /// TEST-NET-3, a documentation range that is never a real destination.
@@ -30,53 +28,62 @@ pub fn address_of_name(name: &str) -> Option<IpAddr> {
     net.hosts().next().or(Some(net.addr()))
 }
 
-/// One party of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Party {
-    Pod(usize),
-    /// A node, or a hostNetwork pod on it.
-    Node {
-        node: usize,
-        addr: IpAddr,
-    },
-    /// A reserved-identity endpoint (a Gateway's proxy, ...).
-    Entity {
-        endpoint: usize,
-        id: IdentityId,
-    },
-    /// Outside the cluster (or on a node without Cilium).
-    World {
-        addr: IpAddr,
-        learned_as: Option<usize>,
-    },
-}
-
-/// What identifies a subject endpoint's resolved policy: cache key, host labels (host
-/// endpoints only), whether it is a host endpoint, its container ports, its node's addresses.
-type SubjectParts = (
-    String,
-    Option<LabelSet>,
-    bool,
-    Vec<(String, Protocol, u16)>,
-    Vec<IpAddr>,
-);
+pub use membrane_policy::engine::Party;
 
 pub struct World {
     pub scenario: Scenario,
     pub options: Options,
-    pub repo: Repository,
     pub policy_set: PolicySet,
     pub diagnostics: Vec<Diagnostic>,
-    pod_ids: Vec<IdentityId>,
-    node_ids: Vec<Option<IdentityId>>,
-    kube_dns: Option<usize>,
+    /// The engine, fed from the scenario: endpoint ids are the scenario's endpoint indexes.
+    pub engine: Engine,
     endpoint_by_name: HashMap<String, usize>,
-    endpoint_by_ip: HashMap<IpAddr, usize>,
-    cache: RefCell<HashMap<(String, Direction), Rc<DirectionPolicy>>>,
+    /// Per `scenario.external` entry: the engine's index of its DNS name.
+    external_names: Vec<usize>,
 }
 
 fn protocol_of(text: &str) -> Protocol {
     Protocol::parse(text).unwrap_or(Protocol::Tcp)
+}
+
+/// The engine's view of a scenario endpoint.
+pub fn endpoint_spec(ep: &EndpointSpec) -> engine::EndpointSpec {
+    engine::EndpointSpec {
+        name: ep.name.clone(),
+        namespace: ep.namespace.clone(),
+        node: ep.node.clone(),
+        ip: Some(ep.ip),
+        service_account: ep.service_account.clone(),
+        labels: ep.labels.clone(),
+        ports: ep
+            .ports
+            .iter()
+            .map(|c| engine::NamedPort {
+                name: c.name.clone(),
+                protocol: protocol_of(&c.protocol),
+                port: c.port,
+            })
+            .collect(),
+        host_network: ep.host_network,
+        entity: ep.entity.clone(),
+    }
+}
+
+/// Agent options of a scenario: its cluster name, `requires:` features and `agent:` flags.
+pub fn scenario_options(scenario: &Scenario) -> Options {
+    let mut options = Options {
+        cluster_name: scenario.cluster_name.clone(),
+        ..Options::default()
+    };
+    for r in &scenario.requires {
+        match r.as_str() {
+            "host-firewall" => options.host_firewall = true,
+            "cidr-match-nodes" => options.cidr_match_nodes = true,
+            _ => {}
+        }
+    }
+    apply_agent_flags(&mut options, &scenario.agent);
+    options
 }
 
 impl World {
@@ -93,125 +100,44 @@ impl World {
         resources: Vec<(FileId, Resource)>,
         mut diagnostics: Vec<Diagnostic>,
     ) -> World {
-        let mut options = Options {
-            cluster_name: scenario.cluster_name.clone(),
-            ..Options::default()
-        };
-        for r in &scenario.requires {
-            match r.as_str() {
-                "host-firewall" => options.host_firewall = true,
-                "cidr-match-nodes" => options.cidr_match_nodes = true,
-                _ => {}
-            }
-        }
-        apply_agent_flags(&mut options, &scenario.agent);
+        let options = scenario_options(&scenario);
         let policy_set = PolicySet::build(&resources, &options, &scenario.secrets);
         diagnostics.extend(policy_set.diagnostics().map(|(_, d)| d.clone()));
-
-        let mut table = IdentityTable::default();
-        let ns_labels = |ns: &str| -> Vec<(String, String)> {
-            scenario
-                .namespaces
-                .iter()
-                .find(|n| n.name == ns)
-                .map(|n| n.labels.clone())
-                .unwrap_or_default()
-        };
-        let mut pod_ids = Vec::new();
-        for ep in &scenario.endpoints {
-            let id = match (&ep.entity, ep.host_network) {
-                (Some(e), _) => identity::reserved_id(e).unwrap_or(identity::UNMANAGED),
-                (None, true) => 0,
-                (None, false) => {
-                    let nsl = ns_labels(&ep.namespace);
-                    table.pod(identity::pod_identity_labels(
-                        ep.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                        &ep.namespace,
-                        nsl.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                        &ep.service_account,
-                        &scenario.cluster_name,
-                    ))
-                }
-            };
-            pod_ids.push(id);
-        }
-        let mut node_ids = Vec::new();
-        for n in &scenario.nodes {
-            node_ids.push(if !n.cilium {
-                Some(table.cidr(n.ip, None))
-            } else if options.cidr_match_nodes {
-                Some(table.node(n.ip, &n.labels))
-            } else {
-                None
-            });
-        }
-        for ext in &scenario.external {
-            for ip in &ext.ips {
-                table.cidr(*ip, None);
-                table.cidr(*ip, Some(&ext.name));
-            }
-        }
-        // First endpoint wins for a name or address, as a linear search would.
+        let engine = load_engine(&scenario, &policy_set, &options);
+        let external_names = scenario
+            .external
+            .iter()
+            .map(|e| {
+                engine
+                    .state()
+                    .dns_names()
+                    .iter()
+                    .position(|n| *n == e.name)
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        // First endpoint wins for a name, as a linear search would.
         let mut endpoint_by_name: HashMap<String, usize> = HashMap::new();
-        let mut endpoint_by_ip: HashMap<IpAddr, usize> = HashMap::new();
         for (i, e) in scenario.endpoints.iter().enumerate() {
             endpoint_by_name.entry(e.name.clone()).or_insert(i);
-            if !e.host_network {
-                endpoint_by_ip.entry(e.ip).or_insert(i);
-            }
         }
-        for flow in &scenario.flows {
-            for name in [Some(&flow.from), flow.to.as_ref()].into_iter().flatten() {
-                if let Some(ip) = address_of_name(name) {
-                    if !endpoint_by_ip.contains_key(&ip)
-                        && !scenario
-                            .endpoints
-                            .iter()
-                            .any(|e| e.host_network && e.ip == ip)
-                        && !scenario.nodes.iter().any(|n| n.ip == ip)
-                    {
-                        table.cidr(ip, None);
-                    }
-                }
-            }
-        }
-        table.cidr(WORLD_ADDR, None);
-        let mut ports = Vec::new();
-        for ep in &scenario.endpoints {
-            for p in &ep.ports {
-                if !p.name.is_empty() {
-                    ports.push((p.name.clone(), protocol_of(&p.protocol), p.port));
-                }
-            }
-        }
-        let rules = expand_services(policy_set.rules(), &scenario.services);
-        let repo = Repository::new(rules, options.clone(), table, &ports);
-        let kube_dns = scenario
-            .endpoints
-            .iter()
-            .position(|e| {
-                e.labels
-                    .iter()
-                    .any(|(k, v)| k == "k8s-app" && v == "kube-dns")
-            })
-            .or_else(|| scenario.endpoints.iter().position(|e| e.name == "kube-dns"));
         World {
             scenario,
             options,
-            repo,
             policy_set,
             diagnostics,
-            pod_ids,
-            node_ids,
-            kube_dns,
+            engine,
             endpoint_by_name,
-            endpoint_by_ip,
-            cache: RefCell::new(HashMap::new()),
+            external_names,
         }
     }
 
+    fn state(&self) -> &Snapshot {
+        self.engine.state()
+    }
+
     pub fn identities(&self) -> &IdentityTable {
-        self.repo.identities()
+        self.state().identities()
     }
 
     /// Finds a party by endpoint name, node name, external name or IP address.
@@ -224,21 +150,10 @@ impl World {
             });
         }
         if let Some(i) = self.endpoint_by_name.get(name) {
-            return Some(self.endpoint_party(*i));
+            return self.state().endpoint_party(*i);
         }
         if let Some(i) = s.nodes.iter().position(|n| n.name == name) {
-            let n = &s.nodes[i];
-            return Some(if n.cilium {
-                Party::Node {
-                    node: i,
-                    addr: n.ip,
-                }
-            } else {
-                Party::World {
-                    addr: n.ip,
-                    learned_as: None,
-                }
-            });
+            return self.state().node_party(i);
         }
         if let Some(i) = s.external.iter().position(|e| e.name == name) {
             let addr = *s.external[i].ips.first()?;
@@ -256,185 +171,32 @@ impl World {
             });
         }
         let ip: IpAddr = address_of_name(name)?;
-        if let Some(i) = self.endpoint_by_ip.get(&ip) {
-            return Some(self.endpoint_party(*i));
-        }
-        if let Some(i) = s.nodes.iter().position(|n| n.ip == ip) {
-            let n = &s.nodes[i];
-            return Some(if n.cilium {
-                Party::Node {
-                    node: i,
-                    addr: n.ip,
-                }
-            } else {
-                Party::World {
-                    addr: ip,
-                    learned_as: None,
-                }
-            });
-        }
-        Some(Party::World {
-            addr: ip,
-            learned_as: None,
-        })
+        Some(self.state().address_party(ip))
     }
 
-    fn endpoint_party(&self, i: usize) -> Party {
-        let ep = &self.scenario.endpoints[i];
-        if ep.entity.is_some() {
-            return Party::Entity {
-                endpoint: i,
-                id: self.pod_ids[i],
-            };
-        }
-        if ep.host_network {
-            return match self.scenario.nodes.iter().position(|n| n.name == ep.node) {
-                Some(n) if self.scenario.nodes[n].cilium => Party::Node {
-                    node: n,
-                    addr: ep.ip,
-                },
-                _ => Party::World {
-                    addr: ep.ip,
-                    learned_as: None,
-                },
-            };
-        }
-        Party::Pod(i)
-    }
-
-    fn node_of(&self, p: Party) -> Option<usize> {
-        let by_name = |name: &str| self.scenario.nodes.iter().position(|n| n.name == name);
+    /// A party in the engine's terms (external names indexed by the engine's DNS names).
+    fn to_engine(&self, p: Party) -> Party {
         match p {
-            Party::Pod(i) | Party::Entity { endpoint: i, .. } => {
-                by_name(&self.scenario.endpoints[i].node)
-            }
-            Party::Node { node, .. } => Some(node),
-            Party::World { .. } => None,
+            Party::World {
+                addr,
+                learned_as: Some(i),
+            } => Party::World {
+                addr,
+                learned_as: self.external_names.get(i).copied(),
+            },
+            other => other,
         }
     }
 
     /// The identity of `p` as seen on `observer`'s node.
     pub fn identity_of(&self, p: Party, observer: Option<usize>, learned: bool) -> IdentityId {
-        match p {
-            Party::Pod(i) | Party::Entity { endpoint: i, .. } => self.pod_ids[i],
-            Party::Node { node, .. } => {
-                if observer == Some(node) {
-                    identity::HOST
-                } else {
-                    self.node_ids[node].unwrap_or(identity::REMOTE_NODE)
-                }
-            }
-            Party::World { addr, learned_as } => {
-                let name = learned_as
-                    .filter(|_| learned)
-                    .map(|i| self.scenario.external[i].name.as_str());
-                self.lookup_cidr(addr, name)
-            }
-        }
-    }
-
-    fn lookup_cidr(&self, addr: IpAddr, name: Option<&str>) -> IdentityId {
-        self.identities()
-            .iter()
-            .find(|i| {
-                i.addr == Some(addr)
-                    && i.kind == identity::IdentityKind::Cidr
-                    && i.fqdn_names.first().map(String::as_str) == name
-            })
-            .map_or(identity::WORLD, |i| i.id)
+        self.state()
+            .identity_of(self.to_engine(p), observer, learned)
     }
 
     /// The resolved policy of a party's endpoint, if Cilium manages it.
-    pub fn policy(&self, p: Party, direction: Direction) -> Option<Rc<DirectionPolicy>> {
-        let (key, labels, is_host, ports, node_addrs): SubjectParts = match p {
-            Party::Pod(i) | Party::Entity { endpoint: i, .. } => {
-                let ep: &EndpointSpec = &self.scenario.endpoints[i];
-                let ports = ep
-                    .ports
-                    .iter()
-                    .map(|c| (c.name.clone(), protocol_of(&c.protocol), c.port))
-                    .collect();
-                let addrs = self
-                    .node_of(p)
-                    .map(|n| vec![self.scenario.nodes[n].ip])
-                    .unwrap_or_default();
-                // Endpoints with the same identity and container ports share a policy; the
-                // node only matters when CIDR selectors can select the local host.
-                let node_part = if self.options.cidr_match_nodes {
-                    format!("{addrs:?}")
-                } else {
-                    String::new()
-                };
-                let key = format!("id:{}:{ports:?}{node_part}", self.pod_ids[i]);
-                (key, None, false, ports, addrs)
-            }
-            Party::Node { node, .. } if self.options.host_firewall => {
-                let n = &self.scenario.nodes[node];
-                (
-                    format!("node:{node}"),
-                    Some(host_labels(&n.labels)),
-                    true,
-                    vec![],
-                    vec![n.ip],
-                )
-            }
-            _ => return None,
-        };
-        let cache_key = (key, direction);
-        if let Some(hit) = self.cache.borrow().get(&cache_key) {
-            return Some(hit.clone());
-        }
-        let identity = match (labels, p) {
-            (Some(labels), _) => identity::Identity {
-                id: identity::HOST,
-                labels,
-                kind: identity::IdentityKind::Reserved,
-                addr: None,
-                fqdn_names: vec![],
-            },
-            (None, Party::Pod(i) | Party::Entity { endpoint: i, .. }) => {
-                self.identities().get(self.pod_ids[i])?.clone()
-            }
-            _ => return None,
-        };
-        let subject = Subject {
-            identity: &identity,
-            is_host,
-            local_node_addrs: &node_addrs,
-            own_ports: &ports,
-        };
-        let resolved = Rc::new(self.repo.resolve(&subject, direction));
-        self.cache.borrow_mut().insert(cache_key, resolved.clone());
-        Some(resolved)
-    }
-
-    // Internal plumbing of `decide`; the arguments are the flow's fields.
-    #[allow(clippy::too_many_arguments)]
-    fn side(
-        &self,
-        subject: Party,
-        peer: Party,
-        direction: Direction,
-        protocol: Protocol,
-        port: u16,
-        req: &L7Request,
-        learned: bool,
-    ) -> SideDecision {
-        let observer = self.node_of(subject);
-        let peer_id = self.identity_of(peer, observer, learned);
-        match self.policy(subject, direction) {
-            Some(policy) => verdict::decide_side(&policy, peer_id, protocol, port, req),
-            None => SideDecision {
-                direction,
-                outcome: Outcome::NotEnforced,
-                enforcement: membrane_policy::resolve::Enforcement::NotSelected,
-                key: None,
-                deciding: vec![],
-                proxy: None,
-                l7_detail: Some("not a Cilium-managed endpoint".into()),
-                injected_headers: vec![],
-            },
-        }
+    pub fn policy(&self, p: Party, direction: Direction) -> Option<DirectionRef> {
+        self.state().policy(p, direction)
     }
 
     /// Both sides of one connection or datagram.
@@ -447,55 +209,80 @@ impl World {
         req: &L7Request,
         learned: bool,
     ) -> FlowDecision {
-        if let (Party::Node { node: a, .. }, Party::Node { node: b, .. }) = (from, to) {
-            if a == b {
-                // A node (or a hostNetwork pod on it) to one of its own addresses: the packet
-                // goes over `lo`. Cilium enforces host policies in the programs attached to
-                // cilium_host/cilium_net (host ↔ local pods) and the native devices (host ↔
-                // everything else); loopback traffic passes none of them, so the host
-                // firewall never sees it. Neither side is enforced.
-                let side = |direction| SideDecision {
-                    direction,
-                    outcome: Outcome::NotEnforced,
-                    enforcement: membrane_policy::resolve::Enforcement::NotSelected,
-                    key: None,
-                    deciding: vec![],
-                    proxy: None,
-                    l7_detail: Some(
-                        "the host to itself over loopback: host policies do not apply".into(),
-                    ),
-                    injected_headers: vec![],
-                };
-                return verdict::combine(
-                    side(Direction::Egress),
-                    Some(side(Direction::Ingress)),
-                    matches!(req, L7Request::Dns { .. }),
-                );
-            }
-        }
-        let egress = self.side(from, to, Direction::Egress, protocol, port, req, learned);
-        let ingress = self.side(to, from, Direction::Ingress, protocol, port, req, learned);
-        verdict::combine(egress, Some(ingress), matches!(req, L7Request::Dns { .. }))
+        self.state().decide(
+            self.to_engine(from),
+            self.to_engine(to),
+            protocol,
+            port,
+            req,
+            learned,
+        )
     }
 
     pub fn kube_dns(&self) -> Option<Party> {
-        self.kube_dns.map(|i| self.endpoint_party(i))
+        self.state().kube_dns()
     }
 
     /// A DNS query from `from` to kube-dns over UDP/53.
     pub fn dns_query(&self, from: Party, qname: &str) -> Option<FlowDecision> {
-        let dns = self.kube_dns()?;
-        Some(self.decide(
-            from,
-            dns,
-            Protocol::Udp,
-            53,
-            &L7Request::Dns {
-                qname: qname.to_string(),
-            },
-            false,
-        ))
+        self.state().dns_query(self.to_engine(from), qname)
     }
+}
+
+/// Feeds an engine from a scenario: namespaces, nodes, Services, endpoints, the addresses
+/// flows name, DNS answers (`external:`), then the policies.
+pub fn load_engine(scenario: &Scenario, policy_set: &PolicySet, options: &Options) -> Engine {
+    let mut engine = Engine::new(options.clone());
+    for ns in &scenario.namespaces {
+        engine.upsert_namespace(&ns.name, ns.labels.clone());
+    }
+    for n in &scenario.nodes {
+        engine.upsert_node(engine::NodeSpec {
+            name: n.name.clone(),
+            ip: n.ip,
+            cilium: n.cilium,
+            labels: n.labels.clone(),
+        });
+    }
+    for svc in &scenario.services {
+        engine.upsert_service(engine::ServiceSpec {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+            labels: svc.labels.clone(),
+            selector: svc.selector.clone(),
+            addresses: Vec::new(),
+        });
+    }
+    for ep in &scenario.endpoints {
+        engine.add_endpoint(endpoint_spec(ep));
+    }
+    for ext in &scenario.external {
+        engine.dns_answer(&ext.name, &ext.ips);
+    }
+    for flow in &scenario.flows {
+        for name in [Some(&flow.from), flow.to.as_ref()].into_iter().flatten() {
+            if let Some(ip) = address_of_name(name) {
+                if !matches!(engine.state().address_party(ip), Party::World { .. }) {
+                    continue;
+                }
+                if scenario
+                    .endpoints
+                    .iter()
+                    .any(|e| e.host_network && e.ip == ip)
+                {
+                    continue;
+                }
+                engine.add_world_address(ip);
+            }
+        }
+    }
+    engine.add_world_address(WORLD_ADDR);
+    for t in &policy_set.policies {
+        if t.valid {
+            engine.upsert_policy(t.clone());
+        }
+    }
+    engine
 }
 
 /// Builds the request a flow carries.
@@ -548,9 +335,10 @@ impl World {
     /// namespace.
     pub fn hints(&self, p: Party, direction: Direction) -> Vec<String> {
         let identity = match p {
-            Party::Pod(i) | Party::Entity { endpoint: i, .. } => {
-                self.identities().get(self.pod_ids[i]).cloned()
-            }
+            Party::Pod(i) | Party::Entity { endpoint: i, .. } => self
+                .state()
+                .endpoint_identity(i)
+                .and_then(|id| self.identities().get(id).cloned()),
             _ => None,
         };
         let Some(identity) = identity else {
@@ -613,73 +401,6 @@ impl World {
         out.dedup();
         out
     }
-}
-
-/// `toServices` peers become the selectors of the Services' backends (Cilium translates them
-/// the same way); a Service without a selector has no pod backends.
-fn expand_services(
-    mut rules: Vec<membrane_policy::model::Rule>,
-    services: &[crate::scenario::ServiceSpec],
-) -> Vec<membrane_policy::model::Rule> {
-    use membrane_policy::labels::{KEY_NAMESPACE, LabelSet, Operator, Selector, SelectorKey};
-    use membrane_policy::model::{PeerSelector, Peers};
-    let backends = |svc: &crate::scenario::ServiceSpec| {
-        let mut sel = Selector::default();
-        for (k, v) in &svc.selector {
-            sel.push(SelectorKey::k8s(k), Operator::In, vec![v.clone()]);
-        }
-        sel.push(
-            SelectorKey::k8s(KEY_NAMESPACE),
-            Operator::In,
-            vec![svc.namespace.clone()],
-        );
-        PeerSelector::Labels(sel)
-    };
-    for rule in &mut rules {
-        for entry in &mut rule.entries {
-            let Peers::Selectors(list) = &mut entry.peers else {
-                continue;
-            };
-            if !list
-                .iter()
-                .any(|p| matches!(p, PeerSelector::Service { .. }))
-            {
-                continue;
-            }
-            let mut out = Vec::new();
-            for p in list.drain(..) {
-                match p {
-                    PeerSelector::Service {
-                        namespace,
-                        name,
-                        selector,
-                    } => {
-                        for svc in services
-                            .iter()
-                            .filter(|s| s.namespace == namespace && !s.selector.is_empty())
-                        {
-                            let by_name = name.as_ref().is_some_and(|n| *n == svc.name);
-                            let by_labels = selector.as_ref().is_some_and(|sel| {
-                                let labels = LabelSet::new(
-                                    svc.labels
-                                        .iter()
-                                        .map(|(k, v)| membrane_policy::labels::Label::k8s(k, v))
-                                        .collect(),
-                                );
-                                sel.matches(&labels)
-                            });
-                            if by_name || by_labels {
-                                out.push(backends(svc));
-                            }
-                        }
-                    }
-                    other => out.push(other),
-                }
-            }
-            *list = out;
-        }
-    }
-    rules
 }
 
 /// Agent flags from a scenario's `agent:` map (values already validated by the decoder).

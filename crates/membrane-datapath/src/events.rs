@@ -366,7 +366,11 @@ fn policy_refs(side: &SideDecision) -> Vec<Value> {
         }
     };
     match side.outcome {
-        Outcome::DenyRule => side.deciding.iter().for_each(|e| push(&e.rule.policy)),
+        Outcome::DenyRule => side
+            .deciding
+            .iter()
+            .filter_map(|o| o.policy())
+            .for_each(|p| push(p)),
         _ => {
             if let Enforcement::Selected { rules } = &side.enforcement {
                 rules.iter().for_each(|r| push(&r.policy));

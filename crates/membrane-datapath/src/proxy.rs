@@ -249,8 +249,8 @@ pub fn forwarded_json(f: &membrane_proxy::policy::Forwarded, node: &str) -> serd
         .split_once(' ')
         .unwrap_or((f.request.as_str(), ""));
     let mut policies: Vec<String> = Vec::new();
-    for r in &f.rules {
-        let p = r.rule.policy.to_string();
+    for p in f.rules.iter().filter_map(|r| r.policy()) {
+        let p = p.to_string();
         if !policies.contains(&p) {
             policies.push(p);
         }
@@ -284,8 +284,8 @@ pub fn dns_forwarded_json(
 ) -> serde_json::Value {
     use serde_json::json;
     let mut policies: Vec<String> = Vec::new();
-    for r in &f.rules {
-        let p = r.rule.policy.to_string();
+    for p in f.rules.iter().filter_map(|r| r.policy()) {
+        let p = p.to_string();
         if !policies.contains(&p) {
             policies.push(p);
         }

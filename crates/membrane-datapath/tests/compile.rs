@@ -122,7 +122,7 @@ fn side(d: &SideDecision) -> Side {
     match d.outcome {
         Outcome::DefaultDeny => Side::Drop("default-deny"),
         Outcome::DenyRule => Side::Drop("deny-rule"),
-        _ => match d.proxy.as_deref() {
+        _ => match d.proxy.as_ref().map(|p| p.as_str()) {
             Some("dns") => Side::Proxy("to_dns_proxy"),
             Some("tls") => Side::Proxy("to_tls_proxy"),
             Some(_) => Side::Proxy("to_http_proxy"),

@@ -5,7 +5,7 @@ use crate::labels::{
     KEY_CLUSTER, KEY_NAMESPACE, KEY_SERVICE_ACCOUNT, Label, LabelSet, PREFIX_NAMESPACE_LABELS,
     SOURCE_CIDR, SOURCE_FQDN, SOURCE_K8S, SOURCE_RESERVED, is_identity_label,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 pub type IdentityId = u32;
@@ -102,11 +102,12 @@ pub fn pod_identity_labels<'a>(
     LabelSet::new(labels)
 }
 
-/// Allocates identities: equal label sets share one id.
+/// Allocates identities: equal label sets share one id. Ids of released identities are not
+/// reused within one table, so a stale id never names a different label set.
 #[derive(Debug, Clone)]
 pub struct IdentityTable {
-    identities: Vec<Identity>,
-    by_id: HashMap<IdentityId, usize>,
+    /// In id order: reserved, then cluster-local, then node-local (CIDR/FQDN) identities.
+    by_id: BTreeMap<IdentityId, Identity>,
     by_labels: HashMap<LabelSet, IdentityId>,
     by_addr: HashMap<(IpAddr, Option<String>), IdentityId>,
     next_cluster: IdentityId,
@@ -116,8 +117,7 @@ pub struct IdentityTable {
 impl Default for IdentityTable {
     fn default() -> Self {
         let mut t = IdentityTable {
-            identities: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: BTreeMap::new(),
             by_labels: HashMap::new(),
             by_addr: HashMap::new(),
             next_cluster: FIRST_CLUSTER_ID,
@@ -140,28 +140,54 @@ impl Default for IdentityTable {
 impl IdentityTable {
     fn insert(&mut self, identity: Identity) -> IdentityId {
         let id = identity.id;
-        self.by_id.insert(id, self.identities.len());
         if identity.kind == IdentityKind::Pod || identity.kind == IdentityKind::Reserved {
             self.by_labels.insert(identity.labels.clone(), id);
         }
-        self.identities.push(identity);
+        self.by_id.insert(id, identity);
         id
     }
 
     pub fn get(&self, id: IdentityId) -> Option<&Identity> {
-        self.by_id.get(&id).map(|i| &self.identities[*i])
+        self.by_id.get(&id)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Identity> {
-        self.identities.iter()
+        self.by_id.values()
     }
 
     pub fn len(&self) -> usize {
-        self.identities.len()
+        self.by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.identities.is_empty()
+        self.by_id.is_empty()
+    }
+
+    /// The identity a pod label set already has, without allocating one.
+    pub fn find_pod(&self, labels: &LabelSet) -> Option<IdentityId> {
+        self.by_labels.get(labels).copied()
+    }
+
+    /// The identity of an address (as learned under `fqdn`), without allocating one.
+    pub fn find_cidr(&self, addr: IpAddr, fqdn: Option<&str>) -> Option<IdentityId> {
+        self.by_addr.get(&(addr, fqdn.map(str::to_string))).copied()
+    }
+
+    /// Forgets an identity that nothing uses any more. Reserved identities stay.
+    pub fn release(&mut self, id: IdentityId) -> Option<Identity> {
+        if reserved_name(id).is_some() {
+            return None;
+        }
+        let identity = self.by_id.remove(&id)?;
+        match identity.kind {
+            IdentityKind::Pod | IdentityKind::Reserved => {
+                self.by_labels.remove(&identity.labels);
+            }
+            IdentityKind::Cidr | IdentityKind::Node => {
+                self.by_addr.retain(|_, v| *v != id);
+            }
+        }
+        Some(identity)
     }
 
     /// The identity of a pod's label set.

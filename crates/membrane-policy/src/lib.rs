@@ -9,6 +9,7 @@
 pub mod api;
 pub mod decode;
 pub mod diag;
+pub mod engine;
 pub mod identity;
 pub mod l7;
 pub mod labels;

@@ -71,6 +71,79 @@ impl fmt::Display for EntryOrigin {
     }
 }
 
+/// Why a policy-map entry exists: a policy's rule, or something the agent adds itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// An entry (`ingress[2]`, ...) of a policy rule.
+    Rule(Arc<EntryOrigin>),
+    /// Every rule selecting the endpoint in this direction says `enableDefaultDeny: false`,
+    /// so everything not denied is allowed; one such origin per opting-out rule.
+    DefaultAllow {
+        rule: Arc<RuleOrigin>,
+        direction: Direction,
+    },
+    /// The agent's `allow-localhost` option: ingress from the local host. Cilium labels the
+    /// entry `reserved:io.cilium.policy.derived-from=allow-localhost-ingress`.
+    AllowLocalhost,
+}
+
+impl Origin {
+    /// The policy behind the entry, when a policy is behind it.
+    pub fn policy(&self) -> Option<&Arc<PolicyOrigin>> {
+        match self {
+            Origin::Rule(e) => Some(&e.rule.policy),
+            Origin::DefaultAllow { rule, .. } => Some(&rule.policy),
+            Origin::AllowLocalhost => None,
+        }
+    }
+
+    pub fn rule(&self) -> Option<&Arc<RuleOrigin>> {
+        match self {
+            Origin::Rule(e) => Some(&e.rule),
+            Origin::DefaultAllow { rule, .. } => Some(rule),
+            Origin::AllowLocalhost => None,
+        }
+    }
+
+    /// The rule entry, for origins that are one.
+    pub fn entry(&self) -> Option<&Arc<EntryOrigin>> {
+        match self {
+            Origin::Rule(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The stable name of the kind of origin (the `kind` of the decision schema).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Origin::Rule(_) => "rule",
+            Origin::DefaultAllow { .. } => "default-allow",
+            Origin::AllowLocalhost => "allow-localhost",
+        }
+    }
+
+    /// Where the origin is written: its span (and the policy's file), if it is written.
+    pub fn span(&self) -> Option<(FileId, Span)> {
+        match self {
+            Origin::Rule(e) => Some((e.rule.policy.file, e.span)),
+            Origin::DefaultAllow { rule, .. } => Some((rule.policy.file, rule.span)),
+            Origin::AllowLocalhost => None,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Rule(e) => write!(f, "{e}"),
+            Origin::DefaultAllow { rule, direction } => {
+                write!(f, "{rule} (enableDefaultDeny.{direction}: false)")
+            }
+            Origin::AllowLocalhost => f.write_str("agent option allow-localhost"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
     Endpoints(Selector),

@@ -65,6 +65,19 @@ impl MapKey {
     }
 }
 
+/// The order in which the datapath's lookup meets keys (see `DirectionPolicy::lookup`).
+fn lookup_rank(k: &MapKey) -> (u8, std::cmp::Reverse<u8>) {
+    let level = match (k.peer != 0, k.protocol != 0, k.prefix_len > 0) {
+        (true, true, true) => 0,
+        (false, true, true) => 1,
+        (true, true, false) => 2,
+        (false, true, false) => 3,
+        (true, false, _) => 4,
+        (false, false, _) => 5,
+    };
+    (level, std::cmp::Reverse(k.prefix_len))
+}
+
 fn mask(port: u16, prefix_len: u8) -> u16 {
     if prefix_len == 0 {
         0
@@ -100,7 +113,7 @@ pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 /// One rule entry's contribution to a key.
 #[derive(Debug, Clone)]
 pub struct Contribution {
-    pub origin: Arc<EntryOrigin>,
+    pub origin: Origin,
     pub deny: bool,
     pub l7: Option<Arc<L7Policy>>,
     /// Written as one exact port (not a range, not port 0, not "every port"): only such a
@@ -113,6 +126,36 @@ pub struct Contribution {
 pub struct MapEntry {
     pub deny: bool,
     pub redirect: bool,
+}
+
+/// How a resolved map changed: keys added or whose entry changed, and keys removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapDelta {
+    pub added: Vec<(MapKey, MapEntry)>,
+    pub removed: Vec<MapKey>,
+}
+
+impl MapDelta {
+    pub fn between(before: &HashMap<MapKey, MapEntry>, after: &HashMap<MapKey, MapEntry>) -> Self {
+        let mut delta = MapDelta::default();
+        for (k, v) in after {
+            if before.get(k) != Some(v) {
+                delta.added.push((*k, *v));
+            }
+        }
+        for k in before.keys() {
+            if !after.contains_key(k) {
+                delta.removed.push(*k);
+            }
+        }
+        delta.added.sort_unstable_by_key(|(k, _)| *k);
+        delta.removed.sort_unstable();
+        delta
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
 }
 
 /// A matched key with the rule entries behind it, gathered at lookup time so that building
@@ -137,7 +180,7 @@ impl<'a> MapValue<'a> {
         for c in self.contributions.iter().filter(|c| !c.deny) {
             match &c.l7 {
                 Some(p) => d.policies.push(p),
-                None if some_l7 && is_allow_localhost(&c.origin) => {}
+                None if some_l7 && c.origin == Origin::AllowLocalhost => {}
                 None => {
                     d.plain_allow = true;
                     d.dns_wildcard |= c.exact_port;
@@ -215,6 +258,69 @@ impl DirectionPolicy {
         self.raw.covering(key).flat_map(|(_, c)| c.iter()).collect()
     }
 
+    /// The owners of the policy-map entry at `key` as Cilium records them (its
+    /// `derivedFromRules`): for a deny, the rules of the deny entry the lookup meets first;
+    /// for an allow, the rules that wrote this key, plus, when the key is an L7 redirect,
+    /// the L3 rules of the same peer that Cilium merges into that port's L4 filter
+    /// (`wildcardL3L4Rule`). A key no rule wrote (an intersection) belongs to the same-peer
+    /// rules that Cilium's L4 filter would have listed for it.
+    pub fn owners(&self, key: &MapKey, deny: bool) -> Vec<Origin> {
+        let mut covering: Vec<(MapKey, &Vec<Contribution>)> = self.raw.covering(key).collect();
+        covering.sort_by_key(|(k, _)| lookup_rank(k));
+        let mut out: Vec<Origin> = Vec::new();
+        let push = |c: &Contribution, out: &mut Vec<Origin>| {
+            if !out.contains(&c.origin) {
+                out.push(c.origin.clone());
+            }
+        };
+        if deny {
+            if let Some((_, cs)) = covering.iter().find(|(_, cs)| cs.iter().any(|c| c.deny)) {
+                for c in cs.iter().filter(|c| c.deny) {
+                    push(c, &mut out);
+                }
+            }
+            return out;
+        }
+        let own = self.raw.keys.get(key);
+        let redirect = own.is_some_and(|cs| cs.iter().any(|c| !c.deny && c.l7.is_some()));
+        match own {
+            Some(cs) if cs.iter().any(|c| !c.deny) => {
+                for c in cs.iter().filter(|c| !c.deny) {
+                    push(c, &mut out);
+                }
+                if redirect {
+                    for (k, cs) in &covering {
+                        if k != key && k.peer == key.peer {
+                            for c in cs.iter().filter(|c| !c.deny && c.l7.is_none()) {
+                                push(c, &mut out);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                for (k, cs) in &covering {
+                    if k.peer == key.peer {
+                        for c in cs.iter().filter(|c| !c.deny) {
+                            push(c, &mut out);
+                        }
+                    }
+                }
+                if out.is_empty() {
+                    // Only wildcard-peer keys cover it: the first one the lookup meets.
+                    if let Some((_, cs)) =
+                        covering.iter().find(|(_, cs)| cs.iter().any(|c| !c.deny))
+                    {
+                        for c in cs.iter().filter(|c| !c.deny) {
+                            push(c, &mut out);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The datapath's lookup: first match in precedence order, longest port prefix first.
     pub fn lookup(&self, peer: IdentityId, protocol: u8, port: u16) -> Option<LookupResult<'_>> {
         let with_port: [(IdentityId, u8); 4] = [
@@ -275,16 +381,45 @@ pub struct Subject<'a> {
     pub own_ports: &'a [(String, Protocol, u16)],
 }
 
-/// Every rule, and the selections of their peer selectors over the identity table.
+/// Every rule, and the selections of their peer selectors over the identity table (Cilium's
+/// selector cache). Rules live in slots so that one policy can be added or removed without
+/// renumbering the others; each distinct peer selector is evaluated once and kept current
+/// as identities come and go.
+#[derive(Debug, Clone)]
 pub struct Repository {
-    pub rules: Vec<Rule>,
+    rules: Vec<Option<Arc<Rule>>>,
+    free_slots: Vec<usize>,
     pub options: Options,
     identities: IdentityTable,
-    /// Named ports across the cluster, for egress rules: name → (protocol, port) set.
-    cluster_ports: HashMap<String, HashSet<(Protocol, u16)>>,
-    /// Per rule, per entry, per peer selector: the identities it selects.
+    /// Named ports across the cluster, for egress rules: name → (protocol, port) → how many
+    /// endpoints declare it.
+    cluster_ports: HashMap<String, HashMap<(Protocol, u16), u32>>,
+    /// Per rule slot, per entry: the identities its peers select (`None`: every peer).
     selections: Vec<Vec<Option<Arc<[IdentityId]>>>>,
+    /// Per rule slot, per entry: the cached selectors behind the selection.
+    entry_selectors: Vec<Vec<Vec<usize>>>,
+    selectors: SelectorCache,
 }
+
+#[derive(Debug, Clone, Default)]
+struct SelectorCache {
+    by_key: HashMap<String, usize>,
+    entries: Vec<CachedSelector>,
+    free: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedSelector {
+    selector: PeerSelector,
+    key: String,
+    /// Sorted.
+    selected: Vec<IdentityId>,
+    /// The (rule slot, entry) pairs that use it.
+    users: Vec<(usize, usize)>,
+}
+
+/// A rule slot and an entry index inside it.
+pub type EntryRef = (usize, usize);
 
 impl Repository {
     pub fn new(
@@ -293,48 +428,244 @@ impl Repository {
         identities: IdentityTable,
         cluster_ports: &[(String, Protocol, u16)],
     ) -> Self {
-        let mut ports: HashMap<String, HashSet<(Protocol, u16)>> = HashMap::default();
-        for (name, proto, port) in cluster_ports {
-            ports
-                .entry(name.clone())
-                .or_default()
-                .insert((*proto, *port));
-        }
-        let mut cache: HashMap<String, Arc<[IdentityId]>> = HashMap::default();
-        let mut selections = Vec::with_capacity(rules.len());
-        for rule in &rules {
-            let mut per_entry = Vec::with_capacity(rule.entries.len());
-            for entry in &rule.entries {
-                let sel = match &entry.peers {
-                    Peers::Wildcard => None,
-                    Peers::Selectors(list) => {
-                        let mut ids: Vec<IdentityId> = Vec::new();
-                        for s in list {
-                            let key = selector_cache_key(s);
-                            let hit = cache.entry(key).or_insert_with(|| {
-                                identities
-                                    .iter()
-                                    .filter(|i| peer_selects(s, i, &options))
-                                    .map(|i| i.id)
-                                    .collect()
-                            });
-                            ids.extend(hit.iter().copied());
-                        }
-                        ids.sort_unstable();
-                        ids.dedup();
-                        Some(ids.into())
-                    }
-                };
-                per_entry.push(sel);
-            }
-            selections.push(per_entry);
-        }
-        Repository {
-            rules,
+        let mut repo = Repository {
+            rules: Vec::with_capacity(rules.len()),
+            free_slots: Vec::new(),
             options,
             identities,
-            cluster_ports: ports,
-            selections,
+            cluster_ports: HashMap::default(),
+            selections: Vec::with_capacity(rules.len()),
+            entry_selectors: Vec::with_capacity(rules.len()),
+            selectors: SelectorCache::default(),
+        };
+        for (name, proto, port) in cluster_ports {
+            repo.add_named_port(name, *proto, *port);
+        }
+        for rule in rules {
+            repo.add_rule(rule);
+        }
+        repo
+    }
+
+    /// Adds a rule and computes its selections; returns its slot.
+    pub fn add_rule(&mut self, rule: Rule) -> usize {
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.rules.push(None);
+                self.selections.push(Vec::new());
+                self.entry_selectors.push(Vec::new());
+                self.rules.len() - 1
+            }
+        };
+        let mut sels = Vec::with_capacity(rule.entries.len());
+        let mut per_entry = Vec::with_capacity(rule.entries.len());
+        for (entry_index, entry) in rule.entries.iter().enumerate() {
+            match &entry.peers {
+                Peers::Wildcard => {
+                    per_entry.push(None);
+                    sels.push(Vec::new());
+                }
+                Peers::Selectors(list) => {
+                    let ids: Vec<usize> = list
+                        .iter()
+                        .map(|s| self.intern_selector(s, (slot, entry_index)))
+                        .collect();
+                    per_entry.push(Some(self.union_of(&ids)));
+                    sels.push(ids);
+                }
+            }
+        }
+        self.rules[slot] = Some(Arc::new(rule));
+        self.selections[slot] = per_entry;
+        self.entry_selectors[slot] = sels;
+        slot
+    }
+
+    /// Removes the rule in `slot` (and the selectors only it used).
+    pub fn remove_rule(&mut self, slot: usize) -> Option<Arc<Rule>> {
+        let rule = self.rules.get_mut(slot)?.take()?;
+        for (entry_index, ids) in std::mem::take(&mut self.entry_selectors[slot])
+            .into_iter()
+            .enumerate()
+        {
+            for id in ids {
+                self.release_selector(id, (slot, entry_index));
+            }
+        }
+        self.selections[slot].clear();
+        self.free_slots.push(slot);
+        Some(rule)
+    }
+
+    fn intern_selector(&mut self, s: &PeerSelector, user: EntryRef) -> usize {
+        let key = selector_cache_key(s);
+        if let Some(id) = self.selectors.by_key.get(&key) {
+            self.selectors.entries[*id].users.push(user);
+            return *id;
+        }
+        let selected: Vec<IdentityId> = self
+            .identities
+            .iter()
+            .filter(|i| peer_selects(s, i, &self.options))
+            .map(|i| i.id)
+            .collect();
+        let cached = CachedSelector {
+            selector: s.clone(),
+            key: key.clone(),
+            selected,
+            users: vec![user],
+        };
+        let id = match self.selectors.free.pop() {
+            Some(id) => {
+                self.selectors.entries[id] = cached;
+                id
+            }
+            None => {
+                self.selectors.entries.push(cached);
+                self.selectors.entries.len() - 1
+            }
+        };
+        self.selectors.by_key.insert(key, id);
+        id
+    }
+
+    fn release_selector(&mut self, id: usize, user: EntryRef) {
+        let Some(entry) = self.selectors.entries.get_mut(id) else {
+            return;
+        };
+        if let Some(pos) = entry.users.iter().position(|u| *u == user) {
+            entry.users.swap_remove(pos);
+        }
+        if entry.users.is_empty() {
+            let key = std::mem::take(&mut entry.key);
+            entry.selected = Vec::new();
+            self.selectors.by_key.remove(&key);
+            self.selectors.free.push(id);
+        }
+    }
+
+    fn union_of(&self, selector_ids: &[usize]) -> Arc<[IdentityId]> {
+        if let [one] = selector_ids {
+            return self.selectors.entries[*one].selected.as_slice().into();
+        }
+        let mut ids: Vec<IdentityId> = selector_ids
+            .iter()
+            .flat_map(|s| self.selectors.entries[*s].selected.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into()
+    }
+
+    /// Allocates nothing: tells the selector cache that `id` (already in the identity table)
+    /// exists. Returns the rule entries whose selection gained it.
+    pub fn identity_added(&mut self, id: IdentityId) -> Vec<EntryRef> {
+        let Some(identity) = self.identities.get(id).cloned() else {
+            return Vec::new();
+        };
+        let mut gained = Vec::new();
+        for cached in &mut self.selectors.entries {
+            if cached.users.is_empty() || !peer_selects(&cached.selector, &identity, &self.options)
+            {
+                continue;
+            }
+            if let Err(pos) = cached.selected.binary_search(&id) {
+                cached.selected.insert(pos, id);
+                gained.extend(cached.users.iter().copied());
+            }
+        }
+        self.refresh_selections(&mut gained);
+        gained
+    }
+
+    /// Removes `id` from every selection and from the identity table. Returns the rule
+    /// entries whose selection lost it.
+    pub fn identity_removed(&mut self, id: IdentityId) -> Vec<EntryRef> {
+        let mut lost = Vec::new();
+        for cached in &mut self.selectors.entries {
+            if let Ok(pos) = cached.selected.binary_search(&id) {
+                cached.selected.remove(pos);
+                lost.extend(cached.users.iter().copied());
+            }
+        }
+        self.identities.release(id);
+        self.refresh_selections(&mut lost);
+        lost
+    }
+
+    fn refresh_selections(&mut self, entries: &mut Vec<EntryRef>) {
+        entries.sort_unstable();
+        entries.dedup();
+        for (slot, entry) in entries.iter() {
+            let ids = self.entry_selectors[*slot][*entry].clone();
+            let union = self.union_of(&ids);
+            self.selections[*slot][*entry] = Some(union);
+        }
+    }
+
+    pub fn identities_mut(&mut self) -> &mut IdentityTable {
+        &mut self.identities
+    }
+
+    /// Records one endpoint's named container port. Returns whether the port name now
+    /// resolves differently for egress rules.
+    pub fn add_named_port(&mut self, name: &str, protocol: Protocol, port: u16) -> bool {
+        let before = self.egress_named_port_numbers(name);
+        *self
+            .cluster_ports
+            .entry(name.to_string())
+            .or_default()
+            .entry((protocol, port))
+            .or_default() += 1;
+        before != self.egress_named_port_numbers(name)
+    }
+
+    /// The inverse of `add_named_port`.
+    pub fn remove_named_port(&mut self, name: &str, protocol: Protocol, port: u16) -> bool {
+        let before = self.egress_named_port_numbers(name);
+        if let Some(set) = self.cluster_ports.get_mut(name) {
+            if let Some(n) = set.get_mut(&(protocol, port)) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    set.remove(&(protocol, port));
+                }
+            }
+            if set.is_empty() {
+                self.cluster_ports.remove(name);
+            }
+        }
+        before != self.egress_named_port_numbers(name)
+    }
+
+    fn egress_named_port_numbers(&self, name: &str) -> Vec<(Protocol, u16)> {
+        let mut v: Vec<(Protocol, u16)> = self
+            .cluster_ports
+            .get(name)
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn rule(&self, slot: usize) -> Option<&Arc<Rule>> {
+        self.rules.get(slot).and_then(Option::as_ref)
+    }
+
+    /// Every rule, in slot order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().flatten().map(|r| &**r)
+    }
+
+    /// Whether a rule's subject selector selects an endpoint.
+    pub fn rule_selects(rule: &Rule, subject: &Subject<'_>) -> bool {
+        match &rule.subject {
+            crate::model::Subject::Endpoints(s) => {
+                !subject.is_host && s.matches(&subject.identity.labels)
+            }
+            crate::model::Subject::Nodes(s) => {
+                subject.is_host && s.matches(&subject.identity.labels)
+            }
         }
     }
 
@@ -342,20 +673,16 @@ impl Repository {
         &self.identities
     }
 
-    /// Rules whose subject selector selects this endpoint.
+    /// Rules whose subject selector selects this endpoint, with their slots.
     pub fn selecting_rules<'r>(
         &'r self,
-        subject: &Subject<'_>,
+        subject: &'r Subject<'_>,
     ) -> impl Iterator<Item = (usize, &'r Rule)> + 'r {
-        let labels = subject.identity.labels.clone();
-        let is_host = subject.is_host;
         self.rules
             .iter()
             .enumerate()
-            .filter(move |(_, r)| match &r.subject {
-                crate::model::Subject::Endpoints(s) => !is_host && s.matches(&labels),
-                crate::model::Subject::Nodes(s) => is_host && s.matches(&labels),
-            })
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i, &**r)))
+            .filter(move |(_, r)| Self::rule_selects(r, subject))
     }
 
     pub fn resolve(&self, subject: &Subject<'_>, direction: Direction) -> DirectionPolicy {
@@ -401,16 +728,10 @@ impl Repository {
         if !forced && !with_dir.is_empty() && opted_out.len() == with_dir.len() {
             policy.default_deny = false;
             for r in opted_out {
-                let origin = Arc::new(EntryOrigin {
+                let origin = Origin::DefaultAllow {
                     rule: r.origin.clone(),
-                    section: if direction == Direction::Ingress {
-                        crate::api::RuleSection::Ingress
-                    } else {
-                        crate::api::RuleSection::Egress
-                    },
-                    index: usize::MAX,
-                    span: r.origin.span,
-                });
+                    direction,
+                };
                 raw.add(
                     MapKey {
                         peer: 0,
@@ -436,30 +757,14 @@ impl Repository {
             .collect();
         for (rule_index, rule) in &selecting {
             for (entry_index, entry) in rule.entries.iter().enumerate() {
-                if entry.direction != direction || entry.allows_nothing() {
-                    continue;
-                }
-                let peers = self.entry_peers(*rule_index, entry_index, entry, subject, &requires);
-                if peers.is_empty() {
-                    continue;
-                }
-                let ports = self.entry_ports(entry, subject, direction);
-                for (port_key, l7, exact_port) in &ports {
-                    for peer in &peers {
-                        let key = MapKey {
-                            peer: *peer,
-                            ..*port_key
-                        };
-                        raw.add(
-                            key,
-                            Contribution {
-                                origin: entry.origin.clone(),
-                                deny: entry.deny,
-                                l7: l7.clone(),
-                                exact_port: *exact_port,
-                            },
-                        );
-                    }
+                if entry.direction == direction {
+                    self.add_entry(
+                        &mut raw,
+                        subject,
+                        (*rule_index, entry_index),
+                        &requires,
+                        None,
+                    );
                 }
             }
         }
@@ -472,7 +777,7 @@ impl Repository {
                     prefix_len: 0,
                 },
                 Contribution {
-                    origin: allow_localhost_origin(),
+                    origin: Origin::AllowLocalhost,
                     deny: false,
                     l7: None,
                     exact_port: false,
@@ -482,6 +787,124 @@ impl Repository {
         policy.map = raw.finish();
         policy.raw = raw;
         policy
+    }
+
+    /// Adds the keys one rule entry contributes to a subject's raw map, for every peer it
+    /// selects or only for `only_peer`.
+    fn add_entry(
+        &self,
+        raw: &mut RawMap,
+        subject: &Subject<'_>,
+        (slot, entry_index): EntryRef,
+        requires: &[&Selector],
+        only_peer: Option<IdentityId>,
+    ) {
+        let Some(entry) = self.rule(slot).and_then(|r| r.entries.get(entry_index)) else {
+            return;
+        };
+        if entry.allows_nothing() {
+            return;
+        }
+        let mut peers = self.entry_peers(slot, entry_index, entry, subject, requires);
+        if let Some(only) = only_peer {
+            peers.retain(|p| *p == only);
+        }
+        if peers.is_empty() {
+            return;
+        }
+        let ports = self.entry_ports(entry, subject, entry.direction);
+        for (port_key, l7, exact_port) in &ports {
+            for peer in &peers {
+                let key = MapKey {
+                    peer: *peer,
+                    ..*port_key
+                };
+                raw.add(
+                    key,
+                    Contribution {
+                        origin: Origin::Rule(entry.origin.clone()),
+                        deny: entry.deny,
+                        l7: l7.clone(),
+                        exact_port: *exact_port,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The `fromRequires`/`toRequires` of every rule selecting the subject, for a direction.
+    fn requires_of<'r>(&'r self, slots: &[usize], direction: Direction) -> Vec<&'r Selector> {
+        slots
+            .iter()
+            .filter_map(|s| self.rule(*s))
+            .flat_map(|r| match direction {
+                Direction::Ingress => r.requires_ingress.iter(),
+                Direction::Egress => r.requires_egress.iter(),
+            })
+            .collect()
+    }
+
+    /// Brings one peer identity's keys of a resolved policy up to date after that identity
+    /// appeared in (or vanished from) the selections of `entries`, without touching any
+    /// other peer's keys: a key for peer X depends only on raw keys for X and for every
+    /// peer, so recomputing X's keys alone gives exactly what a full resolution would.
+    /// `selecting` are the slots of the rules that select the subject (sorted); `entries`
+    /// every rule entry that now selects the peer (none when the identity is gone).
+    pub fn update_peer(
+        &self,
+        policy: &mut DirectionPolicy,
+        subject: &Subject<'_>,
+        selecting: &[usize],
+        peer: IdentityId,
+        entries: &[EntryRef],
+    ) -> MapDelta {
+        if !policy.enforced || peer == 0 {
+            return MapDelta::default();
+        }
+        let before = policy.raw.finish_peer(peer);
+        policy.raw.remove_peer(peer);
+        let requires = self.requires_of(selecting, policy.direction);
+        let mut sorted: Vec<EntryRef> = entries.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for e in &sorted {
+            let matches_dir = self
+                .rule(e.0)
+                .and_then(|r| r.entries.get(e.1))
+                .is_some_and(|en| en.direction == policy.direction);
+            if matches_dir && selecting.binary_search(&e.0).is_ok() {
+                self.add_entry(&mut policy.raw, subject, *e, &requires, Some(peer));
+            }
+        }
+        if peer == HOST
+            && policy.direction == Direction::Ingress
+            && self.options.allow_localhost
+            && !subject.is_host
+        {
+            policy.raw.add(
+                MapKey {
+                    peer: HOST,
+                    protocol: 0,
+                    port: 0,
+                    prefix_len: 0,
+                },
+                Contribution {
+                    origin: Origin::AllowLocalhost,
+                    deny: false,
+                    l7: None,
+                    exact_port: false,
+                },
+            );
+        }
+        let after = policy.raw.finish_peer(peer);
+        let delta = MapDelta::between(&before, &after);
+        for k in &delta.removed {
+            policy.map.remove(k);
+        }
+        for (k, v) in &delta.added {
+            policy.map.insert(*k, *v);
+        }
+        delta
     }
 
     fn entry_peers(
@@ -613,46 +1036,16 @@ impl Repository {
                 .map(|(_, _, port)| *port),
             Direction::Egress => {
                 let set = self.cluster_ports.get(name)?;
-                let ports: HashSet<u16> = set.iter().map(|(_, p)| *p).collect();
+                let ports: HashSet<u16> = set.keys().map(|(_, p)| *p).collect();
                 if ports.len() != 1 {
                     return None;
                 }
-                set.iter()
+                set.keys()
                     .find(|(p, _)| *p == protocol)
                     .map(|(_, port)| *port)
             }
         }
     }
-}
-
-fn allow_localhost_origin() -> Arc<EntryOrigin> {
-    let policy = Arc::new(PolicyOrigin {
-        kind: crate::api::PolicyKind::CiliumClusterwideNetworkPolicy,
-        namespace: None,
-        name: "allow-localhost".into(),
-        file: u32::MAX,
-        span: Default::default(),
-    });
-    Arc::new(EntryOrigin {
-        rule: Arc::new(RuleOrigin {
-            policy,
-            spec_index: None,
-            span: Default::default(),
-        }),
-        section: crate::api::RuleSection::Ingress,
-        index: usize::MAX,
-        span: Default::default(),
-    })
-}
-
-/// Whether an entry origin is the agent's own allow-localhost rule rather than a policy.
-pub fn is_allow_localhost(origin: &EntryOrigin) -> bool {
-    origin.rule.policy.file == u32::MAX && origin.rule.policy.name == "allow-localhost"
-}
-
-/// Whether an entry origin is the allow-all synthesized by `enableDefaultDeny: false`.
-pub fn is_synthesized_allow_all(origin: &EntryOrigin) -> bool {
-    origin.index == usize::MAX && !is_allow_localhost(origin)
 }
 
 fn selector_cache_key(s: &PeerSelector) -> String {
@@ -690,6 +1083,8 @@ struct RawMap {
     keys: HashMap<MapKey, Vec<Contribution>>,
     /// The port prefix lengths in use: covering keys are only looked for at these.
     prefix_lens: Vec<u8>,
+    /// Raw keys per peer (0: every peer), for per-peer updates.
+    by_peer: HashMap<IdentityId, Vec<MapKey>>,
 }
 
 impl RawMap {
@@ -698,7 +1093,67 @@ impl RawMap {
             self.prefix_lens.push(key.prefix_len);
             self.prefix_lens.sort_unstable();
         }
-        self.keys.entry(key).or_default().push(c);
+        let slot = self.keys.entry(key).or_default();
+        if slot.is_empty() {
+            self.by_peer.entry(key.peer).or_default().push(key);
+        }
+        slot.push(c);
+    }
+
+    fn remove_peer(&mut self, peer: IdentityId) {
+        for k in self.by_peer.remove(&peer).unwrap_or_default() {
+            self.keys.remove(&k);
+        }
+    }
+
+    /// The finished entries for one peer's keys (see `finish`), computed from that peer's
+    /// raw keys and the every-peer raw keys only.
+    fn finish_peer(&self, peer: IdentityId) -> HashMap<MapKey, MapEntry> {
+        let none = Vec::new();
+        let own = self.by_peer.get(&peer).unwrap_or(&none);
+        let wild = self.by_peer.get(&0).unwrap_or(&none);
+        let mut all: HashSet<MapKey> = own.iter().copied().collect();
+        let raw_keys: Vec<MapKey> = own.iter().chain(wild.iter()).copied().collect();
+        let mut work: Vec<MapKey> = raw_keys
+            .iter()
+            .filter(|k| self.keys.get(k).is_some_and(|c| Self::is_special(c)))
+            .copied()
+            .collect();
+        while let Some(s) = work.pop() {
+            let mut new = Vec::new();
+            for r in &raw_keys {
+                if s.peer != peer && r.peer != peer {
+                    continue;
+                }
+                if !s.overlaps(r) || s.covers(r) || r.covers(&s) {
+                    continue;
+                }
+                let i = s.intersection(r);
+                if !all.contains(&i) {
+                    new.push(i);
+                }
+            }
+            for i in new {
+                if all.insert(i) {
+                    work.push(i);
+                }
+            }
+        }
+        all.into_iter().map(|k| (k, self.decide_key(&k))).collect()
+    }
+
+    fn decide_key(&self, k: &MapKey) -> MapEntry {
+        let mut entry = MapEntry::default();
+        for (_, contributions) in self.covering(k) {
+            for c in contributions {
+                entry.deny |= c.deny;
+                entry.redirect |= c.l7.is_some();
+            }
+        }
+        if entry.deny {
+            entry.redirect = false;
+        }
+        entry
     }
 
     fn is_special(contributions: &[Contribution]) -> bool {
@@ -750,17 +1205,7 @@ impl RawMap {
         }
         let mut out = HashMap::with_capacity_and_hasher(all.len(), Default::default());
         for k in all {
-            let mut entry = MapEntry::default();
-            for (_, contributions) in self.covering(&k) {
-                for c in contributions {
-                    entry.deny |= c.deny;
-                    entry.redirect |= c.l7.is_some();
-                }
-            }
-            if entry.deny {
-                entry.redirect = false;
-            }
-            out.insert(k, entry);
+            out.insert(k, self.decide_key(&k));
         }
         out
     }

@@ -5,13 +5,12 @@
 //! `Send + Sync` and cheap to share (`Arc`), so a control plane publishes a new one through a
 //! `tokio::sync::watch` channel and every request borrows the latest.
 
+use membrane_policy::engine::DirectionRef;
 use membrane_policy::identity::{self, IdentityId};
-use membrane_policy::model::{
-    Direction, EntryOrigin, HttpRule, L7Policy, MismatchAction, PolicyOrigin, Protocol,
-};
+use membrane_policy::model::{Direction, HttpRule, MismatchAction, Origin, PolicyOrigin, Protocol};
 use membrane_policy::resolve::DirectionPolicy;
 use membrane_policy::verdict::{
-    self, HttpRequest, L7Request, Outcome, SideDecision, Verdict, http_rule_accepts,
+    self, HttpRequest, L7Outcome, L7Request, Outcome, SideDecision, Verdict,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -22,8 +21,8 @@ use std::sync::Arc;
 /// this snapshot (the endpoint is not managed, or nothing selects it).
 #[derive(Debug, Clone, Default)]
 pub struct EndpointPolicies {
-    pub egress: Option<Arc<DirectionPolicy>>,
-    pub ingress: Option<Arc<DirectionPolicy>>,
+    pub egress: Option<DirectionRef>,
+    pub ingress: Option<DirectionRef>,
 }
 
 /// What the proxies know about the cluster at one moment.
@@ -113,7 +112,7 @@ impl ProxyDecision {
             direction: side.map_or(Direction::Egress, |s| s.direction),
             reason: side.map_or("denied", |s| s.outcome.reason()),
             rules: side.map(|s| s.deciding.clone()).unwrap_or_default(),
-            detail: side.and_then(|s| s.l7_detail.clone()).unwrap_or_default(),
+            detail: side.and_then(SideDecision::l7_detail).unwrap_or_default(),
             request,
         })
     }
@@ -159,7 +158,7 @@ pub struct Denial {
     /// `default-deny`, `deny-rule` or `l7-mismatch`.
     pub reason: &'static str,
     /// The policy entries that decided (for an L7 denial: the L7 rules that were checked).
-    pub rules: Vec<Arc<EntryOrigin>>,
+    pub rules: Vec<Origin>,
     /// The engine's explanation.
     pub detail: String,
     /// The request as the proxy saw it (`GET /path`, the query name, the SNI).
@@ -170,8 +169,8 @@ impl Denial {
     /// The policy resources behind the denial (deduplicated, in order).
     pub fn policies(&self) -> Vec<&PolicyOrigin> {
         let mut out: Vec<&PolicyOrigin> = Vec::new();
-        for r in &self.rules {
-            let p = r.rule.policy.as_ref();
+        for p in self.rules.iter().filter_map(Origin::policy) {
+            let p = p.as_ref();
             if !out.contains(&p) {
                 out.push(p);
             }
@@ -236,8 +235,8 @@ impl ProxyPolicy {
     /// A snapshot from plain maps: the ipcache and each local endpoint's resolved policies.
     pub fn from_maps(
         ipcache: HashMap<IpAddr, IdentityId>,
-        egress: HashMap<IpAddr, Arc<DirectionPolicy>>,
-        ingress: HashMap<IpAddr, Arc<DirectionPolicy>>,
+        egress: HashMap<IpAddr, DirectionRef>,
+        ingress: HashMap<IpAddr, DirectionRef>,
     ) -> ProxyPolicy {
         let mut endpoints: HashMap<IpAddr, EndpointPolicies> = HashMap::new();
         for (ip, p) in egress {
@@ -303,8 +302,8 @@ impl ProxyPolicy {
             .and_then(|e| e.egress.as_deref())
             .map(|p| {
                 let d = verdict::decide_side(p, dst_id, protocol, port, request);
-                if self.header_rewrites && d.outcome == Outcome::Allowed {
-                    actions.extend(header_actions(p, dst_id, protocol, port, request));
+                if self.header_rewrites {
+                    actions.extend(header_actions(&d, request));
                 }
                 d
             });
@@ -313,8 +312,8 @@ impl ProxyPolicy {
                 .and_then(|e| e.ingress.as_deref())
                 .map(|p| {
                     let d = verdict::decide_side(p, src_id, protocol, port, request);
-                    if self.header_rewrites && d.outcome == Outcome::Allowed {
-                        actions.extend(header_actions(p, src_id, protocol, port, request));
+                    if self.header_rewrites {
+                        actions.extend(header_actions(&d, request));
                     }
                     d
                 })
@@ -383,63 +382,22 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 fn first_denial(side: Option<&SideDecision>) -> Option<Verdict> {
-    match side?.outcome {
-        Outcome::NotEnforced | Outcome::Allowed => None,
-        Outcome::DefaultDeny | Outcome::DenyRule => Some(Verdict::Deny),
-        Outcome::Http403 => Some(Verdict::Http403),
-        Outcome::TlsDenied => Some(Verdict::TlsDenied),
-        Outcome::DnsRefused => Some(Verdict::DnsRefused),
-    }
+    side?.outcome.denial()
 }
 
-/// The header rewrites of the HTTP rule that allowed `request` on this side.
-///
-/// `decide_side` reports the headers to set but neither which rule matched nor the
-/// `DELETE` actions, so this follows its choice: the first non-DNS L7 policy without
-/// `serverNames` (in lookup order) with an accepting rule, and that policy's first accepting
-/// rule. A plain allow of the same peer and port wildcards the L7 rules: no rewrites then.
-fn header_actions(
-    policy: &DirectionPolicy,
-    peer: IdentityId,
-    protocol: Protocol,
-    port: u16,
-    request: &L7Request,
-) -> Vec<HeaderAction> {
-    let L7Request::Http(req) = request else {
+/// The header rewrites of the HTTP rule that allowed `request` on this side (the rule the
+/// engine's decision names); none when L7 was wildcarded or nothing matched.
+fn header_actions(side: &SideDecision, request: &L7Request) -> Vec<HeaderAction> {
+    let (L7Request::Http(req), Outcome::Allowed) = (request, side.outcome) else {
         return vec![];
     };
-    let Some(hit) = policy.lookup(peer, protocol.number(), port) else {
-        return vec![];
-    };
-    if hit.value.deny {
-        return vec![];
+    match &side.l7 {
+        Some(L7Outcome::HttpMatched { rule, .. }) => rule
+            .http_rule()
+            .map(|r| rule_actions(r, req))
+            .unwrap_or_default(),
+        _ => vec![],
     }
-    let l7 = hit.value.l7();
-    if l7.plain_allow || l7.policies.iter().any(|p| p.dns.is_some()) {
-        return vec![];
-    }
-    // Most rules rewrite nothing: skip matching them a second time.
-    let any_header_matches = l7.policies.iter().any(|p| {
-        p.http
-            .as_ref()
-            .is_some_and(|rules| rules.iter().any(|r| !r.header_matches.is_empty()))
-    });
-    if !any_header_matches {
-        return vec![];
-    }
-    let rule = l7
-        .policies
-        .iter()
-        .filter(|p| p.server_names.is_empty())
-        .find_map(|p| accepting_rule(p, req));
-    rule.map(|r| rule_actions(r, req)).unwrap_or_default()
-}
-
-fn accepting_rule<'a>(p: &'a L7Policy, req: &HttpRequest) -> Option<&'a HttpRule> {
-    p.http
-        .as_ref()?
-        .iter()
-        .find(|r| http_rule_accepts(r, req).is_some())
 }
 
 fn rule_actions(rule: &HttpRule, req: &HttpRequest) -> Vec<HeaderAction> {
@@ -488,7 +446,7 @@ pub struct Forwarded {
     /// The answer's status; `None` if the exchange failed before one.
     pub status: Option<u16>,
     /// The policy entries that allowed it, on either side.
-    pub rules: Vec<Arc<EntryOrigin>>,
+    pub rules: Vec<Origin>,
 }
 
 /// Called for every forwarded request (flow events, metrics, tests).
@@ -502,7 +460,7 @@ pub struct DnsForwarded {
     /// The name as policy matched it (lower case, trailing dot).
     pub qname: String,
     /// The policy entries that allowed it, on either side.
-    pub rules: Vec<Arc<EntryOrigin>>,
+    pub rules: Vec<Origin>,
 }
 
 /// Called for every forwarded DNS query (flow events, metrics, tests).
@@ -510,7 +468,7 @@ pub type DnsForwardHook = Arc<dyn Fn(&DnsForwarded) + Send + Sync>;
 
 impl ProxyDecision {
     /// The entries that decided, egress side first.
-    pub fn deciding_rules(&self) -> Vec<Arc<EntryOrigin>> {
+    pub fn deciding_rules(&self) -> Vec<Origin> {
         self.egress
             .iter()
             .chain(self.ingress.iter())

@@ -4,10 +4,6 @@ use crate::fqdn::FqdnCache;
 use crate::policy::{EndpointPolicies, ProxyPolicy};
 use membrane_cluster::world::{Party, World};
 use membrane_policy::model::Direction;
-use membrane_policy::resolve::DirectionPolicy;
-use std::collections::HashMap;
-use std::rc::Rc;
-use std::sync::Arc;
 
 /// The proxies' view of `world` as seen from the node at index `observer` in
 /// `world.scenario.nodes` (`None`: from no node, so every node is `remote-node`).
@@ -24,16 +20,6 @@ pub fn proxy_policy_from_world(
     learned: Option<&FqdnCache>,
 ) -> ProxyPolicy {
     let mut policy = ProxyPolicy::new();
-    let mut shared: HashMap<*const DirectionPolicy, Arc<DirectionPolicy>> = HashMap::new();
-    let mut to_arc = |p: Option<Rc<DirectionPolicy>>| -> Option<Arc<DirectionPolicy>> {
-        let p = p?;
-        Some(
-            shared
-                .entry(Rc::as_ptr(&p))
-                .or_insert_with(|| Arc::new((*p).clone()))
-                .clone(),
-        )
-    };
     let s = &world.scenario;
     let mut parties: Vec<(std::net::IpAddr, Party)> = Vec::new();
     for ep in s.endpoints.iter().filter(|e| !e.host_network) {
@@ -60,8 +46,9 @@ pub fn proxy_policy_from_world(
             continue; // the first endpoint with an address wins, as in the world
         }
         policy.set_identity(ip, world.identity_of(party, observer, false));
-        let egress = to_arc(world.policy(party, Direction::Egress));
-        let ingress = to_arc(world.policy(party, Direction::Ingress));
+        // The engine's resolved policies, shared (no copy of any map).
+        let egress = world.policy(party, Direction::Egress);
+        let ingress = world.policy(party, Direction::Ingress);
         if egress.is_some() || ingress.is_some() {
             policy.set_endpoint(ip, EndpointPolicies { egress, ingress });
         }
