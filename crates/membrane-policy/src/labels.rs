@@ -684,4 +684,19 @@ mod tests {
         assert!(!is_identity_label("beta.kubernetes.io/arch"));
         assert!(!is_identity_label("failure-domain.beta.kubernetes.io/zone"));
     }
+
+    // Cilium's default filter (pkg/labelsfilter/filter.go) compiles every entry as a regex and
+    // counts it as matching when the match starts at the beginning of the key, so each entry
+    // is a prefix: `!pod-template-hash` also drops `pod-template-hash-x`, `!annotation.*`
+    // drops `annotations`, and the include `io\.kubernetes\.pod\.namespace` (longer than
+    // the `!io\.kubernetes` ignore) keeps `io.kubernetes.pod.namespace.x`.
+    #[test]
+    #[ignore = "BUG: is_identity_label compares pod-template-generation, pod-template-hash, controller-revision-hash, etcd_node and io.kubernetes.pod.namespace as exact keys and annotation. as a literal prefix; Cilium's filter entries are start-anchored regex prefixes"]
+    fn filter_entries_are_key_prefixes() {
+        assert!(!is_identity_label("pod-template-hash-x"));
+        assert!(!is_identity_label("controller-revision-hash2"));
+        assert!(!is_identity_label("etcd_node_id"));
+        assert!(!is_identity_label("annotations"));
+        assert!(is_identity_label("io.kubernetes.pod.namespace.x"));
+    }
 }

@@ -3468,8 +3468,9 @@ mod tests {
         assert_eq!(parse_port("0o120"), Ok(PortValue::Named("0o120".into())));
     }
 
-    // semantics §2.7: `L7 rules can not be used when a port is 0` applies to every L7 kind;
-    // Cilium's DNS range check (`EndPort > port`) does not fire for port 0 without endPort.
+    // semantics §2.7: `L7 rules can not be used when a port is 0` applies to every L7 kind
+    // (pkg/policy/api/l4.go `PortRule.Validate` checks `haveZeroPort` for any non-empty
+    // rules); the DNS range check (`EndPort > port`) does not fire for port 0 without endPort.
     #[test]
     #[ignore = "BUG: DNS rules on port \"0\" are rejected with \"DNS rules do not support port ranges\" (port 0 is stored as 0-65535) instead of Cilium's \"L7 rules can not be used when a port is 0\""]
     fn dns_on_port_zero_gives_ciliums_message() {
@@ -3503,13 +3504,15 @@ mod tests {
         assert!(!r.has_egress);
     }
 
-    // Go's CIDR parsers (`netip.ParsePrefix` and `net.ParseCIDR` alike) read the prefix
-    // length as digits only: a sign is refused.
+    // Cilium validates CIDRs with Go's `netip.ParsePrefix` (pkg/policy/api/l4.go
+    // `CIDR.Validate`, `CIDRRule.Validate`), whose prefix length is plain decimal: no sign and
+    // no leading zero ("bad bits after slash").
     #[test]
-    #[ignore = "BUG: parse_cidr reads the prefix length with Rust's u8::parse, which accepts a sign (\"10.0.0.0/+8\"); Go's CIDR parsers accept digits only"]
-    fn cidr_prefix_length_has_no_sign() {
+    #[ignore = "BUG: parse_cidr reads the prefix length with Rust's u8::parse, which accepts a sign and leading zeros (\"10.0.0.0/+8\", \"10.0.0.0/08\"); Go's netip.ParsePrefix rejects both"]
+    fn cidr_prefix_length_is_plain_decimal() {
         assert!(parse_cidr("10.0.0.0/+8", false).is_err());
         assert!(parse_cidr("::/+0", false).is_err());
+        assert!(parse_cidr("10.0.0.0/08", false).is_err());
     }
 
     // Go's netip also refuses IPv4 octets with leading zeros and IPv6 zones.
