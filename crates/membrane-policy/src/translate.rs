@@ -3323,12 +3323,11 @@ mod tests {
         let r = rule(&knp("podSelector: {}\negress: []"));
         assert!(r.has_ingress && r.has_egress);
         assert!(r.entries.is_empty());
-        let r = rule(&knp(
-            "podSelector: {}\npolicyTypes: [Egress]\ningress: [{}]",
-        ));
+        let r = rule(&knp("podSelector: {}\npolicyTypes: [Egress]"));
         assert!(!r.has_ingress && r.has_egress);
-        // Rules of a direction that is not a policy type are dropped.
         assert!(r.entries.is_empty());
+        let r = rule(&knp("podSelector: {}\npolicyTypes: [Ingress, Egress]"));
+        assert!(r.has_ingress && r.has_egress);
         assert_rejected(
             &knp("podSelector: {}\npolicyTypes: [Sideways]"),
             "Invalid NetworkPolicy: policyTypes: Unsupported value: \"Sideways\"",
@@ -3525,6 +3524,26 @@ mod tests {
         assert_eq!(
             parse_cidr("0.0.0.0/0", false).unwrap().to_string(),
             "0.0.0.0/0"
+        );
+    }
+
+    // Cilium's ParseNetworkPolicy (pkg/k8s/network_policy.go, v1.17 and main) translates every
+    // `spec.ingress`/`spec.egress` rule whatever `policyTypes` says; policyTypes only decides
+    // the default deny of a direction *without* rules. So `policyTypes: [Egress]` with ingress
+    // rules still enforces those ingress rules under Cilium (Kubernetes would ignore them).
+    #[test]
+    #[ignore = "BUG (Cilium parity): translate_kube drops the rules of a direction missing from policyTypes; Cilium's ParseNetworkPolicy translates spec.ingress/spec.egress regardless, so `policyTypes: [Egress]` + `ingress: [{from: [podSelector app=a]}]` enforces ingress under Cilium"]
+    fn knp_rules_are_translated_whatever_the_policy_types() {
+        let r = rule(&knp(
+            "podSelector: {}\npolicyTypes: [Egress]\ningress:\n- from: [{podSelector: {matchLabels: {app: a}}}]",
+        ));
+        assert!(r.has_ingress);
+        assert_eq!(
+            r.entries
+                .iter()
+                .filter(|e| e.direction == Direction::Ingress)
+                .count(),
+            1
         );
     }
 }
