@@ -297,6 +297,7 @@ pub fn is_identity_label(key: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -341,5 +342,361 @@ mod tests {
             "io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name"
         ));
         assert!(is_identity_label("app"));
+    }
+
+    fn sel(reqs: &[(&str, Operator, &[&str])]) -> Selector {
+        let mut s = Selector::default();
+        for (k, op, vals) in reqs {
+            s.push(
+                SelectorKey::parse(k),
+                *op,
+                vals.iter().map(|v| (*v).to_string()).collect(),
+            );
+        }
+        s
+    }
+
+    fn pod() -> LabelSet {
+        set(&[
+            ("k8s", "app", "web"),
+            ("k8s", "tier", "front"),
+            ("k8s", KEY_NAMESPACE, "ns1"),
+        ])
+    }
+
+    // semantics §1.9: `k8s:app` names the k8s source, `app` and `any:app` any source.
+    #[test]
+    fn selector_key_sources() {
+        let k = SelectorKey::parse("k8s:app");
+        assert_eq!(k.source.as_deref(), Some("k8s"));
+        assert_eq!(k.key, "app");
+        for any in ["app", "any:app"] {
+            let k = SelectorKey::parse(any);
+            assert_eq!(k.source, None, "{any}");
+            assert_eq!(k.key, "app", "{any}");
+        }
+        let k = SelectorKey::parse("reserved:host");
+        assert_eq!(k.source.as_deref(), Some("reserved"));
+        assert_eq!(k.key, "host");
+        for src in ["cidr", "fqdn", "container", "unspec", "cidrgroup", "node"] {
+            let k = SelectorKey::parse(&format!("{src}:x"));
+            assert_eq!(k.source.as_deref(), Some(src));
+            assert_eq!(k.key, "x");
+        }
+        // Only the first colon separates the source.
+        let k = SelectorKey::parse("cidr:10.0.0.0/8");
+        assert_eq!(k.key, "10.0.0.0/8");
+        let k = SelectorKey::parse("k8s:io.cilium.k8s.namespace.labels.team");
+        assert_eq!(k.source.as_deref(), Some("k8s"));
+        assert_eq!(k.key, "io.cilium.k8s.namespace.labels.team");
+        assert_eq!(SelectorKey::k8s("app"), SelectorKey::parse("k8s:app"));
+    }
+
+    #[test]
+    fn selector_key_display_names_the_source() {
+        assert_eq!(SelectorKey::parse("app").to_string(), "any:app");
+        assert_eq!(SelectorKey::parse("any:app").to_string(), "any:app");
+        assert_eq!(SelectorKey::parse("k8s:app").to_string(), "k8s:app");
+        assert_eq!(
+            SelectorKey::parse("reserved:world").to_string(),
+            "reserved:world"
+        );
+    }
+
+    // semantics §1.9: `k8s:app` matches only k8s-sourced labels.
+    #[test]
+    fn sourced_key_matches_only_that_source() {
+        let labels = set(&[("container", "app", "x")]);
+        assert!(!sel(&[("k8s:app", Operator::In, &["x"])]).matches(&labels));
+        assert!(sel(&[("container:app", Operator::In, &["x"])]).matches(&labels));
+        assert!(sel(&[("any:app", Operator::In, &["x"])]).matches(&labels));
+        assert!(sel(&[("app", Operator::Exists, &[])]).matches(&labels));
+        assert!(!sel(&[("k8s:app", Operator::Exists, &[])]).matches(&labels));
+    }
+
+    #[test]
+    fn label_display_and_constructors() {
+        assert_eq!(Label::k8s("app", "web").to_string(), "k8s:app=web");
+        assert_eq!(Label::reserved("host").to_string(), "reserved:host");
+        assert_eq!(Label::reserved("host").value, "");
+        assert_eq!(
+            Label::new("cidr", "10.0.0.0/8", "").to_string(),
+            "cidr:10.0.0.0/8"
+        );
+        assert_eq!(Label::k8s("app", "web"), Label::new("k8s", "app", "web"));
+    }
+
+    #[test]
+    fn label_set_is_sorted_and_order_free() {
+        let a = set(&[("reserved", "host", ""), ("k8s", "app", "web")]);
+        let b = set(&[("k8s", "app", "web"), ("reserved", "host", "")]);
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "k8s:app=web,reserved:host");
+        assert_eq!(LabelSet::default().to_string(), "");
+        assert!(LabelSet::default().is_empty());
+        assert!(!a.is_empty());
+        // Duplicates (same source and key) collapse.
+        let d = set(&[("k8s", "app", "web"), ("k8s", "app", "web")]);
+        assert_eq!(d.iter().count(), 1);
+    }
+
+    #[test]
+    fn label_set_lookups() {
+        let labels = set(&[
+            ("k8s", "app", "web"),
+            ("container", "app", "c"),
+            ("reserved", "host", ""),
+        ]);
+        assert!(labels.has_reserved("host"));
+        assert!(!labels.has_reserved("world"));
+        assert!(!set(&[("k8s", "host", "")]).has_reserved("host"));
+        assert_eq!(labels.get(None, "app").count(), 2);
+        let k8s: Vec<&Label> = labels.get(Some("k8s"), "app").collect();
+        assert_eq!(k8s, vec![&Label::k8s("app", "web")]);
+        assert_eq!(labels.get(Some("reserved"), "app").count(), 0);
+        assert_eq!(labels.get(None, "missing").count(), 0);
+    }
+
+    // semantics §1.9: the empty selector `{}` matches every identity, reserved ones included.
+    #[test]
+    fn empty_selector_selects_everything() {
+        let s = Selector::default();
+        assert!(s.is_wildcard());
+        assert!(s.matches(&pod()));
+        assert!(s.matches(&set(&[("reserved", "world", "")])));
+        assert!(s.matches(&set(&[("reserved", "host", "")])));
+        assert!(s.matches(&LabelSet::default()));
+        assert!(!sel(&[("app", Operator::Exists, &[])]).is_wildcard());
+    }
+
+    #[test]
+    fn match_labels_need_equal_values() {
+        // matchLabels {app: web} is `In [web]`.
+        assert!(sel(&[("app", Operator::In, &["web"])]).matches(&pod()));
+        assert!(!sel(&[("app", Operator::In, &["Web"])]).matches(&pod()));
+        assert!(!sel(&[("app", Operator::In, &["we"])]).matches(&pod()));
+        assert!(!sel(&[("app", Operator::In, &[""])]).matches(&pod()));
+        // A missing key never satisfies In.
+        assert!(!sel(&[("role", Operator::In, &["web"])]).matches(&pod()));
+    }
+
+    // semantics §1.9: reserved labels have an empty value (`"reserved:host": ""`).
+    #[test]
+    fn reserved_labels_match_with_empty_value() {
+        let host = set(&[("reserved", "host", "")]);
+        assert!(sel(&[("reserved:host", Operator::In, &[""])]).matches(&host));
+        assert!(Selector::reserved("host").matches(&host));
+        assert!(!Selector::reserved("world").matches(&host));
+        // A k8s label of the same key is not the reserved identity.
+        assert!(!Selector::reserved("host").matches(&set(&[("k8s", "host", "")])));
+        assert!(!sel(&[("reserved:host", Operator::In, &[""])]).matches(&pod()));
+    }
+
+    #[test]
+    fn requirements_are_anded() {
+        let both = sel(&[
+            ("app", Operator::In, &["web"]),
+            ("tier", Operator::In, &["front"]),
+        ]);
+        assert!(both.matches(&pod()));
+        let one_wrong = sel(&[
+            ("app", Operator::In, &["web"]),
+            ("tier", Operator::In, &["back"]),
+        ]);
+        assert!(!one_wrong.matches(&pod()));
+    }
+
+    #[test]
+    fn match_expression_operators() {
+        let p = pod();
+        assert!(sel(&[("app", Operator::In, &["db", "web"])]).matches(&p));
+        assert!(!sel(&[("app", Operator::In, &["db", "cache"])]).matches(&p));
+        assert!(sel(&[("app", Operator::NotIn, &["db", "cache"])]).matches(&p));
+        assert!(!sel(&[("app", Operator::NotIn, &["db", "web"])]).matches(&p));
+        assert!(sel(&[("app", Operator::Exists, &[])]).matches(&p));
+        assert!(!sel(&[("role", Operator::Exists, &[])]).matches(&p));
+        assert!(sel(&[("role", Operator::DoesNotExist, &[])]).matches(&p));
+        assert!(!sel(&[("app", Operator::DoesNotExist, &[])]).matches(&p));
+        // An empty-valued label exists.
+        let flag = set(&[("k8s", "canary", "")]);
+        assert!(sel(&[("canary", Operator::Exists, &[])]).matches(&flag));
+        assert!(!sel(&[("canary", Operator::DoesNotExist, &[])]).matches(&flag));
+    }
+
+    // semantics §9.2: a NotIn on the namespace key admits identities without the key
+    // (world, host, remote-node); In does not.
+    #[test]
+    fn namespace_not_in_admits_reserved_identities_in_does_not() {
+        let not_in = sel(&[(KEY_NAMESPACE, Operator::NotIn, &["x"])]);
+        let is_in = sel(&[(KEY_NAMESPACE, Operator::In, &["ns1"])]);
+        for reserved in ["world", "host", "remote-node"] {
+            let id = set(&[("reserved", reserved, "")]);
+            assert!(not_in.matches(&id), "{reserved}");
+            assert!(!is_in.matches(&id), "{reserved}");
+        }
+        assert!(is_in.matches(&pod()));
+        assert!(not_in.matches(&pod()));
+        assert!(!sel(&[(KEY_NAMESPACE, Operator::NotIn, &["ns1"])]).matches(&pod()));
+        let k8s_ns = Selector::default().with(
+            SelectorKey::k8s(KEY_NAMESPACE),
+            Operator::In,
+            vec!["ns1".into()],
+        );
+        assert!(k8s_ns.matches(&pod()));
+        assert!(!k8s_ns.matches(&set(&[("k8s", KEY_NAMESPACE, "ns2")])));
+    }
+
+    #[test]
+    fn operator_names_are_case_sensitive() {
+        assert_eq!(Operator::parse("In"), Some(Operator::In));
+        assert_eq!(Operator::parse("NotIn"), Some(Operator::NotIn));
+        assert_eq!(Operator::parse("Exists"), Some(Operator::Exists));
+        assert_eq!(
+            Operator::parse("DoesNotExist"),
+            Some(Operator::DoesNotExist)
+        );
+        // semantics §7.1 vector 22: anything else is not an operator.
+        assert_eq!(Operator::parse("in"), None);
+        assert_eq!(Operator::parse("asdfasdfasdf"), None);
+        assert_eq!(Operator::parse(""), None);
+    }
+
+    #[test]
+    fn selector_introspection() {
+        let s = sel(&[
+            (
+                "k8s:io.cilium.k8s.namespace.labels.team",
+                Operator::In,
+                &["a"],
+            ),
+            ("reserved:host", Operator::Exists, &[]),
+            ("app", Operator::Exists, &[]),
+        ]);
+        assert!(s.mentions_key("app"));
+        assert!(s.mentions_key("host"));
+        assert!(!s.mentions_key("ap"));
+        assert!(s.mentions_key_prefix(PREFIX_NAMESPACE_LABELS));
+        assert!(!s.mentions_key_prefix("io.kubernetes"));
+        assert!(s.uses_source("reserved"));
+        assert!(s.uses_source("k8s"));
+        assert!(!s.uses_source("any"));
+        assert!(!s.uses_source("container"));
+    }
+
+    #[test]
+    fn selector_display() {
+        assert_eq!(Selector::default().to_string(), "{}");
+        assert_eq!(
+            sel(&[("k8s:app", Operator::In, &["web"])]).to_string(),
+            "k8s:app=web"
+        );
+        assert_eq!(
+            sel(&[("app", Operator::In, &["a", "b"])]).to_string(),
+            "any:app in (a,b)"
+        );
+        assert_eq!(
+            sel(&[("app", Operator::NotIn, &["a"])]).to_string(),
+            "any:app notin (a)"
+        );
+        assert_eq!(
+            sel(&[("app", Operator::Exists, &[])]).to_string(),
+            "any:app"
+        );
+        assert_eq!(
+            sel(&[("app", Operator::DoesNotExist, &[])]).to_string(),
+            "!any:app"
+        );
+        assert_eq!(Selector::reserved("host").to_string(), "reserved:host");
+        assert_eq!(
+            sel(&[
+                ("k8s:app", Operator::In, &["web"]),
+                ("tier", Operator::Exists, &[]),
+            ])
+            .to_string(),
+            "k8s:app=web, any:tier"
+        );
+    }
+
+    // semantics §4: what the default label filter drops and keeps.
+    #[test]
+    fn identity_label_filter_drops_cilium_defaults() {
+        for dropped in [
+            "pod-template-hash",
+            "pod-template-generation",
+            "controller-revision-hash",
+            "etcd_node",
+            "io.kubernetes.container.name",
+            "io.kubernetes.pod.name",
+            "kubernetes.io/hostname",
+            "kubernetes.io/metadata.name",
+            "k8s.io/some-label",
+            "annotation.kubectl.kubernetes.io/last-applied",
+        ] {
+            assert!(!is_identity_label(dropped), "{dropped} should be dropped");
+        }
+        for kept in [
+            "app",
+            "tier",
+            "k8s-app",
+            "version",
+            KEY_NAMESPACE,
+            KEY_SERVICE_ACCOUNT,
+            KEY_CLUSTER,
+            "io.cilium.k8s.namespace.labels.team",
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/part-of",
+            // Cilium's ignore patterns are anchored at the start of the key.
+            "topology.kubernetes.io/zone",
+            "example.com/pod-template-hash",
+        ] {
+            assert!(is_identity_label(kept), "{kept} should be kept");
+        }
+    }
+
+    // semantics §7.7 vector 92: a selector on pod-template-hash never matches, because the
+    // label never reaches an identity.
+    #[test]
+    fn selector_on_filtered_label_never_matches() {
+        let raw = [
+            ("app", "web"),
+            ("pod-template-hash", "5d8f7c9b4"),
+            ("controller-revision-hash", "abc"),
+        ];
+        let identity = LabelSet::new(
+            raw.iter()
+                .filter(|(k, _)| is_identity_label(k))
+                .map(|(k, v)| Label::k8s(k, v))
+                .collect(),
+        );
+        assert_eq!(identity.to_string(), "k8s:app=web");
+        assert!(!sel(&[("pod-template-hash", Operator::In, &["5d8f7c9b4"])]).matches(&identity));
+        assert!(!sel(&[("pod-template-hash", Operator::Exists, &[])]).matches(&identity));
+        assert!(!sel(&[("controller-revision-hash", Operator::Exists, &[])]).matches(&identity));
+    }
+
+    // semantics §4: `*beta.kubernetes.io` is dropped. Cilium's pattern is the regex
+    // `!.*beta\.kubernetes\.io` matched from the start of the key, so every key containing
+    // `beta.kubernetes.io` is dropped (e.g. `beta.kubernetes.io/arch`,
+    // `failure-domain.beta.kubernetes.io/zone`).
+    #[test]
+    #[ignore = "BUG: is_identity_label only drops keys that END with beta.kubernetes.io; real keys (beta.kubernetes.io/arch, failure-domain.beta.kubernetes.io/zone) always have a /name part and are kept, while Cilium's `.*beta\\.kubernetes\\.io` drops them"]
+    fn beta_kubernetes_io_labels_are_dropped() {
+        assert!(!is_identity_label("beta.kubernetes.io/arch"));
+        assert!(!is_identity_label("failure-domain.beta.kubernetes.io/zone"));
+    }
+
+    // Cilium's default filter (pkg/labelsfilter/filter.go) compiles every entry as a regex and
+    // counts it as matching when the match starts at the beginning of the key, so each entry
+    // is a prefix: `!pod-template-hash` also drops `pod-template-hash-x`, `!annotation.*`
+    // drops `annotations`, and the include `io\.kubernetes\.pod\.namespace` (longer than
+    // the `!io\.kubernetes` ignore) keeps `io.kubernetes.pod.namespace.x`.
+    #[test]
+    #[ignore = "BUG: is_identity_label compares pod-template-generation, pod-template-hash, controller-revision-hash, etcd_node and io.kubernetes.pod.namespace as exact keys and annotation. as a literal prefix; Cilium's filter entries are start-anchored regex prefixes"]
+    fn filter_entries_are_key_prefixes() {
+        assert!(!is_identity_label("pod-template-hash-x"));
+        assert!(!is_identity_label("controller-revision-hash2"));
+        assert!(!is_identity_label("etcd_node_id"));
+        assert!(!is_identity_label("annotations"));
+        assert!(is_identity_label("io.kubernetes.pod.namespace.x"));
     }
 }

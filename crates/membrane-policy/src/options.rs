@@ -52,3 +52,43 @@ impl Default for Options {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults are Cilium's agent defaults (and the test-vector setting of semantics §7:
+    /// mode `default`, allow-localhost auto, L7 proxy and ICMP rules enabled).
+    #[test]
+    fn defaults_are_ciliums() {
+        let o = Options::default();
+        assert_eq!(o.enforcement, EnforcementMode::Default);
+        assert!(o.allow_localhost);
+        assert_eq!(o.cluster_name, "default");
+        assert!(o.non_default_deny_policies);
+        assert_eq!(o.dns_reject, DnsRejectCode::Refused);
+        assert!(!o.cidr_match_nodes);
+        assert!(!o.host_firewall);
+        assert!(o.icmp_rules);
+        assert!(o.l7_proxy);
+        assert!(!o.node_selector_labels);
+        assert!(!o.default_local_cluster);
+    }
+
+    #[test]
+    fn options_compare_by_every_field() {
+        let a = Options::default();
+        assert_eq!(a, a.clone());
+        let b = Options {
+            dns_reject: DnsRejectCode::NameError,
+            ..Options::default()
+        };
+        assert_ne!(a, b);
+        let c = Options {
+            cluster_name: "c2".into(),
+            ..Options::default()
+        };
+        assert_ne!(a, c);
+        assert_ne!(EnforcementMode::Always, EnforcementMode::Never);
+    }
+}

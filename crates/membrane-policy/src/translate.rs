@@ -1735,3 +1735,1831 @@ fn knp_port(p: &api::KnpPort, errs: &mut Errors<'_>) -> Option<PortSpec> {
     };
     Some(PortSpec { protocol, port })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::api::Resource;
+    use crate::labels::{Label, LabelSet};
+    use crate::policy_set::{PolicySet, parse_resources};
+    use crate::yaml::Embedding;
+
+    fn indent(body: &str) -> String {
+        body.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    }
+
+    /// A CiliumNetworkPolicy `p` in namespace `ns1` with this `spec:` body.
+    fn cnp(spec: &str) -> String {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: ns1\nspec:\n{}",
+            indent(spec)
+        )
+    }
+
+    fn ccnp(spec: &str) -> String {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: p\nspec:\n{}",
+            indent(spec)
+        )
+    }
+
+    fn knp(spec: &str) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: ns1\nspec:\n{}",
+            indent(spec)
+        )
+    }
+
+    fn build_with(yaml: &str, options: &Options) -> (PolicySet, Vec<Diagnostic>) {
+        let (resources, parse) = parse_resources(yaml, Embedding::default());
+        let resources: Vec<(FileId, Resource)> = resources.into_iter().map(|r| (0, r)).collect();
+        (
+            PolicySet::build(&resources, options, &Secrets::default()),
+            parse,
+        )
+    }
+
+    /// Every diagnostic, schema and translation, as (severity is error, code, message).
+    fn diags_with(yaml: &str, options: &Options) -> (bool, Vec<Diagnostic>) {
+        let (set, mut all) = build_with(yaml, options);
+        all.extend(set.diagnostics().map(|(_, d)| d.clone()));
+        let valid = !set.policies.is_empty() && set.policies.iter().all(|p| p.valid);
+        (valid, all)
+    }
+
+    fn error_messages_with(yaml: &str, options: &Options) -> Vec<String> {
+        let (_, diags) = diags_with(yaml, options);
+        diags
+            .into_iter()
+            .filter(Diagnostic::is_error)
+            .map(|d| d.message)
+            .collect()
+    }
+
+    fn error_messages(yaml: &str) -> Vec<String> {
+        error_messages_with(yaml, &Options::default())
+    }
+
+    fn warning_codes(yaml: &str) -> Vec<&'static str> {
+        let (_, diags) = diags_with(yaml, &Options::default());
+        diags
+            .into_iter()
+            .filter(|d| d.severity == crate::Severity::Warning)
+            .map(|d| d.code)
+            .collect()
+    }
+
+    #[track_caller]
+    fn assert_rejected_with(yaml: &str, options: &Options, wanted: &str) {
+        let (valid, diags) = diags_with(yaml, options);
+        assert!(!valid, "should be rejected: {yaml}");
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.is_error() && d.message.contains(wanted)),
+            "no error containing {wanted:?} in {:#?}",
+            diags.iter().map(|d| &d.message).collect::<Vec<_>>()
+        );
+    }
+
+    #[track_caller]
+    fn assert_rejected(yaml: &str, wanted: &str) {
+        assert_rejected_with(yaml, &Options::default(), wanted);
+    }
+
+    #[track_caller]
+    fn rules_with(yaml: &str, options: &Options) -> Vec<Rule> {
+        let (set, _) = build_with(yaml, options);
+        let (valid, diags) = diags_with(yaml, options);
+        let errors: Vec<&String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| &d.message)
+            .collect();
+        assert!(valid && errors.is_empty(), "should be valid: {errors:#?}");
+        set.rules()
+    }
+
+    #[track_caller]
+    fn rules(yaml: &str) -> Vec<Rule> {
+        rules_with(yaml, &Options::default())
+    }
+
+    #[track_caller]
+    fn rule(yaml: &str) -> Rule {
+        let mut r = rules(yaml);
+        assert_eq!(r.len(), 1);
+        r.remove(0)
+    }
+
+    #[track_caller]
+    fn assert_valid(yaml: &str) {
+        let _ = rules(yaml);
+    }
+
+    fn subject(r: &Rule) -> String {
+        match &r.subject {
+            Subject::Endpoints(s) => format!("endpoints {s}"),
+            Subject::Nodes(s) => format!("nodes {s}"),
+        }
+    }
+
+    /// The peers of an entry, each as displayed; `None` for the wildcard.
+    fn peers(e: &Entry) -> Option<Vec<String>> {
+        match &e.peers {
+            Peers::Wildcard => None,
+            Peers::Selectors(s) => Some(s.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    fn ports(e: &Entry) -> Vec<(Protocol, PortValue)> {
+        e.ports
+            .iter()
+            .flatten()
+            .flat_map(|pr| pr.ports.iter().map(|p| (p.protocol, p.port.clone())))
+            .collect()
+    }
+
+    fn pod(labels: &[(&str, &str)]) -> LabelSet {
+        LabelSet::new(labels.iter().map(|(k, v)| Label::k8s(k, v)).collect())
+    }
+
+    fn reserved(name: &str) -> LabelSet {
+        LabelSet::new(vec![Label::reserved(name)])
+    }
+
+    fn label_peer(e: &Entry, i: usize) -> &Selector {
+        match &e.peers {
+            Peers::Selectors(s) => match &s[i] {
+                PeerSelector::Labels(sel) => sel,
+                other => panic!("not a label selector: {other}"),
+            },
+            Peers::Wildcard => panic!("wildcard peers"),
+        }
+    }
+
+    const HTTP_GET: &str = "rules: {http: [{method: GET, path: \"/\"}]}";
+
+    // ---- §7.1 validation vectors ----
+
+    // semantics §7.1 vector 1
+    #[test]
+    fn http_on_tcp_ports_is_valid() {
+        let r = rule(&cnp(&format!(
+            "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: TCP}}, {{port: \"81\", protocol: TCP}}]\n    {HTTP_GET}"
+        )));
+        let e = &r.entries[0];
+        assert_eq!(
+            ports(e),
+            vec![
+                (Protocol::Tcp, PortValue::Range(80, 80)),
+                (Protocol::Tcp, PortValue::Range(81, 81))
+            ]
+        );
+        let l7 = e.ports.as_ref().unwrap()[0].l7.as_ref().unwrap();
+        assert_eq!(l7.parser(), "http");
+        let http = l7.http.as_ref().unwrap();
+        assert_eq!(http.len(), 1);
+        assert!(http[0].method.as_ref().unwrap().is_full_match("GET"));
+        assert!(http[0].path.as_ref().unwrap().is_full_match("/"));
+        assert!(!http[0].path.as_ref().unwrap().is_full_match("/x"));
+    }
+
+    // semantics §7.1 vector 2
+    #[test]
+    fn dns_rules_need_ports() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\negress:\n- toEndpoints: [{}]\n  toPorts:\n  - rules: {dns: [{matchName: domain.com}]}",
+            ),
+            "port 53 must be specified for DNS rules",
+        );
+    }
+
+    // semantics §7.1 vector 3
+    #[test]
+    fn dns_on_tcp_and_udp_53_is_valid() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toEndpoints: [{}]\n  toPorts:\n  - ports: [{port: \"53\", protocol: TCP}, {port: \"53\", protocol: UDP}]\n    rules: {dns: [{matchName: domain.com}]}",
+        ));
+        let e = &r.entries[0];
+        assert_eq!(
+            ports(e),
+            vec![
+                (Protocol::Tcp, PortValue::Range(53, 53)),
+                (Protocol::Udp, PortValue::Range(53, 53))
+            ]
+        );
+        let l7 = e.ports.as_ref().unwrap()[0].l7.as_ref().unwrap();
+        assert_eq!(l7.parser(), "dns");
+        let dns = l7.dns.as_ref().unwrap();
+        assert!(dns[0].matches("DOMAIN.com."));
+        assert!(!dns[0].matches("www.domain.com"));
+    }
+
+    // semantics §7.1 vector 8 and §2.8: the port number of DNS rules is not checked.
+    #[test]
+    fn dns_on_any_port_and_any_protocol_is_valid_on_egress() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"5353\"}]\n    rules: {dns: [{matchPattern: \"*\"}]}",
+        ));
+        assert_eq!(
+            ports(&r.entries[0]),
+            vec![
+                (Protocol::Tcp, PortValue::Range(5353, 5353)),
+                (Protocol::Udp, PortValue::Range(5353, 5353)),
+                (Protocol::Sctp, PortValue::Range(5353, 5353))
+            ]
+        );
+    }
+
+    // semantics §7.1 vector 4
+    #[test]
+    fn sctp_without_l7_is_valid_in_allow_and_deny() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: \"4000\", protocol: SCTP}]}]\negressDeny:\n- toPorts: [{ports: [{port: \"4000\", protocol: SCTP}]}]",
+        ));
+        assert_eq!(r.entries.len(), 2);
+        for e in &r.entries {
+            assert_eq!(
+                ports(e),
+                vec![(Protocol::Sctp, PortValue::Range(4000, 4000))]
+            );
+        }
+        assert!(!r.entries[0].deny);
+        assert!(r.entries[1].deny);
+    }
+
+    // semantics §7.1 vectors 5, 6 and 7
+    #[test]
+    fn l7_only_on_tcp() {
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: UDP}}]\n    {HTTP_GET}"
+            )),
+            "L7 rules can only apply to TCP (not UDP) except for DNS rules",
+        );
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: ANY}}]\n    {HTTP_GET}"
+            )),
+            "L7 rules can only apply to TCP (not ANY) except for DNS rules",
+        );
+        // No protocol means ANY.
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"80\"}}]\n    {HTTP_GET}"
+            )),
+            "(not ANY)",
+        );
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: SCTP}}]\n    {HTTP_GET}"
+            )),
+            "(not SCTP)",
+        );
+        for order in [
+            "[{port: \"80\", protocol: TCP}, {port: \"12345\", protocol: UDP}]",
+            "[{port: \"12345\", protocol: UDP}, {port: \"80\", protocol: TCP}]",
+        ] {
+            assert_rejected(
+                &cnp(&format!(
+                    "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: {order}\n    {HTTP_GET}"
+                )),
+                "L7 rules can only apply to TCP (not UDP) except for DNS rules",
+            );
+        }
+    }
+
+    // semantics §7.1 vector 8
+    #[test]
+    fn dns_on_ingress_is_rejected() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"53\", protocol: ANY}]\n    rules: {dns: [{matchName: a.com}]}",
+            ),
+            "L7 protocol DNS is not supported on ingress yet",
+        );
+    }
+
+    // semantics §7.1 vector 9
+    #[test]
+    fn server_names() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"443\", protocol: TCP}]\n    serverNames: [foo.bar.com]",
+        ));
+        let l7 = r.entries[0].ports.as_ref().unwrap()[0].l7.clone().unwrap();
+        assert_eq!(l7.server_names, vec!["foo.bar.com".to_string()]);
+        assert_eq!(l7.parser(), "tls");
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"443\", protocol: TCP}]\n    serverNames: [\"\"]",
+            ),
+            "empty server name is not allowed",
+        );
+    }
+
+    // semantics §7.1 vector 10
+    #[test]
+    fn server_names_with_l7_need_tls_termination() {
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\negress:\n- toPorts:\n  - ports: [{{port: \"443\", protocol: TCP}}]\n    serverNames: [foo.bar.com]\n    {HTTP_GET}"
+            )),
+            "ServerNames are not allowed with L7 rules without TLS termination",
+        );
+        let r = rule(&cnp(&format!(
+            "endpointSelector: {{}}\negress:\n- toPorts:\n  - ports: [{{port: \"443\", protocol: TCP}}]\n    serverNames: [foo.bar.com]\n    terminatingTLS: {{secret: {{name: tls, namespace: ns1}}}}\n    {HTTP_GET}"
+        )));
+        let l7 = r.entries[0].ports.as_ref().unwrap()[0].l7.clone().unwrap();
+        assert!(l7.terminating_tls);
+        assert_eq!(l7.parser(), "http");
+    }
+
+    // semantics §7.1 vector 11
+    #[test]
+    fn listeners() {
+        let listener =
+            "listener: {envoyConfig: {kind: CiliumEnvoyConfig, name: cec}, name: myCustomListener}";
+        assert_valid(&cnp(&format!(
+            "endpointSelector: {{}}\negress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: TCP}}]\n    {listener}"
+        )));
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: TCP}}]\n    {listener}"
+            )),
+            "Listener is not allowed on ingress (myCustomListener)",
+        );
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\negress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: TCP}}]\n    {listener}\n    {HTTP_GET}"
+            )),
+            "Listener is not allowed with L7 rules (myCustomListener)",
+        );
+    }
+
+    // semantics §7.1 vector 12
+    #[test]
+    fn l7_on_port_zero_is_rejected() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"0\", protocol: TCP}]\n    rules: {http: [{}]}",
+            ),
+            "L7 rules can not be used when a port is 0",
+        );
+    }
+
+    // semantics §7.1 vector 13
+    #[test]
+    fn http_regexes_are_checked() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {http: [{path: \"*\"}]}",
+            ),
+            "invalid path regex \"*\": error parsing regexp: missing argument to repetition operator: `*`",
+        );
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {http: [{method: \"*\"}]}",
+            ),
+            "invalid method regex",
+        );
+        // semantics §2.13: `host` is not checked by the agent.
+        assert_valid(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {http: [{host: \"*\"}]}",
+        ));
+    }
+
+    // semantics §7.1 vector 14
+    #[test]
+    fn cidr_rules() {
+        assert_rejected(
+            &cnp("endpointSelector: {}\negress:\n- toCIDRSet: [{}]"),
+            "one of cidr, cidrGroupRef, or cidrGroupSelector is required",
+        );
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toCIDRSet: [{cidr: 0.0.0.0/0}, {cidr: \"::/0\"}, {cidr: \"ff02::/64\"}]",
+        ));
+        assert_eq!(
+            peers(&r.entries[0]).unwrap(),
+            vec!["cidr 0.0.0.0/0", "cidr ::/0", "cidr ff02::/64"]
+        );
+        // A reference alone is valid (the group is not defined: a warning, not an error).
+        let yaml = cnp("endpointSelector: {}\negress:\n- toCIDRSet: [{cidrGroupRef: g}]");
+        assert_valid(&yaml);
+        assert!(warning_codes(&yaml).contains(&"cidr-group-missing"));
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\negress:\n- toCIDRSet: [{cidrGroupRef: g, cidrGroupSelector: {matchLabels: {a: b}}}]",
+            ),
+            "more than one of cidr, cidrGroupRef, or cidrGroupSelector may not be set",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {}\negress:\n- toCIDRSet: [{cidr: 10.0.0.0/254.0.0.255}]"),
+            "CIDR cannot specify non-contiguous mask",
+        );
+    }
+
+    // semantics §7.1 vector 15
+    #[test]
+    fn dns_rules_on_a_port_range_are_rejected() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"443\", endPort: 445, protocol: TCP}]\n    rules: {dns: [{matchName: a.com}]}",
+            ),
+            "DNS rules do not support port ranges",
+        );
+    }
+
+    // semantics §7.1 vector 16
+    #[test]
+    fn host_policies_and_l7() {
+        assert_rejected(
+            &ccnp(&format!(
+                "nodeSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: TCP}}]\n    {HTTP_GET}"
+            )),
+            "L7 policy is not supported on host ingress yet",
+        );
+        assert_rejected(
+            &ccnp(&format!(
+                "nodeSelector: {{}}\negress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: TCP}}]\n    {HTTP_GET}"
+            )),
+            "L7 protocol HTTP is not supported on host egress yet",
+        );
+        let r = rule(&ccnp(
+            "nodeSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"53\", protocol: UDP}]\n    rules: {dns: [{matchPattern: \"*\"}]}",
+        ));
+        assert_eq!(subject(&r), "nodes {}");
+        let r = rule(&ccnp(
+            "nodeSelector: {}\ningressDeny:\n- fromEndpoints: [{}]",
+        ));
+        assert!(r.entries[0].deny);
+        assert!(r.has_ingress && !r.has_egress);
+    }
+
+    // semantics §7.1 vector 17
+    #[test]
+    fn exactly_one_subject_selector() {
+        assert_rejected(
+            &ccnp("endpointSelector: {}\nnodeSelector: {}\ningress: [{}]"),
+            "Invalid CiliumClusterwideNetworkPolicy spec: rule cannot have both EndpointSelector and NodeSelector",
+        );
+        assert_rejected(
+            &cnp("ingress: [{}]"),
+            "Invalid CiliumNetworkPolicy spec: rule must have one of EndpointSelector or NodeSelector",
+        );
+    }
+
+    fn many_ports(n: u16) -> String {
+        let ports: Vec<String> = (0..n)
+            .map(|i| format!("{{port: \"{}\", protocol: TCP}}", 1000 + i))
+            .collect();
+        format!("[{}]", ports.join(", "))
+    }
+
+    // semantics §7.1 vector 18
+    #[test]
+    fn at_most_40_ports_per_port_rule() {
+        let r = rule(&cnp(&format!(
+            "endpointSelector: {{}}\ningress:\n- toPorts: [{{ports: {}}}]",
+            many_ports(40)
+        )));
+        assert_eq!(ports(&r.entries[0]).len(), 40);
+        for section in ["ingress", "ingressDeny", "egress", "egressDeny"] {
+            assert_rejected(
+                &cnp(&format!(
+                    "endpointSelector: {{}}\n{section}:\n- toPorts: [{{ports: {}}}]",
+                    many_ports(41)
+                )),
+                "too many ports, the max is 40",
+            );
+        }
+    }
+
+    // semantics §7.1 vector 19: the extended protocols need a flag membrane does not have.
+    #[test]
+    fn extended_protocols_are_rejected() {
+        for proto in ["VRRP", "IGMP"] {
+            assert_rejected(
+                &cnp(&format!(
+                    "endpointSelector: {{}}\ningress:\n- toPorts: [{{ports: [{{port: \"1\", protocol: {proto}}}]}}]"
+                )),
+                &format!("invalid protocol \"{proto}\", must be {{ tcp | udp | sctp | any }}"),
+            );
+        }
+        // ICMP in ports gets a pointer to `icmps`.
+        let (_, diags) = diags_with(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"8\", protocol: ICMP}]}]",
+            ),
+            &Options::default(),
+        );
+        let d = diags.iter().find(|d| d.is_error()).unwrap();
+        assert!(d.help.as_deref().unwrap().contains("icmps"));
+    }
+
+    // semantics §7.1 vector 20
+    #[test]
+    fn icmp_validation() {
+        let fields: Vec<String> = (0..41).map(|i| format!("{{type: {i}}}")).collect();
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- icmps: [{{fields: [{}]}}]",
+                fields.join(", ")
+            )),
+            "too many types, the max is 40",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {}\ningress:\n- icmps: [{fields: [{type: 8, family: hoge}]}]"),
+            "wrong family: hoge",
+        );
+        for section in ["ingress", "ingressDeny", "egress", "egressDeny"] {
+            assert_rejected(
+                &cnp(&format!(
+                    "endpointSelector: {{}}\n{section}:\n- icmps: [{{fields: [{{type: 8}}]}}]\n  toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]"
+                )),
+                "the ICMPs block may only be present without ToPorts. Define a separate rule to use ToPorts",
+            );
+        }
+    }
+
+    // semantics §7.3 vector 57 and §9.13: ICMP types by number and by name, per family.
+    #[test]
+    fn icmp_types() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- icmps: [{fields: [{type: 8, family: IPv4}, {type: EchoRequest}, {type: EchoRequest, family: IPv6}, {type: \"128\", family: IPv6}]}]",
+        ));
+        let icmps = r.entries[0].icmps.clone().unwrap();
+        assert_eq!(
+            icmps,
+            vec![
+                IcmpSpec {
+                    v6: false,
+                    icmp_type: 8
+                },
+                IcmpSpec {
+                    v6: false,
+                    icmp_type: 8
+                },
+                IcmpSpec {
+                    v6: true,
+                    icmp_type: 128
+                },
+                IcmpSpec {
+                    v6: true,
+                    icmp_type: 128
+                },
+            ]
+        );
+        assert!(r.entries[0].ports.is_none());
+        assert_rejected(
+            &cnp("endpointSelector: {}\ningress:\n- icmps: [{fields: [{type: Bogus}]}]"),
+            "invalid ICMP type: Bogus",
+        );
+        // An empty icmps list is the same as none (Go's len()==0).
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- icmps: []\n  toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]",
+        ));
+        assert!(r.entries[0].icmps.is_none());
+    }
+
+    #[test]
+    fn icmp_rules_need_the_flag() {
+        let off = Options {
+            icmp_rules: false,
+            ..Options::default()
+        };
+        assert_rejected_with(
+            &cnp("endpointSelector: {}\ningress:\n- icmps: [{fields: [{type: 8}]}]"),
+            &off,
+            "ICMP rules can only be applied when the \"enable-icmp-rules\" flag is set",
+        );
+    }
+
+    // semantics §7.1 vector 21
+    #[test]
+    fn generic_l7_proto() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {l7proto: test.lineparser, l7: [{method: PUT, path: /}]}",
+        ));
+        let l7 = r.entries[0].ports.as_ref().unwrap()[0].l7.clone().unwrap();
+        assert_eq!(l7.parser(), "test.lineparser");
+        assert_valid(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {l7proto: test.lineparser}",
+        ));
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {l7proto: test.lineparser, l7: [{\"\": x}]}",
+            ),
+            "empty key in l7 rule",
+        );
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {l7: [{method: PUT}]}",
+            ),
+            "'l7' may only be specified when a 'l7proto' is also specified",
+        );
+    }
+
+    // semantics §7.1 vector 22
+    #[test]
+    fn bad_selector_operator() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {matchExpressions: [{key: app, operator: asdfasdfasdf}]}\ningress: [{}]",
+            ),
+            "invalid label selector: matchExpressions[0].operator: Invalid value: \"asdfasdfasdf\": not a valid selector operator",
+        );
+    }
+
+    #[test]
+    fn selector_values_follow_kubernetes_rules() {
+        assert_rejected(
+            &cnp("endpointSelector: {matchExpressions: [{key: app, operator: In}]}\ningress: [{}]"),
+            "matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'",
+        );
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {matchExpressions: [{key: app, operator: Exists, values: [x]}]}\ningress: [{}]",
+            ),
+            "matchExpressions[0].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {matchLabels: {app: \"-bad\"}}\ningress: [{}]"),
+            "invalid label selector: matchLabels: Invalid value: \"-bad\"",
+        );
+        // An empty value is a valid label value.
+        assert_valid(&cnp(
+            "endpointSelector: {matchLabels: {app: \"\"}}\ningress: [{}]",
+        ));
+    }
+
+    // semantics §7.1 vectors 23 and 41, §2.1
+    #[test]
+    fn a_rule_needs_a_rule_list() {
+        let msg = "Invalid CiliumNetworkPolicy spec: rule must have at least one of Ingress, IngressDeny, Egress, EgressDeny";
+        assert_rejected(&cnp("endpointSelector: {}"), msg);
+        // vector 41: the seed's `ingress: []` / `egress: []` count as missing.
+        assert_rejected(&cnp("endpointSelector: {}\ningress: []\negress: []"), msg);
+        // semantics §3.2: enableDefaultDeny alone does not make a rule.
+        assert_rejected(
+            &cnp("endpointSelector: {}\nenableDefaultDeny: {ingress: true}"),
+            msg,
+        );
+    }
+
+    // semantics §7.1 vectors 24 and 25
+    #[test]
+    fn one_kind_of_peer_per_rule() {
+        let msgs = error_messages(&cnp(
+            "endpointSelector: {}\ningress:\n- fromEndpoints: [{}]\n  fromCIDR: [10.0.0.0/8]",
+        ));
+        assert_eq!(
+            msgs,
+            vec![
+                "Invalid CiliumNetworkPolicy spec: combining FromEndpoints and FromCIDR is not supported yet"
+            ]
+        );
+        for (a, b) in [
+            ("toFQDNs: [{matchName: a.com}]", "toEndpoints: [{}]"),
+            ("toEndpoints: [{}]", "toFQDNs: [{matchName: a.com}]"),
+        ] {
+            let msgs = error_messages(&cnp(&format!(
+                "endpointSelector: {{}}\negress:\n- {a}\n  {b}"
+            )));
+            assert_eq!(msgs.len(), 1, "{msgs:?}");
+            assert!(msgs[0].contains("combining"), "{msgs:?}");
+            assert!(msgs[0].contains("ToFQDNs") && msgs[0].contains("ToEndpoints"));
+        }
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\negress:\n- toEntities: [world]\n  toServices: [{k8sService: {serviceName: s, namespace: ns1}}]",
+            ),
+            "combining ToEntities and ToServices is not supported yet",
+        );
+        // toFQDNs and toServices may carry toPorts.
+        assert_valid(&cnp(
+            "endpointSelector: {}\negress:\n- toFQDNs: [{matchName: a.com}]\n  toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]",
+        ));
+        // Empty lists do not count (Go's len()).
+        assert_valid(&cnp(
+            "endpointSelector: {}\ningress:\n- fromEndpoints: [{}]\n  fromCIDR: []",
+        ));
+    }
+
+    // semantics §9.10: deny rules are checked too (membrane does not copy the v1.17 bug).
+    #[test]
+    fn deny_rules_cannot_mix_peer_kinds_either() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningressDeny:\n- fromEndpoints: [{}]\n  fromCIDR: [10.0.0.0/8]",
+            ),
+            "combining FromEndpoints and FromCIDR is not supported yet",
+        );
+    }
+
+    // semantics §7.1 vector 26
+    #[test]
+    fn unknown_entity() {
+        let (valid, diags) = diags_with(
+            &cnp("endpointSelector: {}\ningress:\n- fromEntities: [foo]"),
+            &Options::default(),
+        );
+        assert!(!valid);
+        let d = diags.iter().find(|d| d.is_error()).unwrap();
+        assert_eq!(
+            d.message,
+            "Invalid CiliumNetworkPolicy spec: unsupported entity: foo"
+        );
+    }
+
+    // semantics §7.1 vector 27
+    #[test]
+    fn except_must_be_inside_the_cidr() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\negress:\n- toCIDRSet: [{cidr: 10.0.0.0/8, except: [192.168.0.0/16]}]",
+            ),
+            "allow CIDR prefix 10.0.0.0/8 does not contain exclude CIDR prefix 192.168.0.0/16",
+        );
+    }
+
+    // semantics §7.1 vector 28
+    #[test]
+    fn node_selector_only_in_ccnp() {
+        assert_rejected(
+            &cnp("nodeSelector: {}\ningress: [{}]"),
+            "Invalid CiliumNetworkPolicy spec: rule cannot have NodeSelector",
+        );
+        let r = rule(&ccnp("nodeSelector: {}\ningress: [{}]"));
+        assert!(matches!(r.subject, Subject::Nodes(_)));
+    }
+
+    // semantics §7.1 vector 29
+    #[test]
+    fn fqdn_selectors() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\negress:\n- toFQDNs: [{matchName: a.com, matchPattern: \"*.a.com\"}]",
+            ),
+            "only one of MatchName or MatchPattern is allowed in an FQDNSelector",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {}\negress:\n- toFQDNs: [{matchPattern: foo$.com}]"),
+            "Invalid characters in MatchPattern: \"foo$.com\"",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {}\negress:\n- toFQDNs: [{matchName: \"*.a.com\"}]"),
+            "Invalid characters in MatchName",
+        );
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toFQDNs: [{matchPattern: \"*.a.com\"}, {matchName: b.com}]",
+        ));
+        assert_eq!(
+            peers(&r.entries[0]).unwrap(),
+            vec!["fqdn *.a.com", "fqdn b.com"]
+        );
+    }
+
+    // semantics §7.1 vector 30
+    #[test]
+    fn one_l7_kind_per_port_rule() {
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"53\", protocol: TCP}]\n    rules: {http: [{}], dns: [{matchName: a.com}]}",
+            ),
+            "multiple L7 protocol rule types specified in single rule",
+        );
+    }
+
+    #[test]
+    fn l7_needs_the_proxy() {
+        let off = Options {
+            l7_proxy: false,
+            ..Options::default()
+        };
+        assert_rejected_with(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: TCP}}]\n    {HTTP_GET}"
+            )),
+            &off,
+            "L7 policy is not supported since L7 proxy is not enabled",
+        );
+    }
+
+    // semantics §1.4 and deny.rst: deny rules have no L7; `rules` is not a field there, so the
+    // object fails schema validation and is not enforced.
+    #[test]
+    fn deny_sections_cannot_carry_l7() {
+        let yaml = cnp(&format!(
+            "endpointSelector: {{}}\ningressDeny:\n- toPorts:\n  - ports: [{{port: \"80\", protocol: TCP}}]\n    {HTTP_GET}"
+        ));
+        assert_rejected(&yaml, "unknown field `rules` in a deny toPorts entry");
+        let (set, _) = build_with(&yaml, &Options::default());
+        assert!(set.rules().is_empty());
+        assert_rejected(
+            &cnp("endpointSelector: {}\negressDeny:\n- toFQDNs: [{matchName: a.com}]"),
+            "unknown field `toFQDNs`",
+        );
+    }
+
+    #[test]
+    fn empty_policy() {
+        assert_rejected(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns1}\n",
+            "Invalid CiliumNetworkPolicy spec(s): empty policy",
+        );
+        assert_rejected(
+            "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: p}\n",
+            "Invalid CiliumClusterwideNetworkPolicy spec(s): empty policy",
+        );
+    }
+
+    // semantics §1.1: spec and specs are unioned; errors name which one failed.
+    #[test]
+    fn spec_and_specs_are_unioned() {
+        let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns1}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\nspecs:\n- endpointSelector: {}\n  egress: [{}]\n- endpointSelector: {}\n  ingressDeny: [{}]\n";
+        let r = rules(yaml);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].origin.spec_index, None);
+        assert_eq!(r[1].origin.spec_index, Some(0));
+        assert_eq!(r[2].origin.spec_index, Some(1));
+        let bad = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns1}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\nspecs:\n- endpointSelector: {}\n";
+        assert_rejected(
+            bad,
+            "Invalid CiliumNetworkPolicy specs: rule must have at least one of",
+        );
+        // One bad rule makes the whole policy unenforced.
+        let (set, _) = build_with(bad, &Options::default());
+        assert!(set.rules().is_empty());
+        assert_eq!(set.policies[0].rejected.len(), 2);
+    }
+
+    #[test]
+    fn metadata_checks() {
+        assert_rejected(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {namespace: ns1}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n",
+            "CiliumNetworkPolicy has no metadata.name",
+        );
+        let no_ns = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n";
+        assert_eq!(warning_codes(no_ns), vec!["namespace-missing"]);
+        // Without a namespace the policy applies to `default`.
+        let r = rule(no_ns);
+        assert_eq!(
+            subject(&r),
+            "endpoints k8s:io.kubernetes.pod.namespace=default"
+        );
+        let ccnp_ns = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n";
+        assert_eq!(warning_codes(ccnp_ns), vec!["ccnp-namespace"]);
+        assert_eq!(subject(&rule(ccnp_ns)), "endpoints {}");
+    }
+
+    #[test]
+    fn log_value_length() {
+        assert_valid(&cnp(&format!(
+            "endpointSelector: {{}}\ningress: [{{}}]\nlog: {{value: {}}}",
+            "a".repeat(32)
+        )));
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress: [{{}}]\nlog: {{value: {}}}",
+                "a".repeat(33)
+            )),
+            "log value must be at most 32 printable characters",
+        );
+    }
+
+    // ---- §1.9 namespace injection ----
+
+    // semantics §1.9: a CNP endpointSelector always gets the policy namespace.
+    #[test]
+    fn cnp_subject_gets_the_namespace() {
+        let r = rule(&cnp(
+            "endpointSelector: {matchLabels: {app: b}}\ningress: [{}]",
+        ));
+        assert_eq!(
+            subject(&r),
+            "endpoints any:app=b, k8s:io.kubernetes.pod.namespace=ns1"
+        );
+        let Subject::Endpoints(s) = &r.subject else {
+            panic!()
+        };
+        assert!(s.matches(&pod(&[("app", "b"), (crate::labels::KEY_NAMESPACE, "ns1")])));
+        assert!(!s.matches(&pod(&[("app", "b"), (crate::labels::KEY_NAMESPACE, "ns2")])));
+        assert!(!s.matches(&reserved("host")));
+    }
+
+    // semantics §7.3 vector 48 and §9.3: a `k8s:` namespace in the subject is overwritten.
+    #[test]
+    fn cnp_subject_namespace_is_overwritten() {
+        let yaml = cnp(
+            "endpointSelector: {matchLabels: {\"k8s:io.kubernetes.pod.namespace\": ns2}}\ningress: [{}]",
+        );
+        assert_eq!(
+            subject(&rule(&yaml)),
+            "endpoints k8s:io.kubernetes.pod.namespace=ns1"
+        );
+        assert_eq!(warning_codes(&yaml), vec!["subject-namespace-overwritten"]);
+    }
+
+    // semantics §9.3: an unprefixed namespace key stays beside the injected one.
+    #[test]
+    fn cnp_subject_unprefixed_namespace_is_kept() {
+        let yaml = cnp(
+            "endpointSelector: {matchLabels: {io.kubernetes.pod.namespace: ns2}}\ningress: [{}]",
+        );
+        let r = rule(&yaml);
+        assert_eq!(
+            subject(&r),
+            "endpoints any:io.kubernetes.pod.namespace=ns2, k8s:io.kubernetes.pod.namespace=ns1"
+        );
+        let Subject::Endpoints(s) = &r.subject else {
+            panic!()
+        };
+        // It selects nothing: no pod is in both namespaces.
+        assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns1")])));
+        assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns2")])));
+        assert_eq!(warning_codes(&yaml), vec!["subject-namespace-any"]);
+    }
+
+    // semantics §7.3 vector 44
+    #[test]
+    fn cnp_empty_peer_is_the_policy_namespace() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- fromEndpoints: [{}]",
+        ));
+        let e = &r.entries[0];
+        assert_eq!(
+            peers(e).unwrap(),
+            vec!["k8s:io.kubernetes.pod.namespace=ns1"]
+        );
+        let s = label_peer(e, 0);
+        assert!(s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns1")])));
+        assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns2")])));
+        assert!(!s.matches(&reserved("world")));
+        assert!(e.endpoint_peers);
+        assert!(e.ports.is_none());
+    }
+
+    // semantics §7.3 vectors 46 and 47
+    #[test]
+    fn cnp_peer_namespace_unless_named() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- fromEndpoints: [{matchLabels: {app: fe}}]\n- fromEndpoints: [{matchLabels: {\"k8s:io.kubernetes.pod.namespace\": ns2, app: fe}}]\n- fromEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: ns3}}]\n- fromEndpoints: [{matchLabels: {io.cilium.k8s.namespace.labels.team: a}}]",
+        ));
+        assert_eq!(
+            peers(&r.entries[0]).unwrap(),
+            vec!["any:app=fe, k8s:io.kubernetes.pod.namespace=ns1"]
+        );
+        let s = label_peer(&r.entries[1], 0);
+        assert!(s.matches(&pod(&[
+            ("app", "fe"),
+            (crate::labels::KEY_NAMESPACE, "ns2")
+        ])));
+        assert!(!s.matches(&pod(&[
+            ("app", "fe"),
+            (crate::labels::KEY_NAMESPACE, "ns1")
+        ])));
+        assert!(!s.mentions_key_prefix("x") && s.requirements.len() == 2);
+        assert_eq!(
+            peers(&r.entries[2]).unwrap(),
+            vec!["any:io.kubernetes.pod.namespace=ns3"]
+        );
+        // Namespace-label keys also stop the injection (semantics §1.9 "docs vs code").
+        assert_eq!(
+            peers(&r.entries[3]).unwrap(),
+            vec!["any:io.cilium.k8s.namespace.labels.team=a"]
+        );
+    }
+
+    // semantics §9.2: a NotIn on the namespace stops the injection and admits reserved
+    // identities.
+    #[test]
+    fn cnp_peer_namespace_not_in_selects_reserved_identities() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- fromEndpoints: [{matchExpressions: [{key: io.kubernetes.pod.namespace, operator: NotIn, values: [x]}]}]",
+        ));
+        let s = label_peer(&r.entries[0], 0);
+        assert_eq!(s.requirements.len(), 1);
+        for id in ["world", "remote-node", "host"] {
+            assert!(s.matches(&reserved(id)), "{id}");
+        }
+    }
+
+    // semantics §1.9: reserved-label peers get no namespace.
+    #[test]
+    fn reserved_peers_get_no_namespace() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- fromEndpoints: [{matchLabels: {\"reserved:host\": \"\"}}]",
+        ));
+        let s = label_peer(&r.entries[0], 0);
+        assert_eq!(s.to_string(), "reserved:host=");
+        assert!(s.matches(&reserved("host")));
+    }
+
+    // semantics §7.3 vector 45 and §9.9
+    #[test]
+    fn ccnp_empty_peer_is_every_pod() {
+        let r = rule(&ccnp(
+            "endpointSelector: {matchLabels: {app: b}}\ningress:\n- fromEndpoints: [{}]",
+        ));
+        // CCNP subjects get no namespace.
+        assert_eq!(subject(&r), "endpoints any:app=b");
+        let s = label_peer(&r.entries[0], 0);
+        assert_eq!(s.to_string(), "k8s:io.kubernetes.pod.namespace");
+        assert!(s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "any-ns")])));
+        for id in ["world", "remote-node", "host"] {
+            assert!(!s.matches(&reserved(id)), "{id}");
+        }
+    }
+
+    // semantics §1.9: the CCNP injection is skipped when the subject selects reserved:init.
+    #[test]
+    fn ccnp_init_subject_gets_no_peer_namespace() {
+        let r = rule(&ccnp(
+            "endpointSelector: {matchLabels: {\"reserved:init\": \"\"}}\ningress:\n- fromEndpoints: [{}]",
+        ));
+        assert!(label_peer(&r.entries[0], 0).is_wildcard());
+    }
+
+    // semantics §1.9: fromRequires/toRequires get the same namespace treatment and do not
+    // become peers themselves.
+    #[test]
+    fn requires_are_kept_apart() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- fromRequires: [{matchLabels: {env: prod}}]\n- fromEndpoints: [{matchLabels: {app: a}}]\negress:\n- toRequires: [{matchLabels: {env: prod}}]",
+        ));
+        assert_eq!(r.requires_ingress.len(), 1);
+        assert_eq!(
+            r.requires_ingress[0].to_string(),
+            "any:env=prod, k8s:io.kubernetes.pod.namespace=ns1"
+        );
+        assert_eq!(r.requires_egress.len(), 1);
+        // An entry with only fromRequires has no L3 field: wildcard peers.
+        assert!(peers(&r.entries[0]).is_none());
+        assert!(!r.entries[0].endpoint_peers);
+        assert!(r.entries[1].endpoint_peers);
+    }
+
+    #[test]
+    fn default_local_cluster_adds_the_cluster() {
+        let o = Options {
+            default_local_cluster: true,
+            cluster_name: "c1".into(),
+            ..Options::default()
+        };
+        let r = rules_with(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- fromEndpoints: [{matchLabels: {app: a}}, {matchLabels: {io.cilium.k8s.policy.cluster: c2}}]",
+            ),
+            &o,
+        );
+        assert_eq!(
+            peers(&r[0].entries[0]).unwrap(),
+            vec![
+                "any:app=a, k8s:io.kubernetes.pod.namespace=ns1, k8s:io.cilium.k8s.policy.cluster=c1",
+                "any:io.cilium.k8s.policy.cluster=c2, k8s:io.kubernetes.pod.namespace=ns1",
+            ]
+        );
+    }
+
+    // ---- peers: entities, CIDRs, nodes, services ----
+
+    // semantics §1.8 and §7.3 vectors 49-51
+    #[test]
+    fn entities_expand_to_reserved_selectors() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toEntities: [world]\n- toEntities: [world-ipv4]\n- toEntities: [cluster]\n- toEntities: [all]\n- toEntities: [none]\n- toEntities: [kube-apiserver, host]",
+        ));
+        assert_eq!(
+            peers(&r.entries[0]).unwrap(),
+            vec![
+                "reserved:world",
+                "reserved:world-ipv4",
+                "reserved:world-ipv6"
+            ]
+        );
+        assert_eq!(peers(&r.entries[1]).unwrap(), vec!["reserved:world-ipv4"]);
+        assert_eq!(
+            peers(&r.entries[2]).unwrap(),
+            vec![
+                "reserved:host",
+                "reserved:remote-node",
+                "reserved:init",
+                "reserved:ingress",
+                "reserved:health",
+                "reserved:unmanaged",
+                "reserved:kube-apiserver",
+                "k8s:io.cilium.k8s.policy.cluster=default",
+            ]
+        );
+        // `all` is the wildcard, world included; no namespace is injected for entities.
+        assert_eq!(peers(&r.entries[3]).unwrap(), vec!["{}"]);
+        assert!(label_peer(&r.entries[3], 0).matches(&reserved("world")));
+        assert_eq!(peers(&r.entries[4]).unwrap(), vec!["reserved:none"]);
+        assert!(!label_peer(&r.entries[4], 0).matches(&reserved("world")));
+        assert_eq!(
+            peers(&r.entries[5]).unwrap(),
+            vec!["reserved:kube-apiserver", "reserved:host"]
+        );
+        assert!(!r.entries[0].endpoint_peers);
+    }
+
+    #[test]
+    fn cluster_entity_uses_the_cluster_name() {
+        let o = Options {
+            cluster_name: "prod".into(),
+            ..Options::default()
+        };
+        let r = rules_with(
+            &cnp("endpointSelector: {}\negress:\n- toEntities: [cluster]"),
+            &o,
+        );
+        let s = label_peer(&r[0].entries[0], 7);
+        assert!(s.matches(&pod(&[(crate::labels::KEY_CLUSTER, "prod")])));
+        assert!(!s.matches(&pod(&[(crate::labels::KEY_CLUSTER, "default")])));
+        assert!(entity_selectors("bogus", "x").is_none());
+    }
+
+    // semantics §7.3 vector 52 and §1.7
+    #[test]
+    fn cidr_peers() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]\n- toCIDR: [192.168.1.7, 172.16.5.0/24]",
+        ));
+        assert_eq!(
+            peers(&r.entries[0]).unwrap(),
+            vec!["cidr 10.0.0.0/8 except 10.96.0.0/12"]
+        );
+        // A bare IP is allowed in toCIDR (as a /32).
+        assert_eq!(
+            peers(&r.entries[1]).unwrap(),
+            vec!["cidr 192.168.1.7/32", "cidr 172.16.5.0/24"]
+        );
+        // ...but not in toCIDRSet.
+        assert_rejected(
+            &cnp("endpointSelector: {}\negress:\n- toCIDRSet: [{cidr: 192.168.1.7}]"),
+            "unable to parse CIDRRule \"192.168.1.7\"",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {}\negress:\n- toCIDR: [not-an-ip]"),
+            "unable to parse CIDR: invalid CIDR address: not-an-ip",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {}\negress:\n- toCIDR: [10.0.0.0/33]"),
+            "unable to parse CIDR",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {}\negress:\n- toCIDRSet: [{cidr: 10.0.0.0/8, except: [bad]}]"),
+            "unable to parse CIDRRule \"bad\"",
+        );
+    }
+
+    #[test]
+    fn parse_cidr_like_go() {
+        assert_eq!(
+            parse_cidr("", true),
+            Err("IP must be specified".to_string())
+        );
+        // Host bits are masked.
+        assert_eq!(
+            parse_cidr("10.1.2.3/8", false).unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::1/32", false).unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(parse_cidr("::1", true).unwrap().to_string(), "::1/128");
+        assert!(parse_cidr("10.0.0.1", false).is_err());
+        assert_eq!(
+            parse_cidr("10.0.0.0/255.0.0.0", false),
+            Err("CIDR cannot specify non-contiguous mask 255.0.0.0".to_string())
+        );
+        assert!(parse_cidr("10.0.0.0/", false).is_err());
+        assert!(parse_cidr("::/129", false).is_err());
+    }
+
+    // CiliumCIDRGroups are resolved by name and by label selector.
+    #[test]
+    fn cidr_groups() {
+        let group = "apiVersion: cilium.io/v2alpha1\nkind: CiliumCIDRGroup\nmetadata: {name: g, labels: {team: a}}\nspec:\n  externalCIDRs: [203.0.113.0/24, 198.51.100.0/24]\n---\n";
+        let yaml = format!(
+            "{group}{}",
+            cnp(
+                "endpointSelector: {}\negress:\n- toCIDRSet: [{cidrGroupRef: g, except: [203.0.113.8/29]}]\n- toCIDRSet: [{cidrGroupSelector: {matchLabels: {team: a}}}]\n- toCIDRSet: [{cidrGroupSelector: {matchLabels: {team: b}}}]"
+            )
+        );
+        let r = rule(&yaml);
+        assert_eq!(
+            peers(&r.entries[0]).unwrap(),
+            vec![
+                "cidr 203.0.113.0/24 except 203.0.113.8/29",
+                "cidr 198.51.100.0/24"
+            ]
+        );
+        assert_eq!(
+            peers(&r.entries[1]).unwrap(),
+            vec!["cidr 203.0.113.0/24", "cidr 198.51.100.0/24"]
+        );
+        assert_eq!(peers(&r.entries[2]).unwrap(), Vec::<String>::new());
+    }
+
+    // semantics §2.12 and §1.9: node peers need the flag and get `reserved:remote-node`.
+    #[test]
+    fn node_peers() {
+        let yaml = cnp("endpointSelector: {}\ningress:\n- fromNodes: [{matchLabels: {role: db}}]");
+        assert_rejected(
+            &yaml,
+            "FromNodes/ToNodes rules can only be applied when the \"enable-node-selector-labels\" flag is set",
+        );
+        let o = Options {
+            node_selector_labels: true,
+            ..Options::default()
+        };
+        let r = rules_with(&yaml, &o);
+        assert_eq!(
+            peers(&r[0].entries[0]).unwrap(),
+            vec!["any:role=db, reserved:remote-node"]
+        );
+    }
+
+    #[test]
+    fn services_default_to_the_policy_namespace() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\negress:\n- toServices: [{k8sService: {serviceName: api}}, {k8sService: {serviceName: db, namespace: data}}, {k8sServiceSelector: {selector: {matchLabels: {app: x}}}}]",
+        ));
+        assert_eq!(
+            peers(&r.entries[0]).unwrap(),
+            vec!["service ns1/api", "service data/db", "services in ns1"]
+        );
+    }
+
+    // ---- §3.3 empty vs absent ----
+
+    // semantics §3.3 and §9.1: `ingress: [{}]` enforces and allows nothing; an explicit empty
+    // peer list selects nothing.
+    #[test]
+    fn empty_entries_and_empty_peer_lists() {
+        let r = rule(&cnp("endpointSelector: {}\ningress: [{}]"));
+        assert!(r.has_ingress && !r.has_egress);
+        assert!(r.entries[0].allows_nothing());
+        // semantics §7.3 vector 43
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- fromEndpoints: []\n  toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n- fromEntities: []",
+        ));
+        assert_eq!(peers(&r.entries[0]).unwrap(), Vec::<String>::new());
+        assert!(!r.entries[0].allows_nothing());
+        assert_eq!(peers(&r.entries[1]).unwrap(), Vec::<String>::new());
+        // semantics §7.3 vector 42: ports without peers is every peer on those ports.
+        let r = rule(&cnp(
+            "endpointSelector: {matchLabels: {app: b}}\ningress:\n- toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]",
+        ));
+        assert!(peers(&r.entries[0]).is_none());
+        assert_eq!(
+            ports(&r.entries[0]),
+            vec![(Protocol::Tcp, PortValue::Range(80, 80))]
+        );
+        // An empty toPorts list is the same as none.
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- fromEntities: [world]\n  toPorts: []",
+        ));
+        assert!(r.entries[0].ports.is_none());
+    }
+
+    // semantics §3.1: any list, allow or deny, enables enforcement of its direction.
+    #[test]
+    fn directions_with_rules() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\negressDeny: [{toEntities: [world]}]",
+        ));
+        assert!(!r.has_ingress && r.has_egress);
+        assert!(r.entries[0].deny);
+        assert_eq!(r.entries[0].direction, Direction::Egress);
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningressDeny: [{}]\negress: [{}]",
+        ));
+        assert!(r.has_ingress && r.has_egress);
+    }
+
+    // semantics §3.2
+    #[test]
+    fn enable_default_deny() {
+        let yaml = cnp(
+            "endpointSelector: {}\ningress: [{fromEntities: [world]}]\negress: [{toEntities: [world]}]\nenableDefaultDeny: {ingress: false}",
+        );
+        let r = rule(&yaml);
+        assert_eq!(r.default_deny(Direction::Ingress), Some(false));
+        assert_eq!(r.default_deny(Direction::Egress), None);
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress: [{}]\nenableDefaultDeny: {ingress: true, egress: false}",
+        ));
+        assert_eq!(r.default_deny_ingress, Some(true));
+        assert_eq!(r.default_deny_egress, Some(false));
+        // With EnableNonDefaultDenyPolicies off the field is ignored (both directions deny).
+        let off = Options {
+            non_default_deny_policies: false,
+            ..Options::default()
+        };
+        let r = rules_with(&yaml, &off);
+        assert_eq!(r[0].default_deny(Direction::Ingress), None);
+    }
+
+    // ---- ports ----
+
+    // semantics §7.3 vector 54
+    #[test]
+    fn port_ranges() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"8000\", endPort: 8080, protocol: TCP}]}]",
+        ));
+        assert_eq!(
+            ports(&r.entries[0]),
+            vec![(Protocol::Tcp, PortValue::Range(8000, 8080))]
+        );
+        // semantics §2.7: HTTP rules on port ranges are fine.
+        assert_valid(&cnp(&format!(
+            "endpointSelector: {{}}\ningress:\n- toPorts:\n  - ports: [{{port: \"8000\", endPort: 8080, protocol: TCP}}]\n    {HTTP_GET}"
+        )));
+        // endPort below port matches only the port, with a warning.
+        let yaml = cnp(
+            "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"8080\", endPort: 80, protocol: TCP}]}]",
+        );
+        assert_eq!(
+            ports(&rule(&yaml).entries[0]),
+            vec![(Protocol::Tcp, PortValue::Range(8080, 8080))]
+        );
+        assert_eq!(warning_codes(&yaml), vec!["end-port-before-port"]);
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"80\", endPort: 70000, protocol: TCP}]}]",
+            ),
+            "unable to parse endPort: 70000 is out of range",
+        );
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"80\", endPort: -1, protocol: TCP}]}]",
+            ),
+            "endPort: Invalid value: -1",
+        );
+    }
+
+    // semantics §7.3 vector 55 and §9.4: port 0 is every port; ANY is TCP, UDP and SCTP.
+    #[test]
+    fn port_zero_and_any_protocol() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"0\", protocol: TCP}]}]\n- toPorts: [{ports: [{port: \"0\"}]}]\n- toPorts: [{ports: [{port: \"53\", protocol: any}]}]",
+        ));
+        assert_eq!(
+            ports(&r.entries[0]),
+            vec![(Protocol::Tcp, PortValue::Range(0, 65535))]
+        );
+        assert_eq!(
+            ports(&r.entries[1]),
+            vec![
+                (Protocol::Tcp, PortValue::Range(0, 65535)),
+                (Protocol::Udp, PortValue::Range(0, 65535)),
+                (Protocol::Sctp, PortValue::Range(0, 65535)),
+            ]
+        );
+        // Protocols are case-insensitive.
+        assert_eq!(ports(&r.entries[2]).len(), 3);
+        assert!(
+            !ports(&r.entries[1])
+                .iter()
+                .any(|(p, _)| matches!(p, Protocol::Icmp | Protocol::Icmpv6 | Protocol::Any))
+        );
+        // Port 0 with an endPort is still every port.
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"0\", endPort: 100, protocol: UDP}]}]",
+        ));
+        assert_eq!(
+            ports(&r.entries[0]),
+            vec![(Protocol::Udp, PortValue::Range(0, 65535))]
+        );
+    }
+
+    // semantics §7.3 vector 56 and §1.5: named ports, lower-cased.
+    #[test]
+    fn named_ports() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: http, protocol: TCP}, {port: HTTP-Alt, protocol: TCP}]}]",
+        ));
+        assert_eq!(
+            ports(&r.entries[0]),
+            vec![
+                (Protocol::Tcp, PortValue::Named("http".into())),
+                (Protocol::Tcp, PortValue::Named("http-alt".into())),
+            ]
+        );
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: this-name-is-too-long, protocol: TCP}]}]",
+            ),
+            "unable to parse port: strconv.ParseUint: parsing \"this-name-is-too-long\": invalid syntax",
+        );
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"65536\", protocol: TCP}]}]",
+            ),
+            "unable to parse port: strconv.ParseUint: parsing \"65536\": value out of range",
+        );
+        assert_rejected(
+            &cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{protocol: TCP}]}]"),
+            "port must be specified",
+        );
+        assert_rejected(
+            &cnp(
+                "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"\", protocol: TCP}]}]",
+            ),
+            "port must be specified",
+        );
+    }
+
+    // Go's strconv.ParseUint(port, 0, 16): prefixes select the base.
+    #[test]
+    fn numeric_ports_use_go_bases() {
+        assert_eq!(parse_port("80"), Ok(PortValue::Range(80, 80)));
+        // A leading 0 without letters is octal (it is not a service name).
+        assert_eq!(parse_port("0120"), Ok(PortValue::Range(80, 80)));
+        assert_eq!(parse_port("0"), Ok(PortValue::Range(0, 0)));
+        assert_eq!(parse_port("65535"), Ok(PortValue::Range(65535, 65535)));
+        assert!(parse_port("99999").is_err());
+        assert_eq!(parse_port("dns"), Ok(PortValue::Named("dns".into())));
+    }
+
+    #[test]
+    fn service_names() {
+        for ok in ["http", "dns-tcp", "h2", "a", "abcdefghijklmno"] {
+            assert!(is_service_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "123",
+            "-http",
+            "http-",
+            "ht--tp",
+            "HTTP",
+            "abcdefghijklmnop",
+            "my_port",
+        ] {
+            assert!(!is_service_name(bad), "{bad}");
+        }
+    }
+
+    // ---- HTTP details ----
+
+    // semantics §1.6, §7.5 vectors 72-74 and §8 (the "Name value" quirk).
+    #[test]
+    fn http_headers() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules:\n      http:\n      - headers: [\"X-My-Header: true\", \"X-Other value\", \"X-Present\", \"X-Key:true\"]\n        headerMatches:\n        - {name: X-Token, value: abc, mismatch: LOG}\n        - {name: X-Fail, value: v}",
+        ));
+        let l7 = r.entries[0].ports.as_ref().unwrap()[0].l7.clone().unwrap();
+        let h = &l7.http.as_ref().unwrap()[0];
+        assert_eq!(
+            h.headers,
+            vec![
+                ("X-My-Header".to_string(), Some("true".to_string())),
+                ("X-Other".to_string(), Some("value".to_string())),
+                ("X-Present".to_string(), None),
+                ("X-Key:true".to_string(), None),
+            ]
+        );
+        assert_eq!(h.header_matches.len(), 2);
+        assert_eq!(h.header_matches[0].name, "X-Token");
+        assert_eq!(h.header_matches[0].value.as_deref(), Some("abc"));
+        assert_eq!(h.header_matches[0].mismatch, MismatchAction::Log);
+        assert_eq!(h.header_matches[1].mismatch, MismatchAction::Fail);
+        assert!(h.method.is_none() && h.path.is_none() && h.host.is_none());
+    }
+
+    // semantics §2.13
+    #[test]
+    fn header_match_errors() {
+        let port = "ports: [{port: \"80\", protocol: TCP}]";
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- toPorts:\n  - {port}\n    rules: {{http: [{{headerMatches: [{{value: x}}]}}]}}"
+            )),
+            "Header name missing",
+        );
+        assert_rejected(
+            &cnp(&format!(
+                "endpointSelector: {{}}\ningress:\n- toPorts:\n  - {port}\n    rules: {{http: [{{headerMatches: [{{name: a, value: x, mismatch: FOO}}]}}]}}"
+            )),
+            "Invalid header action: FOO",
+        );
+    }
+
+    // semantics §5.1: a secret that is not available leaves no value (the match fails).
+    #[test]
+    fn header_match_secrets() {
+        let yaml = cnp(
+            "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {http: [{headerMatches: [{name: X-Token, secret: {namespace: ns1, name: tok}}]}]}",
+        );
+        let r = rule(&yaml);
+        let l7 = r.entries[0].ports.as_ref().unwrap()[0].l7.clone().unwrap();
+        assert_eq!(l7.http.as_ref().unwrap()[0].header_matches[0].value, None);
+
+        let (resources, _) = parse_resources(&yaml, Embedding::default());
+        let resources: Vec<(FileId, Resource)> = resources.into_iter().map(|r| (0, r)).collect();
+        let mut secrets = Secrets::default();
+        secrets.insert(
+            ("ns1".into(), "tok".into()),
+            [("value".to_string(), "s3cret".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        let set = PolicySet::build(&resources, &Options::default(), &secrets);
+        let rules = set.rules();
+        let l7 = rules[0].entries[0].ports.as_ref().unwrap()[0]
+            .l7
+            .clone()
+            .unwrap();
+        assert_eq!(
+            l7.http.as_ref().unwrap()[0].header_matches[0]
+                .value
+                .as_deref(),
+            Some("s3cret")
+        );
+    }
+
+    // semantics §1.6: an empty HTTP rule allows every request; an empty field matches
+    // anything.
+    #[test]
+    fn empty_http_rule() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules: {http: [{}, {path: \"\", method: GET}]}",
+        ));
+        let l7 = r.entries[0].ports.as_ref().unwrap()[0].l7.clone().unwrap();
+        let http = l7.http.as_ref().unwrap();
+        assert_eq!(http.len(), 2);
+        assert!(http[0].method.is_none() && http[0].path.is_none());
+        assert!(http[1].path.is_none());
+        assert!(http[1].method.is_some());
+    }
+
+    #[test]
+    fn plain_port_rules_have_no_l7() {
+        let r = rule(&cnp(
+            "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]",
+        ));
+        assert!(r.entries[0].ports.as_ref().unwrap()[0].l7.is_none());
+    }
+
+    // ---- Kubernetes NetworkPolicy ----
+
+    #[test]
+    fn knp_subject_and_policy_types() {
+        let r = rule(&knp("podSelector: {matchLabels: {app: b}}\ningress: [{}]"));
+        assert_eq!(
+            subject(&r),
+            "endpoints any:app=b, k8s:io.kubernetes.pod.namespace=ns1"
+        );
+        // Ingress is always a policy type; Egress only when egress rules are present.
+        assert!(r.has_ingress && !r.has_egress);
+        let r = rule(&knp("podSelector: {}\negress: []"));
+        assert!(r.has_ingress && r.has_egress);
+        assert!(r.entries.is_empty());
+        let r = rule(&knp("podSelector: {}\npolicyTypes: [Egress]"));
+        assert!(!r.has_ingress && r.has_egress);
+        assert!(r.entries.is_empty());
+        let r = rule(&knp("podSelector: {}\npolicyTypes: [Ingress, Egress]"));
+        assert!(r.has_ingress && r.has_egress);
+        assert_rejected(
+            &knp("podSelector: {}\npolicyTypes: [Sideways]"),
+            "Invalid NetworkPolicy: policyTypes: Unsupported value: \"Sideways\"",
+        );
+    }
+
+    #[test]
+    fn knp_peers() {
+        let r = rule(&knp(
+            "podSelector: {}\ningress:\n- from:\n  - podSelector: {matchLabels: {app: a}}\n  - namespaceSelector: {}\n  - namespaceSelector: {matchLabels: {team: x}}\n    podSelector: {matchLabels: {app: c}}\n  - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}\n- {}\n- from: []",
+        ));
+        assert_eq!(
+            peers(&r.entries[0]).unwrap(),
+            vec![
+                "any:app=a, k8s:io.kubernetes.pod.namespace=ns1",
+                "k8s:io.kubernetes.pod.namespace",
+                "any:app=c, k8s:io.cilium.k8s.namespace.labels.team=x",
+                "cidr 10.0.0.0/8 except 10.1.0.0/16",
+            ]
+        );
+        // No peers, or `from: []`: every peer, world included.
+        for e in &r.entries[1..] {
+            assert_eq!(peers(e).unwrap(), vec!["{}"]);
+            assert!(label_peer(e, 0).matches(&reserved("world")));
+        }
+        let s = label_peer(&r.entries[0], 2);
+        assert!(s.matches(&pod(&[
+            ("app", "c"),
+            ("io.cilium.k8s.namespace.labels.team", "x")
+        ])));
+        assert!(!r.entries[0].endpoint_peers);
+    }
+
+    #[test]
+    fn knp_ip_block_errors() {
+        assert_rejected(
+            &knp(
+                "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]",
+            ),
+            "allow CIDR prefix 10.0.0.0/8 does not contain exclude CIDR prefix 192.168.0.0/16",
+        );
+        assert_rejected(
+            &knp("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.1}}]"),
+            "unable to parse CIDR",
+        );
+        assert_rejected(
+            &knp(
+                "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]",
+            ),
+            "may not combine ipBlock with podSelector or namespaceSelector",
+        );
+    }
+
+    #[test]
+    fn knp_ports() {
+        let r = rule(&knp(
+            "podSelector: {}\ningress:\n- ports:\n  - port: 80\n  - {port: 53, protocol: UDP}\n  - {port: 8000, endPort: 8080}\n  - {port: http}\n  - {protocol: SCTP}",
+        ));
+        assert_eq!(
+            ports(&r.entries[0]),
+            vec![
+                (Protocol::Tcp, PortValue::Range(80, 80)),
+                (Protocol::Udp, PortValue::Range(53, 53)),
+                (Protocol::Tcp, PortValue::Range(8000, 8080)),
+                (Protocol::Tcp, PortValue::Named("http".into())),
+                (Protocol::Sctp, PortValue::Range(0, 65535)),
+            ]
+        );
+        // Peers absent with ports: every peer on those ports.
+        assert_eq!(peers(&r.entries[0]).unwrap(), vec!["{}"]);
+        assert_rejected(
+            &knp("podSelector: {}\ningress:\n- ports: [{port: 0}]"),
+            "port: Invalid value: 0: must be between 1 and 65535, inclusive",
+        );
+        assert_rejected(
+            &knp("podSelector: {}\ningress:\n- ports: [{port: 80, endPort: 79}]"),
+            "endPort: Invalid value: 79: must be greater than or equal to port",
+        );
+        assert_rejected(
+            &knp("podSelector: {}\ningress:\n- ports: [{port: 80, protocol: tcp}]"),
+            "protocol: Unsupported value: \"tcp\"",
+        );
+        assert_rejected(
+            &knp("podSelector: {}\ningress:\n- ports: [{port: 70000}]"),
+            "port: Invalid value: 70000",
+        );
+    }
+
+    #[test]
+    fn knp_metadata() {
+        let no_ns = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n";
+        assert_eq!(warning_codes(no_ns), vec!["namespace-missing"]);
+        assert_eq!(
+            subject(&rule(no_ns)),
+            "endpoints k8s:io.kubernetes.pod.namespace=default"
+        );
+        assert_rejected(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: ns1}\nspec:\n  podSelector: {}\n",
+            "Invalid NetworkPolicy: metadata.name is required",
+        );
+    }
+
+    #[test]
+    fn errors_carry_the_spec_prefix_and_a_span() {
+        let (_, diags) = diags_with(
+            &ccnp("endpointSelector: {}\ningress:\n- fromEntities: [foo]"),
+            &Options::default(),
+        );
+        let d = diags.iter().find(|d| d.is_error()).unwrap();
+        assert_eq!(d.code, "invalid-policy");
+        assert!(
+            d.message
+                .starts_with("Invalid CiliumClusterwideNetworkPolicy spec: "),
+            "{}",
+            d.message
+        );
+        let span = d.span.unwrap();
+        assert_eq!(span.line, 8);
+        // No entity is close to `foo`: the help lists them all.
+        assert!(
+            d.help
+                .as_deref()
+                .unwrap()
+                .starts_with("use one of: all, world, cluster, host"),
+            "{:?}",
+            d.help
+        );
+    }
+
+    // semantics §1.5: a port is a decimal number or an IANA service name. Cilium checks
+    // `iana.IsSvcName` before `strconv.ParseUint(port, 0, 16)` (its comment: "0x10 is now
+    // considered a name rather than number 16"), so `0x50` and `0o120` are named ports.
+    #[test]
+    #[ignore = "BUG: parse_port tries the number first, so \"0x50\" becomes port 80 and \"0o120\" port 80; Cilium checks IsSvcName first and treats both as named ports"]
+    fn prefixed_numbers_with_letters_are_named_ports() {
+        assert_eq!(parse_port("0x50"), Ok(PortValue::Named("0x50".into())));
+        assert_eq!(parse_port("0o120"), Ok(PortValue::Named("0o120".into())));
+    }
+
+    // semantics §2.7: `L7 rules can not be used when a port is 0` applies to every L7 kind
+    // (pkg/policy/api/l4.go `PortRule.Validate` checks `haveZeroPort` for any non-empty
+    // rules); the DNS range check (`EndPort > port`) does not fire for port 0 without endPort.
+    #[test]
+    #[ignore = "BUG: DNS rules on port \"0\" are rejected with \"DNS rules do not support port ranges\" (port 0 is stored as 0-65535) instead of Cilium's \"L7 rules can not be used when a port is 0\""]
+    fn dns_on_port_zero_gives_ciliums_message() {
+        let msgs = error_messages(&cnp(
+            "endpointSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"0\", protocol: UDP}]\n    rules: {dns: [{matchPattern: \"*\"}]}",
+        ));
+        assert_eq!(
+            msgs,
+            vec!["Invalid CiliumNetworkPolicy spec: L7 rules can not be used when a port is 0"]
+        );
+    }
+
+    // Kubernetes defaults policyTypes when the list is empty: [Ingress], plus Egress only when
+    // `len(spec.egress) != 0` (networking/v1 SetDefaults_NetworkPolicy). Cilium sees the
+    // defaulted object, so `egress: []` does not make the policy an egress policy.
+    #[test]
+    #[ignore = "BUG: translate_kube sets the Egress policy type when `egress` is present at all; `egress: []` has no egress rules, so Kubernetes defaults policyTypes to [Ingress] and egress must stay unenforced (membrane puts the pods in egress default deny)"]
+    fn knp_empty_egress_list_is_not_an_egress_policy() {
+        let r = rule(&knp("podSelector: {}\ningress: [{}]\negress: []"));
+        assert!(r.has_ingress);
+        assert!(!r.has_egress);
+    }
+
+    // Same defaulting: an empty `policyTypes: []` is replaced by [Ingress] (and Cilium's own
+    // ParseNetworkPolicy enforces ingress unless the Egress type is listed).
+    #[test]
+    #[ignore = "BUG: translate_kube reads `policyTypes: []` as \"no direction\" and enforces nothing; Kubernetes defaults an empty list to [Ingress]"]
+    fn knp_empty_policy_types_default_to_ingress() {
+        let r = rule(&knp("podSelector: {}\npolicyTypes: []"));
+        assert!(r.has_ingress);
+        assert!(!r.has_egress);
+    }
+
+    // Cilium validates CIDRs with Go's `netip.ParsePrefix` (pkg/policy/api/l4.go
+    // `CIDR.Validate`, `CIDRRule.Validate`), whose prefix length is plain decimal: no sign and
+    // no leading zero ("bad bits after slash").
+    #[test]
+    #[ignore = "BUG: parse_cidr reads the prefix length with Rust's u8::parse, which accepts a sign and leading zeros (\"10.0.0.0/+8\", \"10.0.0.0/08\"); Go's netip.ParsePrefix rejects both"]
+    fn cidr_prefix_length_is_plain_decimal() {
+        assert!(parse_cidr("10.0.0.0/+8", false).is_err());
+        assert!(parse_cidr("::/+0", false).is_err());
+        assert!(parse_cidr("10.0.0.0/08", false).is_err());
+    }
+
+    // Go's netip also refuses IPv4 octets with leading zeros and IPv6 zones.
+    #[test]
+    fn cidr_addresses_are_strict() {
+        assert!(parse_cidr("010.0.0.0/8", false).is_err());
+        assert!(parse_cidr("10.0.0.01", true).is_err());
+        assert!(parse_cidr("fe80::1%eth0/64", false).is_err());
+        assert!(parse_cidr("10.0.0/8", false).is_err());
+        assert_eq!(
+            parse_cidr("0.0.0.0/0", false).unwrap().to_string(),
+            "0.0.0.0/0"
+        );
+    }
+
+    // Cilium's ParseNetworkPolicy (pkg/k8s/network_policy.go, v1.17 and main) translates every
+    // `spec.ingress`/`spec.egress` rule whatever `policyTypes` says; policyTypes only decides
+    // the default deny of a direction *without* rules. So `policyTypes: [Egress]` with ingress
+    // rules still enforces those ingress rules under Cilium (Kubernetes would ignore them).
+    #[test]
+    #[ignore = "BUG (Cilium parity): translate_kube drops the rules of a direction missing from policyTypes; Cilium's ParseNetworkPolicy translates spec.ingress/spec.egress regardless, so `policyTypes: [Egress]` + `ingress: [{from: [podSelector app=a]}]` enforces ingress under Cilium"]
+    fn knp_rules_are_translated_whatever_the_policy_types() {
+        let r = rule(&knp(
+            "podSelector: {}\npolicyTypes: [Egress]\ningress:\n- from: [{podSelector: {matchLabels: {app: a}}}]",
+        ));
+        assert!(r.has_ingress);
+        assert_eq!(
+            r.entries
+                .iter()
+                .filter(|e| e.direction == Direction::Ingress)
+                .count(),
+            1
+        );
+    }
+
+    // semantics §9.3 covers a `k8s:` namespace in matchLabels. Cilium injects the policy
+    // namespace with `EndpointSelector.AddMatch`, which only sets `MatchLabels[key]`: a
+    // matchExpressions requirement on the same key stays and is ANDed with it.
+    #[test]
+    #[ignore = "BUG: inject_subject_namespace removes every requirement on k8s:io.kubernetes.pod.namespace, matchExpressions included; Cilium's AddMatch only overwrites the matchLabels entry, so `In [ns2]` in a CNP of ns1 selects nothing (membrane: all of ns1)"]
+    fn cnp_subject_namespace_expression_is_kept() {
+        let r = rule(&cnp(
+            "endpointSelector: {matchExpressions: [{key: \"k8s:io.kubernetes.pod.namespace\", operator: In, values: [ns2]}]}\ningress: [{}]",
+        ));
+        let Subject::Endpoints(s) = &r.subject else {
+            panic!()
+        };
+        assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns1")])));
+        assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns2")])));
+    }
+}

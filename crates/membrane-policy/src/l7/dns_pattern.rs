@@ -528,4 +528,86 @@ mod tests {
         assert!(!server_name_matches("a*.example.com", "ab.example.com"));
         assert!(server_name_matches("a*.example.com", "a*.example.com"));
     }
+
+    #[test]
+    fn pattern_final_dot_does_not_matter() {
+        let with = pattern("*.cilium.io.");
+        let without = pattern("*.cilium.io");
+        for name in ["a.cilium.io", "a.cilium.io.", "cilium.io", "a.b.cilium.io"] {
+            assert_eq!(with.matches(name), without.matches(name), "{name}");
+        }
+        assert!(with.matches("A.Cilium.IO"));
+        let name = DnsMatcher::match_name("cilium.io.");
+        assert!(name.matches("cilium.io"));
+    }
+
+    #[test]
+    fn stars_in_other_positions() {
+        // A star in the last label.
+        let tld = pattern("cilium.*");
+        assert!(tld.matches("cilium.io."));
+        assert!(tld.matches("cilium.com"));
+        // The star may be empty, but its label's dot is still needed.
+        assert!(!tld.matches("cilium."));
+        assert!(!tld.matches("cilium.a.b."));
+        assert!(!tld.matches("www.cilium.io."));
+        // Several stars in one label.
+        let multi = pattern("a*b*c.com");
+        assert!(multi.matches("abc.com"));
+        assert!(multi.matches("a-x-b-y-c.com"));
+        assert!(!multi.matches("a.b.c.com"));
+        assert!(!multi.matches("acb.com"));
+        // Exactly two labels.
+        let two = pattern("*.*");
+        assert!(two.matches("cilium.io."));
+        assert!(!two.matches("www.cilium.io."));
+        assert!(!two.is_match_all());
+        // `**.` combined with an in-label star.
+        let deep = pattern("**.ci*.io");
+        assert!(deep.matches("a.cilium.io"));
+        assert!(deep.matches("a.b.ci.io"));
+        assert!(!deep.matches("cilium.io"));
+        // Underscores are DNS characters for a star.
+        assert!(pattern("*.cilium.io").matches("_srv.cilium.io"));
+        assert!(!pattern("*.cilium.io").matches("a+b.cilium.io"));
+    }
+
+    // semantics §5.2: names and patterns are trimmed before matching.
+    #[test]
+    fn query_names_are_trimmed() {
+        assert!(DnsMatcher::match_name(" cilium.io ").matches("cilium.io"));
+        assert!(DnsMatcher::match_name("cilium.io").matches("  CILIUM.io.\t"));
+        assert!(pattern(" *.cilium.io ").matches("a.cilium.io"));
+    }
+
+    #[test]
+    fn match_name_length_limit() {
+        let name = format!("{}.com", "a".repeat(251));
+        assert_eq!(name.len(), 255);
+        assert_eq!(validate_match_name(&name), Ok(()));
+        let long = format!("a{name}");
+        assert_eq!(
+            validate_match_name(&long),
+            Err(format!(
+                "Invalid MatchName: \"{long}\". Must be <= 255 characters long."
+            ))
+        );
+        // The length is checked before the characters.
+        let long_bad = format!("{}$", "a".repeat(255));
+        assert!(
+            validate_match_name(&long_bad)
+                .unwrap_err()
+                .contains("<= 255")
+        );
+    }
+
+    // semantics §9.14: only `*` (and its spellings) is "allow every name".
+    #[test]
+    fn match_all_is_only_the_star() {
+        assert!(pattern("*").is_match_all());
+        assert!(!pattern("*.*").is_match_all());
+        assert!(!pattern("**.com").is_match_all());
+        assert!(!DnsMatcher::match_name("com").is_match_all());
+        assert!(!pattern("").is_match_all());
+    }
 }

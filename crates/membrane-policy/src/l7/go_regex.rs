@@ -2281,4 +2281,108 @@ mod tests {
             }
         }
     }
+
+    // An empty HTTP field is never compiled (it matches anything, semantics §5.1), but an
+    // empty regex itself only fully matches the empty text.
+    #[test]
+    fn empty_pattern_matches_only_the_empty_text() {
+        assert!(full("", ""));
+        assert!(!full("", "a"));
+        assert!(!full("", "/"));
+    }
+
+    // RE2 and Go match runes, not bytes.
+    #[test]
+    fn dot_matches_one_character() {
+        assert!(full(".", "é"));
+        assert!(full(".", "😀"));
+        assert!(!full("..", "é"));
+        assert!(full("/.{3}", "/日本語"));
+        assert!(!full("/.{3}", "/日本"));
+        assert!(full("[^a]", "é"));
+    }
+
+    #[test]
+    fn anchors_inside_the_pattern() {
+        // Without (?m), ^ and $ only match at the ends of the text.
+        assert!(!full("a^b", "ab"));
+        assert!(!full("a$b", "ab"));
+        assert!(full("^GET$", "GET"));
+        assert!(!full("^GET$", "GETX"));
+        assert!(full("(^a|b)c", "ac"));
+        assert!(full("(^a|b)c", "bc"));
+    }
+
+    // A common mistake in host rules: an unescaped dot matches any character.
+    #[test]
+    fn unescaped_dot_in_host_matches_anything() {
+        assert!(full("api.example.com", "api.example.com"));
+        assert!(full("api.example.com", "apiXexample.com"));
+        assert!(!full(r"api\.example\.com", "apiXexample.com"));
+        assert!(!full("api.example.com", "api.example.com:443"));
+    }
+
+    #[test]
+    fn escapes_inside_classes() {
+        assert!(full(r"[\.]", "."));
+        assert!(!full(r"[\.]", "x"));
+        assert!(full(r"[\-]", "-"));
+        assert!(full(r"[\]]", "]"));
+        assert!(full(r"[\[]", "["));
+        assert!(full(r"[\\]", "\\"));
+        assert!(full(r"[\^a]", "^"));
+        assert!(full(r"[a\-z]", "-"));
+        assert!(!full(r"[a\-z]", "b"));
+        assert!(full(r"[\x41-\x43]", "B"));
+        assert!(full(r"[\n]", "\n"));
+    }
+
+    #[test]
+    fn case_folding_applies_to_classes_and_ranges() {
+        assert!(full("(?i)[a-z]+", "AbC"));
+        assert!(!full("[a-z]+", "AbC"));
+        assert!(full("(?i)[^a-z]", "1"));
+        assert!(!full("(?i)[^a-z]", "Q"));
+        assert!(full("(?i)/API/v[0-9]", "/api/V1"));
+    }
+
+    #[test]
+    fn more_posix_classes() {
+        assert!(full("[[:word:]]+", "a_1"));
+        assert!(!full("[[:word:]]", "-"));
+        assert!(full("[[:upper:]][[:lower:]]", "Ab"));
+        assert!(full("[[:xdigit:]]+", "09afAF"));
+        assert!(!full("[[:xdigit:]]", "g"));
+        assert!(full("[[:punct:]]", "!"));
+        assert!(full("[[:blank:]]", "\t"));
+        assert!(!full("[[:blank:]]", "\n"));
+        // Outside brackets it is an ordinary class of `[:alph]` characters.
+        assert!(full("[:alpha:]", "a"));
+        assert!(full("[:alpha:]", ":"));
+        assert!(!full("[:alpha:]", "b"));
+    }
+
+    // semantics §6 item 7: the seed policy's exact paths.
+    #[test]
+    fn seed_paths_are_exact() {
+        let api = re("/api");
+        for (text, ok) in [
+            ("/api", true),
+            ("/api/users/1", false),
+            ("/api?page=2", false),
+            ("/API", false),
+        ] {
+            assert_eq!(api.is_full_match(text), ok, "{text}");
+        }
+        let register = re("/api/register");
+        assert!(register.is_full_match("/api/register"));
+        assert!(!register.is_full_match("/api/register/"));
+        let suggested = re("/api(/.*)?");
+        assert!(suggested.is_full_match("/api"));
+        assert!(suggested.is_full_match("/api/users/1"));
+        assert!(!suggested.is_full_match("/apix"));
+        let get = re("GET");
+        assert!(!get.is_full_match("HEAD"));
+        assert!(!get.is_full_match("get"));
+    }
 }
