@@ -52,6 +52,8 @@ pub struct ChangeSet {
     /// Endpoints added, with the subject whose policy they use.
     pub endpoints_added: Vec<(super::EndpointId, usize)>,
     pub endpoints_removed: Vec<(super::EndpointId, usize)>,
+    /// Policies no endpoint uses any more (their index may be reused later).
+    pub subjects_removed: Vec<usize>,
 }
 
 impl ChangeSet {
@@ -59,6 +61,7 @@ impl ChangeSet {
         self.subjects.extend(other.subjects);
         self.endpoints_added.extend(other.endpoints_added);
         self.endpoints_removed.extend(other.endpoints_removed);
+        self.subjects_removed.extend(other.subjects_removed);
     }
 
     /// Folds successive changes of one subject into one (later deltas win per key).

@@ -447,6 +447,20 @@ impl Snapshot {
         self.subject_policy_lazy(subject)
     }
 
+    /// The subject (shared resolved policy) an endpoint uses.
+    pub fn endpoint_subject(&self, id: EndpointId) -> Option<usize> {
+        self.endpoints.get(id)?.as_ref()?.subject
+    }
+
+    /// Every policy computed so far, by subject.
+    pub fn computed_policies(&self) -> Vec<(usize, Arc<EndpointPolicy>)> {
+        self.subjects
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.as_ref()?.policy.get()?.clone())))
+            .collect()
+    }
+
     /// The endpoints that share a subject's policy.
     fn subject_endpoints(&self, subject: usize) -> Vec<EndpointId> {
         self.endpoints
@@ -546,7 +560,9 @@ impl Snapshot {
         }
         if let Some(s) = ep.subject {
             changes.endpoints_removed.push((id, s));
-            self.detach_subject(s);
+            if self.detach_subject(s) {
+                changes.subjects_removed.push(s);
+            }
         }
         if ep.identity != 0 {
             let users = self.identity_users.entry(ep.identity).or_default();
@@ -640,13 +656,14 @@ impl Snapshot {
         index
     }
 
-    fn detach_subject(&mut self, s: usize) {
+    /// Drops one user of a subject; true when that was the last one.
+    fn detach_subject(&mut self, s: usize) -> bool {
         let Some(Some(state)) = self.subjects.get_mut(s) else {
-            return;
+            return false;
         };
         state.users = state.users.saturating_sub(1);
         if state.users > 0 {
-            return;
+            return false;
         }
         let rules = std::mem::take(&mut state.rules);
         let key = state.key.clone();
@@ -657,6 +674,7 @@ impl Snapshot {
         }
         self.subject_by_key.remove(&key);
         self.subjects[s] = None;
+        true
     }
 
     // ---- identities as peers ----
