@@ -1,6 +1,7 @@
 //! The `membrane` command: a thin layer over the engine crates.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod check;
 mod explain;
 mod html;
@@ -99,7 +100,11 @@ enum Command {
         files: Vec<std::path::PathBuf>,
         #[arg(long, default_value_t = 20)]
         iterations: u32,
-        /// Print the figures as one JSON object (keys: files, flows, iterations, phases_ms.*).
+        /// Repetitions of each incremental operation (the median is reported).
+        #[arg(long, default_value_t = 25)]
+        reps: u32,
+        /// Print the figures as one JSON object (keys: files, flows, iterations, phases_ms.*,
+        /// incremental.*).
         #[arg(long)]
         json: bool,
     },
@@ -117,8 +122,9 @@ fn main() -> ExitCode {
         Command::Bench {
             files,
             iterations,
+            reps,
             json,
-        } => printer::run_bench(&files, iterations, json),
+        } => bench::run_bench(&files, iterations, reps, json),
         Command::Check { paths, output } => check::run_check(&paths, output),
         Command::Lint(args) => lint_cmd::run(args),
         Command::Matrix(args) => matrix_cmd::run(args),

@@ -60,7 +60,7 @@ pub fn diagnostic_json(file: &str, d: &Diagnostic) -> serde_json::Value {
     })
 }
 
-fn read_path(path: &Path) -> Result<String, String> {
+pub(crate) fn read_path(path: &Path) -> Result<String, String> {
     if path.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -286,76 +286,4 @@ pub fn run_tests(paths: &[PathBuf], output: Output, verbose: bool) -> u8 {
         }
     }
     if had_error { 2 } else { u8::from(failed > 0) }
-}
-
-pub fn run_bench(paths: &[PathBuf], iterations: u32, json: bool) -> u8 {
-    let mut texts = Vec::new();
-    for p in paths {
-        match read_path(p) {
-            Ok(t) => texts.push(t),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
-        }
-    }
-    let iterations = iterations.max(1);
-    // Phases timed separately, in the same process and loop, so the figures can be read as
-    // ratios on a noisy machine: YAML parsing alone is the baseline.
-    let (mut yaml, mut parse, mut build, mut flows_t) = (0f64, 0f64, 0f64, 0f64);
-    let mut flows = 0usize;
-    let mut total = std::time::Duration::ZERO;
-    for _ in 0..iterations {
-        let round = std::time::Instant::now();
-        for t in &texts {
-            let t0 = std::time::Instant::now();
-            let _ = membrane_policy::yaml::parse_documents(t, Embedding::default());
-            yaml += t0.elapsed().as_secs_f64();
-            let t1 = std::time::Instant::now();
-            let Ok(s) = parse_scenario(t) else { continue };
-            parse += t1.elapsed().as_secs_f64();
-            let t2 = std::time::Instant::now();
-            let world = World::from_scenario(s, 0);
-            build += t2.elapsed().as_secs_f64();
-            let t3 = std::time::Instant::now();
-            flows += run_scenario(&world).results.len();
-            flows_t += t3.elapsed().as_secs_f64();
-        }
-        total += round.elapsed();
-    }
-    let n = f64::from(iterations);
-    let ms = |x: f64| x / n * 1000.0;
-    let whole = total.as_secs_f64() / n * 1000.0 - ms(yaml);
-    if json {
-        let out = serde_json::json!({
-            "files": texts.len(),
-            "flows": flows / iterations as usize,
-            "iterations": iterations,
-            "phases_ms": {
-                "yaml_parse": ms(yaml),
-                "scenario_decode": ms(parse),
-                "repository": ms(build),
-                "resolve_and_flows": ms(flows_t),
-                "whole_engine": whole,
-            },
-            "whole_vs_yaml": whole / ms(yaml).max(1e-9),
-        });
-        println!("{out}");
-        return 0;
-    }
-    println!(
-        "{} files, {} flows per run, mean of {iterations} runs:",
-        texts.len(),
-        flows / iterations as usize
-    );
-    println!("  yaml parse only (baseline)     {:9.3} ms", ms(yaml));
-    println!("  scenario decode                {:9.3} ms", ms(parse));
-    println!("  policies + identities + repo   {:9.3} ms", ms(build));
-    println!("  resolve + every flow           {:9.3} ms", ms(flows_t));
-    println!(
-        "  whole engine                   {:9.3} ms  ({:.1}x the yaml baseline)",
-        whole,
-        whole / ms(yaml).max(1e-9)
-    );
-    0
 }

@@ -1085,6 +1085,9 @@ struct RawMap {
     prefix_lens: Vec<u8>,
     /// Raw keys per peer (0: every peer), for per-peer updates.
     by_peer: HashMap<IdentityId, Vec<MapKey>>,
+    /// The peers of the raw keys at each (protocol, prefix length, port): where a wildcard
+    /// peer's deny or L7 key looks for the peer-specific keys it partially overlaps.
+    by_port: HashMap<(u8, u8, u16), Vec<IdentityId>>,
 }
 
 impl RawMap {
@@ -1096,6 +1099,10 @@ impl RawMap {
         let slot = self.keys.entry(key).or_default();
         if slot.is_empty() {
             self.by_peer.entry(key.peer).or_default().push(key);
+            self.by_port
+                .entry((key.protocol, key.prefix_len, key.port))
+                .or_default()
+                .push(key.peer);
         }
         slot.push(c);
     }
@@ -1103,42 +1110,92 @@ impl RawMap {
     fn remove_peer(&mut self, peer: IdentityId) {
         for k in self.by_peer.remove(&peer).unwrap_or_default() {
             self.keys.remove(&k);
+            if let Some(peers) = self.by_port.get_mut(&(k.protocol, k.prefix_len, k.port)) {
+                peers.retain(|p| *p != peer);
+            }
         }
     }
 
-    /// The finished entries for one peer's keys (see `finish`), computed from that peer's
-    /// raw keys and the every-peer raw keys only.
-    fn finish_peer(&self, peer: IdentityId) -> HashMap<MapKey, MapEntry> {
+    /// The keys a first-match lookup needs (all of them, or one peer's): the raw keys plus
+    /// the intersection of every deny or L7 key with each key it partially overlaps, to a
+    /// fixpoint. A partial overlap always pairs a wildcard-peer key with a peer's key of a
+    /// wider port range (two keys of one peer nest or are disjoint), so each key is only
+    /// compared with the keys that can be such a partner.
+    fn closure(&self, only_peer: Option<IdentityId>) -> HashSet<MapKey> {
         let none = Vec::new();
-        let own = self.by_peer.get(&peer).unwrap_or(&none);
         let wild = self.by_peer.get(&0).unwrap_or(&none);
-        let mut all: HashSet<MapKey> = own.iter().copied().collect();
-        let raw_keys: Vec<MapKey> = own.iter().chain(wild.iter()).copied().collect();
-        let mut work: Vec<MapKey> = raw_keys
-            .iter()
+        let (mut all, seeds): (HashSet<MapKey>, Vec<MapKey>) = match only_peer {
+            None => (
+                self.keys.keys().copied().collect(),
+                self.keys.keys().copied().collect(),
+            ),
+            Some(p) => {
+                let own = self.by_peer.get(&p).unwrap_or(&none);
+                (
+                    own.iter().copied().collect(),
+                    own.iter().chain(wild.iter()).copied().collect(),
+                )
+            }
+        };
+        let mut work: Vec<MapKey> = seeds
+            .into_iter()
             .filter(|k| self.keys.get(k).is_some_and(|c| Self::is_special(c)))
-            .copied()
             .collect();
+        let mut new = Vec::new();
         while let Some(s) = work.pop() {
-            let mut new = Vec::new();
-            for r in &raw_keys {
-                if s.peer != peer && r.peer != peer {
-                    continue;
+            let mut consider = |r: MapKey| {
+                if !s.overlaps(&r) || s.covers(&r) || r.covers(&s) {
+                    return;
                 }
-                if !s.overlaps(r) || s.covers(r) || r.covers(&s) {
-                    continue;
-                }
-                let i = s.intersection(r);
+                let i = s.intersection(&r);
                 if !all.contains(&i) {
                     new.push(i);
                 }
+            };
+            if s.peer != 0 {
+                wild.iter().for_each(|r| consider(*r));
+            } else if let Some(p) = only_peer {
+                self.by_peer
+                    .get(&p)
+                    .into_iter()
+                    .flatten()
+                    .for_each(|r| consider(*r));
+            } else if s.protocol != 0 {
+                let mut at = |protocol: u8, prefix_len: u8, port: u16| {
+                    for peer in self
+                        .by_port
+                        .get(&(protocol, prefix_len, port))
+                        .into_iter()
+                        .flatten()
+                    {
+                        if *peer != 0 {
+                            consider(MapKey {
+                                peer: *peer,
+                                protocol,
+                                port,
+                                prefix_len,
+                            });
+                        }
+                    }
+                };
+                for plen in self.prefix_lens.iter().take_while(|l| **l < s.prefix_len) {
+                    at(s.protocol, *plen, mask(s.port, *plen));
+                }
+                at(0, 0, 0);
             }
-            for i in new {
+            for i in new.drain(..) {
                 if all.insert(i) {
                     work.push(i);
                 }
             }
         }
+        all
+    }
+
+    /// The finished entries for one peer's keys (see `finish`), computed from that peer's
+    /// raw keys and the every-peer raw keys only.
+    fn finish_peer(&self, peer: IdentityId) -> HashMap<MapKey, MapEntry> {
+        let all = self.closure(Some(peer));
         all.into_iter().map(|k| (k, self.decide_key(&k))).collect()
     }
 
@@ -1163,46 +1220,7 @@ impl RawMap {
     /// Adds the intersections a first-match lookup needs (deny and L7 keys against every
     /// overlapping key, to a fixpoint), then decides each key from every raw key covering it.
     fn finish(&self) -> HashMap<MapKey, MapEntry> {
-        let mut raw_keys: Vec<MapKey> = self.keys.keys().copied().collect();
-        raw_keys.sort_unstable();
-        let mut all: HashSet<MapKey> = raw_keys.iter().copied().collect();
-        let mut by_peer: HashMap<IdentityId, Vec<MapKey>> = HashMap::default();
-        for k in &raw_keys {
-            by_peer.entry(k.peer).or_default().push(*k);
-        }
-        let mut work: Vec<MapKey> = raw_keys
-            .iter()
-            .filter(|k| self.keys.get(k).is_some_and(|c| Self::is_special(c)))
-            .copied()
-            .collect();
-        while let Some(s) = work.pop() {
-            let candidates: Box<dyn Iterator<Item = &MapKey>> = if s.peer == 0 {
-                Box::new(raw_keys.iter())
-            } else {
-                Box::new(
-                    by_peer
-                        .get(&s.peer)
-                        .into_iter()
-                        .flatten()
-                        .chain(by_peer.get(&0).into_iter().flatten()),
-                )
-            };
-            let mut new = Vec::new();
-            for r in candidates {
-                if !s.overlaps(r) || s.covers(r) || r.covers(&s) {
-                    continue;
-                }
-                let i = s.intersection(r);
-                if !all.contains(&i) {
-                    new.push(i);
-                }
-            }
-            for i in new {
-                if all.insert(i) {
-                    work.push(i);
-                }
-            }
-        }
+        let all = self.closure(None);
         let mut out = HashMap::with_capacity_and_hasher(all.len(), Default::default());
         for k in all {
             out.insert(k, self.decide_key(&k));

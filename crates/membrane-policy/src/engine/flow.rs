@@ -90,8 +90,8 @@ impl Snapshot {
 
     /// The party behind an address: an endpoint, a node, or the world.
     pub fn address_party(&self, ip: IpAddr) -> Party {
-        if let Some(i) = self.endpoint_by_ip.get(&ip) {
-            if let Some(p) = self.endpoint_party(*i) {
+        if let Some(i) = self.endpoint_by_ip(ip) {
+            if let Some(p) = self.endpoint_party(i) {
                 return p;
             }
         }

@@ -96,7 +96,8 @@ struct SubjectState {
     ports: Vec<(String, Protocol, u16)>,
     /// Slots of the rules selecting it, sorted.
     rules: Vec<usize>,
-    users: u32,
+    /// The endpoints using it.
+    users: Vec<EndpointId>,
     policy: OnceLock<Arc<EndpointPolicy>>,
 }
 
@@ -137,7 +138,9 @@ pub struct Snapshot {
     nodes: Vec<NodeSpec>,
     node_identities: Vec<Option<IdentityId>>,
     endpoints: Vec<Option<EndpointState>>,
-    endpoint_by_ip: HashMap<IpAddr, EndpointId>,
+    /// Endpoints (not hostNetwork) by address, oldest first: the first one is the address's
+    /// endpoint, as a linear search would find it.
+    endpoint_by_ip: HashMap<IpAddr, Vec<EndpointId>>,
     identity_users: HashMap<IdentityId, u32>,
     services: Vec<ServiceSpec>,
     /// Names learned from DNS answers (toFQDNs), in the order they were first seen.
@@ -374,7 +377,10 @@ impl Snapshot {
 
     /// The endpoint (not hostNetwork) with this address.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<EndpointId> {
-        self.endpoint_by_ip.get(&ip).copied()
+        self.endpoint_by_ip
+            .get(&ip)
+            .and_then(|v| v.first())
+            .copied()
     }
 
     pub fn nodes(&self) -> &[NodeSpec] {
@@ -463,11 +469,10 @@ impl Snapshot {
 
     /// The endpoints that share a subject's policy.
     fn subject_endpoints(&self, subject: usize) -> Vec<EndpointId> {
-        self.endpoints
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.as_ref().filter(|e| e.subject == Some(subject)).map(|_| i))
-            .collect()
+        match self.subjects.get(subject) {
+            Some(Some(s)) => s.users.clone(),
+            _ => Vec::new(),
+        }
     }
 
     fn namespace_labels(&self, ns: &str) -> Vec<(String, String)> {
@@ -512,13 +517,15 @@ impl Snapshot {
         }
         if !spec.host_network {
             if let Some(ip) = spec.ip {
-                self.endpoint_by_ip.entry(ip).or_insert(id);
+                let owners = self.endpoint_by_ip.entry(ip).or_default();
+                let pos = owners.partition_point(|o| *o < id);
+                owners.insert(pos, id);
             }
         }
         let subject = if spec.host_network || identity == 0 {
             None
         } else {
-            Some(self.attach_subject(identity, &spec, node))
+            Some(self.attach_subject(id, identity, &spec, node))
         };
         self.endpoints[id] = Some(EndpointState {
             spec,
@@ -541,14 +548,10 @@ impl Snapshot {
             return changes;
         };
         if let Some(ip) = ep.spec.ip {
-            if self.endpoint_by_ip.get(&ip) == Some(&id) {
-                self.endpoint_by_ip.remove(&ip);
-                // Another endpoint with the same address takes over, as a linear search would.
-                if let Some(other) = self.endpoints.iter().position(|e| {
-                    e.as_ref()
-                        .is_some_and(|e| !e.spec.host_network && e.spec.ip == Some(ip))
-                }) {
-                    self.endpoint_by_ip.insert(ip, other);
+            if let Some(owners) = self.endpoint_by_ip.get_mut(&ip) {
+                owners.retain(|o| *o != id);
+                if owners.is_empty() {
+                    self.endpoint_by_ip.remove(&ip);
                 }
             }
         }
@@ -560,7 +563,7 @@ impl Snapshot {
         }
         if let Some(s) = ep.subject {
             changes.endpoints_removed.push((id, s));
-            if self.detach_subject(s) {
+            if self.detach_subject(s, id) {
                 changes.subjects_removed.push(s);
             }
         }
@@ -582,6 +585,7 @@ impl Snapshot {
 
     fn attach_subject(
         &mut self,
+        endpoint: EndpointId,
         identity: IdentityId,
         spec: &EndpointSpec,
         node: Option<usize>,
@@ -603,14 +607,18 @@ impl Snapshot {
         };
         if let Some(s) = self.subject_by_key.get(&key) {
             if let Some(Some(state)) = self.subjects.get_mut(*s) {
-                state.users += 1;
+                state.users.push(endpoint);
             }
             return *s;
         }
         let Some(identity) = self.repo.identities().get(identity).cloned() else {
             return usize::MAX;
         };
-        self.new_subject(key, identity, false, node_addrs, ports)
+        let s = self.new_subject(key, identity, false, node_addrs, ports);
+        if let Some(Some(state)) = self.subjects.get_mut(s) {
+            state.users.push(endpoint);
+        }
+        s
     }
 
     fn new_subject(
@@ -628,7 +636,7 @@ impl Snapshot {
             node_addrs,
             ports,
             rules: Vec::new(),
-            users: 1,
+            users: Vec::new(),
             policy: OnceLock::new(),
         };
         let index = match self.subjects.iter().position(Option::is_none) {
@@ -657,12 +665,14 @@ impl Snapshot {
     }
 
     /// Drops one user of a subject; true when that was the last one.
-    fn detach_subject(&mut self, s: usize) -> bool {
+    fn detach_subject(&mut self, s: usize, endpoint: EndpointId) -> bool {
         let Some(Some(state)) = self.subjects.get_mut(s) else {
             return false;
         };
-        state.users = state.users.saturating_sub(1);
-        if state.users > 0 {
+        if let Some(pos) = state.users.iter().position(|e| *e == endpoint) {
+            state.users.swap_remove(pos);
+        }
+        if !state.users.is_empty() {
             return false;
         }
         let rules = std::mem::take(&mut state.rules);

@@ -1,0 +1,234 @@
+//! `membrane bench`: the engine's phases timed in one process (cold), then the incremental
+//! operations an agent performs (one policy, one pod), so every figure has a baseline from
+//! the same run on the same machine.
+
+use crate::printer::read_path;
+use membrane_cluster::runner::run_scenario;
+use membrane_cluster::scenario::parse_scenario;
+use membrane_cluster::world::{World, endpoint_spec};
+use membrane_policy::engine::{Engine, PolicyKey};
+use membrane_policy::policy_set::{PolicySet, parse_resources};
+use membrane_policy::translate::Secrets;
+use membrane_policy::yaml::Embedding;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub fn run_bench(paths: &[PathBuf], iterations: u32, reps: u32, json: bool) -> u8 {
+    let mut texts = Vec::new();
+    for p in paths {
+        match read_path(p) {
+            Ok(t) => texts.push(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
+    }
+    let iterations = iterations.max(1);
+    // Phases timed separately, in the same process and loop, so the figures can be read as
+    // ratios on a noisy machine: YAML parsing alone is the baseline.
+    let (mut yaml, mut parse, mut build, mut flows_t) = (0f64, 0f64, 0f64, 0f64);
+    let mut flows = 0usize;
+    let mut total = std::time::Duration::ZERO;
+    let mut last_worlds: Vec<World> = Vec::new();
+    for round_index in 0..iterations {
+        let round = Instant::now();
+        for t in &texts {
+            let t0 = Instant::now();
+            let _ = membrane_policy::yaml::parse_documents(t, Embedding::default());
+            yaml += t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let Ok(s) = parse_scenario(t) else { continue };
+            parse += t1.elapsed().as_secs_f64();
+            let t2 = Instant::now();
+            let world = World::from_scenario(s, 0);
+            build += t2.elapsed().as_secs_f64();
+            let t3 = Instant::now();
+            flows += run_scenario(&world).results.len();
+            flows_t += t3.elapsed().as_secs_f64();
+            if round_index + 1 == iterations {
+                last_worlds.push(world);
+            }
+        }
+        total += round.elapsed();
+    }
+    let n = f64::from(iterations);
+    let ms = |x: f64| x / n * 1000.0;
+    let whole = total.as_secs_f64() / n * 1000.0 - ms(yaml);
+
+    // Incremental: on the last file's engine with every endpoint's policy computed (what a
+    // node agent holds), the median of `reps` repetitions of each operation.
+    let reps = reps.max(1);
+    let incremental = last_worlds
+        .last_mut()
+        .map(|w| Incremental::measure(&mut w.engine, &w.scenario.endpoints, reps));
+    if json {
+        let inc = incremental.as_ref().map(|i| {
+            serde_json::json!({
+                "repetitions": reps,
+                "resolve_all_ms": i.resolve_all_ms,
+                "add_policy_ms": i.add_policy_ms,
+                "remove_policy_ms": i.remove_policy_ms,
+                "add_pod_ms": i.add_pod_ms,
+                "remove_pod_ms": i.remove_pod_ms,
+                "entries_added_by_policy": i.policy_entries,
+                "subjects_changed_by_pod": i.pod_subjects,
+            })
+        });
+        let out = serde_json::json!({
+            "files": texts.len(),
+            "flows": flows / iterations as usize,
+            "iterations": iterations,
+            "phases_ms": {
+                "yaml_parse": ms(yaml),
+                "scenario_decode": ms(parse),
+                "repository": ms(build),
+                "resolve_and_flows": ms(flows_t),
+                "whole_engine": whole,
+            },
+            "whole_vs_yaml": whole / ms(yaml).max(1e-9),
+            "incremental": inc,
+        });
+        println!("{out}");
+        return 0;
+    }
+    println!(
+        "{} files, {} flows per run, mean of {iterations} runs:",
+        texts.len(),
+        flows / iterations as usize
+    );
+    println!("  yaml parse only (baseline)     {:9.3} ms", ms(yaml));
+    println!("  scenario decode                {:9.3} ms", ms(parse));
+    println!("  policies + identities + repo   {:9.3} ms", ms(build));
+    println!("  resolve + every flow           {:9.3} ms", ms(flows_t));
+    println!(
+        "  whole engine                   {:9.3} ms  ({:.1}x the yaml baseline)",
+        whole,
+        whole / ms(yaml).max(1e-9)
+    );
+    if let Some(i) = incremental {
+        println!("incremental (last file, median of {reps}):");
+        println!(
+            "  every endpoint's policy        {:9.3} ms",
+            i.resolve_all_ms
+        );
+        println!(
+            "  add one CNP                    {:9.3} ms  ({} map entries added)",
+            i.add_policy_ms, i.policy_entries
+        );
+        println!(
+            "  remove it                      {:9.3} ms",
+            i.remove_policy_ms
+        );
+        println!(
+            "  add one pod, new identity      {:9.3} ms  ({} policies changed)",
+            i.add_pod_ms, i.pod_subjects
+        );
+        println!(
+            "  remove it                      {:9.3} ms",
+            i.remove_pod_ms
+        );
+    }
+    0
+}
+
+struct Incremental {
+    resolve_all_ms: f64,
+    add_policy_ms: f64,
+    remove_policy_ms: f64,
+    add_pod_ms: f64,
+    remove_pod_ms: f64,
+    policy_entries: usize,
+    pod_subjects: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn since_ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Incremental {
+    fn measure(
+        engine: &mut Engine,
+        endpoints: &[membrane_cluster::scenario::EndpointSpec],
+        reps: u32,
+    ) -> Incremental {
+        let t = Instant::now();
+        engine.resolve_all();
+        let resolve_all_ms = since_ms(t);
+        // The pod the operations are about: the first labelled pod.
+        let pod = endpoints
+            .iter()
+            .find(|e| !e.host_network && e.entity.is_none() && !e.labels.is_empty())
+            .cloned();
+        let Some(pod) = pod else {
+            return Incremental {
+                resolve_all_ms,
+                add_policy_ms: 0.0,
+                remove_policy_ms: 0.0,
+                add_pod_ms: 0.0,
+                remove_pod_ms: 0.0,
+                policy_entries: 0,
+                pod_subjects: 0,
+            };
+        };
+        let (key, value) = pod.labels[0].clone();
+        let (mut add_p, mut rm_p, mut add_e, mut rm_e) = (vec![], vec![], vec![], vec![]);
+        let (mut policy_entries, mut pod_subjects) = (0, 0);
+        for rep in 0..reps {
+            // One CNP selecting one deployment, as Cilium's own figure (+1 CNP) measures:
+            // parsed, validated, translated and applied.
+            let text = format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: membrane-bench-{rep}, namespace: {ns}}}\nspec:\n  endpointSelector: {{matchLabels: {{'{key}': '{value}'}}}}\n  ingress:\n  - fromEndpoints: [{{}}]\n    toPorts: [{{ports: [{{port: '8443', protocol: TCP}}]}}]\n  egress:\n  - toEndpoints: [{{matchLabels: {{'{key}': '{value}'}}}}]\n    toPorts: [{{ports: [{{port: '8443', protocol: TCP}}]}}]\n",
+                ns = pod.namespace
+            );
+            let t = Instant::now();
+            let (resources, _) = parse_resources(&text, Embedding::default());
+            let resources: Vec<_> = resources.into_iter().map(|r| (0, r)).collect();
+            let set = PolicySet::build(&resources, engine.state().options(), &Secrets::default());
+            let Some(translated) = set.policies.into_iter().next() else {
+                continue;
+            };
+            let pkey = PolicyKey::of(&translated.origin);
+            let changes = engine.upsert_policy(translated);
+            add_p.push(since_ms(t));
+            policy_entries = changes.entry_count().0;
+            let t = Instant::now();
+            engine.remove_policy(&pkey);
+            rm_p.push(since_ms(t));
+
+            // One pod with a label set nobody has: a new identity every repetition, whose
+            // own policy is computed too (its node's agent enforces it).
+            let mut spec = endpoint_spec(&pod);
+            spec.name = format!("membrane-bench-{rep}");
+            spec.labels.push(("membrane-bench".into(), rep.to_string()));
+            spec.ip = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                10,
+                255,
+                (rep >> 8) as u8,
+                rep as u8,
+            )));
+            let t = Instant::now();
+            let (id, changes) = engine.add_endpoint(spec);
+            engine.resolve_endpoint(id);
+            add_e.push(since_ms(t));
+            pod_subjects = changes.subjects.len();
+            let t = Instant::now();
+            engine.remove_endpoint(id);
+            rm_e.push(since_ms(t));
+        }
+        Incremental {
+            resolve_all_ms,
+            add_policy_ms: median(add_p),
+            remove_policy_ms: median(rm_p),
+            add_pod_ms: median(add_e),
+            remove_pod_ms: median(rm_e),
+            policy_entries,
+            pod_subjects,
+        }
+    }
+}
