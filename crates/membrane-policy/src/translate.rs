@@ -1025,8 +1025,16 @@ pub fn is_service_name(text: &str) -> bool {
         && !text.contains("--")
 }
 
-/// A `port` string: a number 0-65535 (Go's ParseUint with base 0), or a named port.
+/// A `port` string: a named port, or a number 0-65535 (Go's ParseUint with base 0).
+///
+/// As in Cilium's `PortProtocol.sanitize`, the IANA service-name check comes first, so
+/// `0x50` and `0o120` are names rather than port 80 (Go's `iana.IsSvcName` is
+/// case-insensitive; the name is lowercased).
 fn parse_port(text: &str) -> Result<PortValue, String> {
+    let lower = text.to_ascii_lowercase();
+    if is_service_name(&lower) {
+        return Ok(PortValue::Named(lower));
+    }
     let number = if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         u64::from_str_radix(hex, 16).ok()
     } else if let Some(oct) = text.strip_prefix("0o").or_else(|| text.strip_prefix("0O")) {
@@ -1041,16 +1049,9 @@ fn parse_port(text: &str) -> Result<PortValue, String> {
         Some(_) => Err(format!(
             "unable to parse port: strconv.ParseUint: parsing {text:?}: value out of range"
         )),
-        None => {
-            let lower = text.to_ascii_lowercase();
-            if is_service_name(&lower) {
-                Ok(PortValue::Named(lower))
-            } else {
-                Err(format!(
-                    "unable to parse port: strconv.ParseUint: parsing {text:?}: invalid syntax"
-                ))
-            }
-        }
+        None => Err(format!(
+            "unable to parse port: strconv.ParseUint: parsing {text:?}: invalid syntax"
+        )),
     }
 }
 
@@ -3461,7 +3462,6 @@ mod tests {
     // `iana.IsSvcName` before `strconv.ParseUint(port, 0, 16)` (its comment: "0x10 is now
     // considered a name rather than number 16"), so `0x50` and `0o120` are named ports.
     #[test]
-    #[ignore = "BUG: parse_port tries the number first, so \"0x50\" becomes port 80 and \"0o120\" port 80; Cilium checks IsSvcName first and treats both as named ports"]
     fn prefixed_numbers_with_letters_are_named_ports() {
         assert_eq!(parse_port("0x50"), Ok(PortValue::Named("0x50".into())));
         assert_eq!(parse_port("0o120"), Ok(PortValue::Named("0o120".into())));
