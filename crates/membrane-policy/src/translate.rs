@@ -1212,6 +1212,11 @@ fn translate_port_rule(
                 continue;
             }
         };
+        // The number as written, before port 0 is widened to every port.
+        let number = match value {
+            PortValue::Range(lo, _) => Some(lo),
+            PortValue::Named(_) => None,
+        };
         let value = match (value, &p.end_port) {
             (_, Some(end)) if end.value < 0 => {
                 errs.reject(
@@ -1258,19 +1263,22 @@ fn translate_port_rule(
                     "set `protocol: TCP` on ports with HTTP rules",
                 );
             }
-            if value == PortValue::Range(0, 65535) {
-                errs.reject("L7 rules can not be used when a port is 0", port_text.span);
-            }
         }
-        if has_dns {
-            if let PortValue::Range(lo, hi) = value {
-                if lo != hi {
-                    errs.reject(
-                        "DNS rules do not support port ranges",
-                        p.end_port.as_ref().map_or(p.span, |e| e.span),
-                    );
-                }
-            }
+        // Cilium's `PortProtocol.sanitize`: with DNS rules, an endPort above the port is a
+        // range (port 0 included); without endPort, port 0 is not a range here.
+        let dns_range = has_dns
+            && number
+                .is_some_and(|lo| p.end_port.as_ref().is_some_and(|e| e.value > i64::from(lo)));
+        if dns_range {
+            errs.reject(
+                "DNS rules do not support port ranges",
+                p.end_port.as_ref().map_or(p.span, |e| e.span),
+            );
+        }
+        // `PortRule.sanitize` rejects port 0 for every kind of L7 rule, DNS included (it
+        // returns the range error above first).
+        if has_l7 && !deny && number == Some(0) && !dns_range {
+            errs.reject("L7 rules can not be used when a port is 0", port_text.span);
         }
         let protos: &[Protocol] = if protocol == Protocol::Any {
             &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
@@ -3471,7 +3479,6 @@ mod tests {
     // (pkg/policy/api/l4.go `PortRule.Validate` checks `haveZeroPort` for any non-empty
     // rules); the DNS range check (`EndPort > port`) does not fire for port 0 without endPort.
     #[test]
-    #[ignore = "BUG: DNS rules on port \"0\" are rejected with \"DNS rules do not support port ranges\" (port 0 is stored as 0-65535) instead of Cilium's \"L7 rules can not be used when a port is 0\""]
     fn dns_on_port_zero_gives_ciliums_message() {
         let msgs = error_messages(&cnp(
             "endpointSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"0\", protocol: UDP}]\n    rules: {dns: [{matchPattern: \"*\"}]}",
