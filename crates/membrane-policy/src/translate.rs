@@ -382,8 +382,9 @@ fn convert_selector(sel: &LabelSelector, errs: &mut Errors<'_>) -> Option<Select
 }
 
 /// §1.9 and §9.3: a CNP's endpointSelector always gets the policy namespace. A `k8s:`
-/// namespace key is overwritten; an unprefixed one stays beside it (and then usually
-/// selects nothing).
+/// namespace key in matchLabels is overwritten (Cilium's `EndpointSelector.AddMatch` sets
+/// `MatchLabels[key]`); an unprefixed one, and any matchExpressions requirement on the key,
+/// stays beside it (and then usually selects nothing).
 fn inject_subject_namespace(
     s: &mut Selector,
     raw: &LabelSelector,
@@ -391,9 +392,17 @@ fn inject_subject_namespace(
     errs: &mut Errors<'_>,
 ) {
     let k8s_ns = SelectorKey::k8s(KEY_NAMESPACE);
+    // convert_selector pushes one requirement per matchLabels entry, first.
+    let from_labels = raw.match_labels.len().min(s.requirements.len());
     let before = s.requirements.len();
-    s.requirements.retain(|r| r.key != k8s_ns);
-    if s.requirements.len() != before {
+    let mut index = 0;
+    s.requirements.retain(|r| {
+        let keep = index >= from_labels || r.key != k8s_ns;
+        index += 1;
+        keep
+    });
+    let overwritten = s.requirements.len() != before;
+    if overwritten {
         errs.warn(
             "subject-namespace-overwritten",
             format!("the namespace in endpointSelector is replaced by the policy's namespace `{ns}`"),
@@ -408,6 +417,13 @@ fn inject_subject_namespace(
         errs.warn(
             "subject-namespace-any",
             format!("endpointSelector names `{KEY_NAMESPACE}` without `k8s:`: it is kept beside the injected `k8s:{KEY_NAMESPACE}={ns}`, so the policy can only select pods of `{ns}`"),
+            raw.span,
+            "remove the namespace key from endpointSelector; a CiliumNetworkPolicy always applies to its own namespace",
+        );
+    } else if s.requirements.iter().any(|r| r.key == k8s_ns) {
+        errs.warn(
+            "subject-namespace-any",
+            format!("endpointSelector has a matchExpressions requirement on `k8s:{KEY_NAMESPACE}`: it is kept beside the injected `k8s:{KEY_NAMESPACE}={ns}`, so the policy can only select pods of `{ns}`"),
             raw.span,
             "remove the namespace key from endpointSelector; a CiliumNetworkPolicy always applies to its own namespace",
         );
@@ -3566,7 +3582,6 @@ mod tests {
     // namespace with `EndpointSelector.AddMatch`, which only sets `MatchLabels[key]`: a
     // matchExpressions requirement on the same key stays and is ANDed with it.
     #[test]
-    #[ignore = "BUG: inject_subject_namespace removes every requirement on k8s:io.kubernetes.pod.namespace, matchExpressions included; Cilium's AddMatch only overwrites the matchLabels entry, so `In [ns2]` in a CNP of ns1 selects nothing (membrane: all of ns1)"]
     fn cnp_subject_namespace_expression_is_kept() {
         let r = rule(&cnp(
             "endpointSelector: {matchExpressions: [{key: \"k8s:io.kubernetes.pod.namespace\", operator: In, values: [ns2]}]}\ningress: [{}]",
@@ -3576,5 +3591,15 @@ mod tests {
         };
         assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns1")])));
         assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns2")])));
+        // A NotIn expression on the key narrows the policy namespace instead.
+        let yaml = cnp(
+            "endpointSelector: {matchExpressions: [{key: \"k8s:io.kubernetes.pod.namespace\", operator: NotIn, values: [ns2]}]}\ningress: [{}]",
+        );
+        let r = rule(&yaml);
+        let Subject::Endpoints(s) = &r.subject else {
+            panic!()
+        };
+        assert!(s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns1")])));
+        assert_eq!(warning_codes(&yaml), vec!["subject-namespace-any"]);
     }
 }
