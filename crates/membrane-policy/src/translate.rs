@@ -1277,17 +1277,15 @@ fn translate_port_rule(
             (PortValue::Range(0, _), _) => PortValue::Range(0, 65535),
             (v, _) => v,
         };
-        if has_l7 && !has_dns && !deny {
-            if protocol != Protocol::Tcp {
-                errs.reject_help(
-                    format!(
-                        "L7 rules can only apply to TCP (not {}) except for DNS rules",
-                        protocol.as_str()
-                    ),
-                    p.protocol.as_ref().map_or(p.span, |s| s.span),
-                    "set `protocol: TCP` on ports with HTTP rules",
-                );
-            }
+        if has_l7 && !has_dns && !deny && protocol != Protocol::Tcp {
+            errs.reject_help(
+                format!(
+                    "L7 rules can only apply to TCP (not {}) except for DNS rules",
+                    protocol.as_str()
+                ),
+                p.protocol.as_ref().map_or(p.span, |s| s.span),
+                "set `protocol: TCP` on ports with HTTP rules",
+            );
         }
         // Cilium's `PortProtocol.sanitize`: with DNS rules, an endPort above the port is a
         // range (port 0 included); without endPort, port 0 is not a range here.
