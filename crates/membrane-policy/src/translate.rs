@@ -1552,10 +1552,13 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
         vec![namespace.clone()],
     );
 
-    // policyTypes defaults: Ingress always, Egress when egress rules are present.
+    // The API server defaults an absent or empty policyTypes to [Ingress], plus Egress when
+    // `spec.egress` has rules (networking/v1 SetDefaults_NetworkPolicy).
+    let has_ingress_rules = policy.ingress.as_ref().is_some_and(|r| !r.is_empty());
+    let has_egress_rules = policy.egress.as_ref().is_some_and(|r| !r.is_empty());
     let mut ingress_type = true;
-    let mut egress_type = policy.egress.is_some();
-    if let Some(types) = &policy.policy_types {
+    let mut egress_type = has_egress_rules;
+    if let Some(types) = policy.policy_types.as_ref().filter(|t| !t.is_empty()) {
         ingress_type = false;
         egress_type = false;
         for t in types {
@@ -1570,24 +1573,29 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
             }
         }
     }
-    let mut entries = Vec::new();
-    for (dir, section, rules, enabled) in [
-        (
-            Direction::Ingress,
-            RuleSection::Ingress,
-            &policy.ingress,
-            ingress_type,
-        ),
-        (
-            Direction::Egress,
-            RuleSection::Egress,
-            &policy.egress,
-            egress_type,
-        ),
+    // Cilium's ParseNetworkPolicy translates every ingress and egress rule whatever
+    // policyTypes says; policyTypes only adds the default deny of a direction without rules:
+    // ingress unless only Egress is listed, egress when Egress is listed.
+    let enforce_ingress = has_ingress_rules || ingress_type || !egress_type;
+    let enforce_egress = has_egress_rules || egress_type;
+    for (has_rules, listed, field, type_name) in [
+        (has_ingress_rules, ingress_type, "ingress", "Ingress"),
+        (has_egress_rules, egress_type, "egress", "Egress"),
     ] {
-        if !enabled {
-            continue;
+        if has_rules && !listed {
+            errs.warn(
+                "knp-rules-outside-policy-types",
+                format!("`{field}` rules are enforced by Cilium although policyTypes does not list {type_name} (Kubernetes would ignore them)"),
+                policy.policy_types.as_ref().and_then(|t| t.first()).map_or(policy.span, |t| t.span),
+                format!("add {type_name} to policyTypes, or remove the `{field}` rules"),
+            );
         }
+    }
+    let mut entries = Vec::new();
+    for (dir, section, rules) in [
+        (Direction::Ingress, RuleSection::Ingress, &policy.ingress),
+        (Direction::Egress, RuleSection::Egress, &policy.egress),
+    ] {
         for (index, r) in rules.iter().flatten().enumerate() {
             let eorigin = Arc::new(EntryOrigin {
                 rule: rule_origin.clone(),
@@ -1626,8 +1634,8 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
     let rule = Rule {
         origin: rule_origin,
         subject: Subject::Endpoints(subject),
-        has_ingress: ingress_type,
-        has_egress: egress_type,
+        has_ingress: enforce_ingress,
+        has_egress: enforce_egress,
         default_deny_ingress: None,
         default_deny_egress: None,
         entries,
@@ -3352,9 +3360,12 @@ mod tests {
         );
         // Ingress is always a policy type; Egress only when egress rules are present.
         assert!(r.has_ingress && !r.has_egress);
+        // `egress: []` has no egress rules: the API server defaults policyTypes to [Ingress].
         let r = rule(&knp("podSelector: {}\negress: []"));
-        assert!(r.has_ingress && r.has_egress);
+        assert!(r.has_ingress && !r.has_egress);
         assert!(r.entries.is_empty());
+        let r = rule(&knp("podSelector: {}\negress: [{}]"));
+        assert!(r.has_ingress && r.has_egress);
         let r = rule(&knp("podSelector: {}\npolicyTypes: [Egress]"));
         assert!(!r.has_ingress && r.has_egress);
         assert!(r.entries.is_empty());
@@ -3516,7 +3527,6 @@ mod tests {
     // `len(spec.egress) != 0` (networking/v1 SetDefaults_NetworkPolicy). Cilium sees the
     // defaulted object, so `egress: []` does not make the policy an egress policy.
     #[test]
-    #[ignore = "BUG: translate_kube sets the Egress policy type when `egress` is present at all; `egress: []` has no egress rules, so Kubernetes defaults policyTypes to [Ingress] and egress must stay unenforced (membrane puts the pods in egress default deny)"]
     fn knp_empty_egress_list_is_not_an_egress_policy() {
         let r = rule(&knp("podSelector: {}\ningress: [{}]\negress: []"));
         assert!(r.has_ingress);
@@ -3526,7 +3536,6 @@ mod tests {
     // Same defaulting: an empty `policyTypes: []` is replaced by [Ingress] (and Cilium's own
     // ParseNetworkPolicy enforces ingress unless the Egress type is listed).
     #[test]
-    #[ignore = "BUG: translate_kube reads `policyTypes: []` as \"no direction\" and enforces nothing; Kubernetes defaults an empty list to [Ingress]"]
     fn knp_empty_policy_types_default_to_ingress() {
         let r = rule(&knp("podSelector: {}\npolicyTypes: []"));
         assert!(r.has_ingress);
@@ -3561,11 +3570,11 @@ mod tests {
     // the default deny of a direction *without* rules. So `policyTypes: [Egress]` with ingress
     // rules still enforces those ingress rules under Cilium (Kubernetes would ignore them).
     #[test]
-    #[ignore = "BUG (Cilium parity): translate_kube drops the rules of a direction missing from policyTypes; Cilium's ParseNetworkPolicy translates spec.ingress/spec.egress regardless, so `policyTypes: [Egress]` + `ingress: [{from: [podSelector app=a]}]` enforces ingress under Cilium"]
     fn knp_rules_are_translated_whatever_the_policy_types() {
-        let r = rule(&knp(
+        let yaml = knp(
             "podSelector: {}\npolicyTypes: [Egress]\ningress:\n- from: [{podSelector: {matchLabels: {app: a}}}]",
-        ));
+        );
+        let r = rule(&yaml);
         assert!(r.has_ingress);
         assert_eq!(
             r.entries
@@ -3574,6 +3583,14 @@ mod tests {
                 .count(),
             1
         );
+        assert!(r.has_egress);
+        assert_eq!(warning_codes(&yaml), vec!["knp-rules-outside-policy-types"]);
+        // The same for egress rules under `policyTypes: [Ingress]`.
+        let yaml = knp("podSelector: {}\npolicyTypes: [Ingress]\negress: [{}]");
+        let r = rule(&yaml);
+        assert!(r.has_ingress && r.has_egress);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(warning_codes(&yaml), vec!["knp-rules-outside-policy-types"]);
     }
 
     // semantics §9.3 covers a `k8s:` namespace in matchLabels. Cilium injects the policy
