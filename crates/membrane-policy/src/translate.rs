@@ -382,8 +382,9 @@ fn convert_selector(sel: &LabelSelector, errs: &mut Errors<'_>) -> Option<Select
 }
 
 /// §1.9 and §9.3: a CNP's endpointSelector always gets the policy namespace. A `k8s:`
-/// namespace key is overwritten; an unprefixed one stays beside it (and then usually
-/// selects nothing).
+/// namespace key in matchLabels is overwritten (Cilium's `EndpointSelector.AddMatch` sets
+/// `MatchLabels[key]`); an unprefixed one, and any matchExpressions requirement on the key,
+/// stays beside it (and then usually selects nothing).
 fn inject_subject_namespace(
     s: &mut Selector,
     raw: &LabelSelector,
@@ -391,9 +392,17 @@ fn inject_subject_namespace(
     errs: &mut Errors<'_>,
 ) {
     let k8s_ns = SelectorKey::k8s(KEY_NAMESPACE);
+    // convert_selector pushes one requirement per matchLabels entry, first.
+    let from_labels = raw.match_labels.len().min(s.requirements.len());
     let before = s.requirements.len();
-    s.requirements.retain(|r| r.key != k8s_ns);
-    if s.requirements.len() != before {
+    let mut index = 0;
+    s.requirements.retain(|r| {
+        let keep = index >= from_labels || r.key != k8s_ns;
+        index += 1;
+        keep
+    });
+    let overwritten = s.requirements.len() != before;
+    if overwritten {
         errs.warn(
             "subject-namespace-overwritten",
             format!("the namespace in endpointSelector is replaced by the policy's namespace `{ns}`"),
@@ -408,6 +417,13 @@ fn inject_subject_namespace(
         errs.warn(
             "subject-namespace-any",
             format!("endpointSelector names `{KEY_NAMESPACE}` without `k8s:`: it is kept beside the injected `k8s:{KEY_NAMESPACE}={ns}`, so the policy can only select pods of `{ns}`"),
+            raw.span,
+            "remove the namespace key from endpointSelector; a CiliumNetworkPolicy always applies to its own namespace",
+        );
+    } else if s.requirements.iter().any(|r| r.key == k8s_ns) {
+        errs.warn(
+            "subject-namespace-any",
+            format!("endpointSelector has a matchExpressions requirement on `k8s:{KEY_NAMESPACE}`: it is kept beside the injected `k8s:{KEY_NAMESPACE}={ns}`, so the policy can only select pods of `{ns}`"),
             raw.span,
             "remove the namespace key from endpointSelector; a CiliumNetworkPolicy always applies to its own namespace",
         );
@@ -785,6 +801,15 @@ pub fn parse_cidr(text: &str, allow_bare: bool) -> Result<IpNet, String> {
         let ip: IpAddr = addr
             .parse()
             .map_err(|_| format!("unable to parse CIDR: invalid CIDR address: {text}"))?;
+        // Go's netip.ParsePrefix: plain decimal bits, no sign and no leading zero.
+        let plain_decimal = !len.is_empty()
+            && len.bytes().all(|b| b.is_ascii_digit())
+            && (len.len() == 1 || !len.starts_with('0'));
+        if !plain_decimal {
+            return Err(format!(
+                "unable to parse CIDR: invalid CIDR address: {text}"
+            ));
+        }
         let len: u8 = len
             .parse()
             .map_err(|_| format!("unable to parse CIDR: invalid CIDR address: {text}"))?;
@@ -1025,8 +1050,16 @@ pub fn is_service_name(text: &str) -> bool {
         && !text.contains("--")
 }
 
-/// A `port` string: a number 0-65535 (Go's ParseUint with base 0), or a named port.
+/// A `port` string: a named port, or a number 0-65535 (Go's ParseUint with base 0).
+///
+/// As in Cilium's `PortProtocol.sanitize`, the IANA service-name check comes first, so
+/// `0x50` and `0o120` are names rather than port 80 (Go's `iana.IsSvcName` is
+/// case-insensitive; the name is lowercased).
 fn parse_port(text: &str) -> Result<PortValue, String> {
+    let lower = text.to_ascii_lowercase();
+    if is_service_name(&lower) {
+        return Ok(PortValue::Named(lower));
+    }
     let number = if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         u64::from_str_radix(hex, 16).ok()
     } else if let Some(oct) = text.strip_prefix("0o").or_else(|| text.strip_prefix("0O")) {
@@ -1041,16 +1074,9 @@ fn parse_port(text: &str) -> Result<PortValue, String> {
         Some(_) => Err(format!(
             "unable to parse port: strconv.ParseUint: parsing {text:?}: value out of range"
         )),
-        None => {
-            let lower = text.to_ascii_lowercase();
-            if is_service_name(&lower) {
-                Ok(PortValue::Named(lower))
-            } else {
-                Err(format!(
-                    "unable to parse port: strconv.ParseUint: parsing {text:?}: invalid syntax"
-                ))
-            }
-        }
+        None => Err(format!(
+            "unable to parse port: strconv.ParseUint: parsing {text:?}: invalid syntax"
+        )),
     }
 }
 
@@ -1211,6 +1237,11 @@ fn translate_port_rule(
                 continue;
             }
         };
+        // The number as written, before port 0 is widened to every port.
+        let number = match value {
+            PortValue::Range(lo, _) => Some(lo),
+            PortValue::Named(_) => None,
+        };
         let value = match (value, &p.end_port) {
             (_, Some(end)) if end.value < 0 => {
                 errs.reject(
@@ -1246,30 +1277,31 @@ fn translate_port_rule(
             (PortValue::Range(0, _), _) => PortValue::Range(0, 65535),
             (v, _) => v,
         };
-        if has_l7 && !has_dns && !deny {
-            if protocol != Protocol::Tcp {
-                errs.reject_help(
-                    format!(
-                        "L7 rules can only apply to TCP (not {}) except for DNS rules",
-                        protocol.as_str()
-                    ),
-                    p.protocol.as_ref().map_or(p.span, |s| s.span),
-                    "set `protocol: TCP` on ports with HTTP rules",
-                );
-            }
-            if value == PortValue::Range(0, 65535) {
-                errs.reject("L7 rules can not be used when a port is 0", port_text.span);
-            }
+        if has_l7 && !has_dns && !deny && protocol != Protocol::Tcp {
+            errs.reject_help(
+                format!(
+                    "L7 rules can only apply to TCP (not {}) except for DNS rules",
+                    protocol.as_str()
+                ),
+                p.protocol.as_ref().map_or(p.span, |s| s.span),
+                "set `protocol: TCP` on ports with HTTP rules",
+            );
         }
-        if has_dns {
-            if let PortValue::Range(lo, hi) = value {
-                if lo != hi {
-                    errs.reject(
-                        "DNS rules do not support port ranges",
-                        p.end_port.as_ref().map_or(p.span, |e| e.span),
-                    );
-                }
-            }
+        // Cilium's `PortProtocol.sanitize`: with DNS rules, an endPort above the port is a
+        // range (port 0 included); without endPort, port 0 is not a range here.
+        let dns_range = has_dns
+            && number
+                .is_some_and(|lo| p.end_port.as_ref().is_some_and(|e| e.value > i64::from(lo)));
+        if dns_range {
+            errs.reject(
+                "DNS rules do not support port ranges",
+                p.end_port.as_ref().map_or(p.span, |e| e.span),
+            );
+        }
+        // `PortRule.sanitize` rejects port 0 for every kind of L7 rule, DNS included (it
+        // returns the range error above first).
+        if has_l7 && !deny && number == Some(0) && !dns_range {
+            errs.reject("L7 rules can not be used when a port is 0", port_text.span);
         }
         let protos: &[Protocol] = if protocol == Protocol::Any {
             &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
@@ -1520,10 +1552,13 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
         vec![namespace.clone()],
     );
 
-    // policyTypes defaults: Ingress always, Egress when egress rules are present.
+    // The API server defaults an absent or empty policyTypes to [Ingress], plus Egress when
+    // `spec.egress` has rules (networking/v1 SetDefaults_NetworkPolicy).
+    let has_ingress_rules = policy.ingress.as_ref().is_some_and(|r| !r.is_empty());
+    let has_egress_rules = policy.egress.as_ref().is_some_and(|r| !r.is_empty());
     let mut ingress_type = true;
-    let mut egress_type = policy.egress.is_some();
-    if let Some(types) = &policy.policy_types {
+    let mut egress_type = has_egress_rules;
+    if let Some(types) = policy.policy_types.as_ref().filter(|t| !t.is_empty()) {
         ingress_type = false;
         egress_type = false;
         for t in types {
@@ -1538,24 +1573,29 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
             }
         }
     }
-    let mut entries = Vec::new();
-    for (dir, section, rules, enabled) in [
-        (
-            Direction::Ingress,
-            RuleSection::Ingress,
-            &policy.ingress,
-            ingress_type,
-        ),
-        (
-            Direction::Egress,
-            RuleSection::Egress,
-            &policy.egress,
-            egress_type,
-        ),
+    // Cilium's ParseNetworkPolicy translates every ingress and egress rule whatever
+    // policyTypes says; policyTypes only adds the default deny of a direction without rules:
+    // ingress unless only Egress is listed, egress when Egress is listed.
+    let enforce_ingress = has_ingress_rules || ingress_type || !egress_type;
+    let enforce_egress = has_egress_rules || egress_type;
+    for (has_rules, listed, field, type_name) in [
+        (has_ingress_rules, ingress_type, "ingress", "Ingress"),
+        (has_egress_rules, egress_type, "egress", "Egress"),
     ] {
-        if !enabled {
-            continue;
+        if has_rules && !listed {
+            errs.warn(
+                "knp-rules-outside-policy-types",
+                format!("`{field}` rules are enforced by Cilium although policyTypes does not list {type_name} (Kubernetes would ignore them)"),
+                policy.policy_types.as_ref().and_then(|t| t.first()).map_or(policy.span, |t| t.span),
+                format!("add {type_name} to policyTypes, or remove the `{field}` rules"),
+            );
         }
+    }
+    let mut entries = Vec::new();
+    for (dir, section, rules) in [
+        (Direction::Ingress, RuleSection::Ingress, &policy.ingress),
+        (Direction::Egress, RuleSection::Egress, &policy.egress),
+    ] {
         for (index, r) in rules.iter().flatten().enumerate() {
             let eorigin = Arc::new(EntryOrigin {
                 rule: rule_origin.clone(),
@@ -1594,8 +1634,8 @@ pub fn translate_kube(policy: &KubePolicy, cx: &Context<'_>) -> Translated {
     let rule = Rule {
         origin: rule_origin,
         subject: Subject::Endpoints(subject),
-        has_ingress: ingress_type,
-        has_egress: egress_type,
+        has_ingress: enforce_ingress,
+        has_egress: enforce_egress,
         default_deny_ingress: None,
         default_deny_egress: None,
         entries,
@@ -3320,9 +3360,12 @@ mod tests {
         );
         // Ingress is always a policy type; Egress only when egress rules are present.
         assert!(r.has_ingress && !r.has_egress);
+        // `egress: []` has no egress rules: the API server defaults policyTypes to [Ingress].
         let r = rule(&knp("podSelector: {}\negress: []"));
-        assert!(r.has_ingress && r.has_egress);
+        assert!(r.has_ingress && !r.has_egress);
         assert!(r.entries.is_empty());
+        let r = rule(&knp("podSelector: {}\negress: [{}]"));
+        assert!(r.has_ingress && r.has_egress);
         let r = rule(&knp("podSelector: {}\npolicyTypes: [Egress]"));
         assert!(!r.has_ingress && r.has_egress);
         assert!(r.entries.is_empty());
@@ -3461,7 +3504,6 @@ mod tests {
     // `iana.IsSvcName` before `strconv.ParseUint(port, 0, 16)` (its comment: "0x10 is now
     // considered a name rather than number 16"), so `0x50` and `0o120` are named ports.
     #[test]
-    #[ignore = "BUG: parse_port tries the number first, so \"0x50\" becomes port 80 and \"0o120\" port 80; Cilium checks IsSvcName first and treats both as named ports"]
     fn prefixed_numbers_with_letters_are_named_ports() {
         assert_eq!(parse_port("0x50"), Ok(PortValue::Named("0x50".into())));
         assert_eq!(parse_port("0o120"), Ok(PortValue::Named("0o120".into())));
@@ -3471,7 +3513,6 @@ mod tests {
     // (pkg/policy/api/l4.go `PortRule.Validate` checks `haveZeroPort` for any non-empty
     // rules); the DNS range check (`EndPort > port`) does not fire for port 0 without endPort.
     #[test]
-    #[ignore = "BUG: DNS rules on port \"0\" are rejected with \"DNS rules do not support port ranges\" (port 0 is stored as 0-65535) instead of Cilium's \"L7 rules can not be used when a port is 0\""]
     fn dns_on_port_zero_gives_ciliums_message() {
         let msgs = error_messages(&cnp(
             "endpointSelector: {}\negress:\n- toPorts:\n  - ports: [{port: \"0\", protocol: UDP}]\n    rules: {dns: [{matchPattern: \"*\"}]}",
@@ -3486,7 +3527,6 @@ mod tests {
     // `len(spec.egress) != 0` (networking/v1 SetDefaults_NetworkPolicy). Cilium sees the
     // defaulted object, so `egress: []` does not make the policy an egress policy.
     #[test]
-    #[ignore = "BUG: translate_kube sets the Egress policy type when `egress` is present at all; `egress: []` has no egress rules, so Kubernetes defaults policyTypes to [Ingress] and egress must stay unenforced (membrane puts the pods in egress default deny)"]
     fn knp_empty_egress_list_is_not_an_egress_policy() {
         let r = rule(&knp("podSelector: {}\ningress: [{}]\negress: []"));
         assert!(r.has_ingress);
@@ -3496,7 +3536,6 @@ mod tests {
     // Same defaulting: an empty `policyTypes: []` is replaced by [Ingress] (and Cilium's own
     // ParseNetworkPolicy enforces ingress unless the Egress type is listed).
     #[test]
-    #[ignore = "BUG: translate_kube reads `policyTypes: []` as \"no direction\" and enforces nothing; Kubernetes defaults an empty list to [Ingress]"]
     fn knp_empty_policy_types_default_to_ingress() {
         let r = rule(&knp("podSelector: {}\npolicyTypes: []"));
         assert!(r.has_ingress);
@@ -3507,7 +3546,6 @@ mod tests {
     // `CIDR.Validate`, `CIDRRule.Validate`), whose prefix length is plain decimal: no sign and
     // no leading zero ("bad bits after slash").
     #[test]
-    #[ignore = "BUG: parse_cidr reads the prefix length with Rust's u8::parse, which accepts a sign and leading zeros (\"10.0.0.0/+8\", \"10.0.0.0/08\"); Go's netip.ParsePrefix rejects both"]
     fn cidr_prefix_length_is_plain_decimal() {
         assert!(parse_cidr("10.0.0.0/+8", false).is_err());
         assert!(parse_cidr("::/+0", false).is_err());
@@ -3532,11 +3570,11 @@ mod tests {
     // the default deny of a direction *without* rules. So `policyTypes: [Egress]` with ingress
     // rules still enforces those ingress rules under Cilium (Kubernetes would ignore them).
     #[test]
-    #[ignore = "BUG (Cilium parity): translate_kube drops the rules of a direction missing from policyTypes; Cilium's ParseNetworkPolicy translates spec.ingress/spec.egress regardless, so `policyTypes: [Egress]` + `ingress: [{from: [podSelector app=a]}]` enforces ingress under Cilium"]
     fn knp_rules_are_translated_whatever_the_policy_types() {
-        let r = rule(&knp(
+        let yaml = knp(
             "podSelector: {}\npolicyTypes: [Egress]\ningress:\n- from: [{podSelector: {matchLabels: {app: a}}}]",
-        ));
+        );
+        let r = rule(&yaml);
         assert!(r.has_ingress);
         assert_eq!(
             r.entries
@@ -3545,13 +3583,20 @@ mod tests {
                 .count(),
             1
         );
+        assert!(r.has_egress);
+        assert_eq!(warning_codes(&yaml), vec!["knp-rules-outside-policy-types"]);
+        // The same for egress rules under `policyTypes: [Ingress]`.
+        let yaml = knp("podSelector: {}\npolicyTypes: [Ingress]\negress: [{}]");
+        let r = rule(&yaml);
+        assert!(r.has_ingress && r.has_egress);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(warning_codes(&yaml), vec!["knp-rules-outside-policy-types"]);
     }
 
     // semantics §9.3 covers a `k8s:` namespace in matchLabels. Cilium injects the policy
     // namespace with `EndpointSelector.AddMatch`, which only sets `MatchLabels[key]`: a
     // matchExpressions requirement on the same key stays and is ANDed with it.
     #[test]
-    #[ignore = "BUG: inject_subject_namespace removes every requirement on k8s:io.kubernetes.pod.namespace, matchExpressions included; Cilium's AddMatch only overwrites the matchLabels entry, so `In [ns2]` in a CNP of ns1 selects nothing (membrane: all of ns1)"]
     fn cnp_subject_namespace_expression_is_kept() {
         let r = rule(&cnp(
             "endpointSelector: {matchExpressions: [{key: \"k8s:io.kubernetes.pod.namespace\", operator: In, values: [ns2]}]}\ningress: [{}]",
@@ -3561,5 +3606,15 @@ mod tests {
         };
         assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns1")])));
         assert!(!s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns2")])));
+        // A NotIn expression on the key narrows the policy namespace instead.
+        let yaml = cnp(
+            "endpointSelector: {matchExpressions: [{key: \"k8s:io.kubernetes.pod.namespace\", operator: NotIn, values: [ns2]}]}\ningress: [{}]",
+        );
+        let r = rule(&yaml);
+        let Subject::Endpoints(s) = &r.subject else {
+            panic!()
+        };
+        assert!(s.matches(&pod(&[(crate::labels::KEY_NAMESPACE, "ns1")])));
+        assert_eq!(warning_codes(&yaml), vec!["subject-namespace-any"]);
     }
 }
