@@ -1037,14 +1037,8 @@ type Maps = (
 
 fn maps_of(p: &membrane_policy::engine::EndpointPolicy) -> [Maps; 2] {
     [
-        (
-            p.ingress.map.iter().map(|(k, v)| (*k, *v)).collect(),
-            p.ingress.enforced,
-        ),
-        (
-            p.egress.map.iter().map(|(k, v)| (*k, *v)).collect(),
-            p.egress.enforced,
-        ),
+        (p.ingress.map.iter().collect(), p.ingress.enforced),
+        (p.egress.map.iter().collect(), p.egress.enforced),
     ]
 }
 
@@ -1065,10 +1059,10 @@ fn apply_changes(
             .enumerate()
         {
             let delta = c.delta(d);
-            for k in &delta.removed {
+            for k in &delta.removed() {
                 m[i].0.remove(k);
             }
-            for (k, v) in &delta.added {
+            for (k, v) in &delta.added() {
                 m[i].0.insert(*k, *v);
             }
         }

@@ -187,7 +187,8 @@ impl DirectionTable {
         let mut t = DirectionTable::default();
         let mut peer_pref: BTreeMap<(u32, u8), Vec<Prefix>> = BTreeMap::new();
         let mut any_pref: BTreeMap<u8, Vec<Prefix>> = BTreeMap::new();
-        for (key, entry) in &policy.map {
+        for (key, entry) in policy.map.iter() {
+            let key = &key;
             let action = if entry.deny {
                 Action::Deny
             } else if entry.redirect {

@@ -38,7 +38,7 @@ pub struct ProxyPolicy {
 /// Whether any HTTP rule of `policy` has `headerMatches`.
 fn has_header_matches(policy: &DirectionPolicy) -> bool {
     policy.map.keys().any(|key| {
-        policy.contributions(key).iter().any(|c| {
+        policy.contributions(&key).iter().any(|c| {
             c.l7.as_ref().is_some_and(|l7| {
                 l7.http
                     .as_ref()

@@ -70,8 +70,8 @@ impl ChangeSet {
         for c in std::mem::take(&mut self.subjects) {
             match out.iter_mut().find(|o| o.subject == c.subject) {
                 Some(o) => {
-                    fold(&mut o.ingress, c.ingress);
-                    fold(&mut o.egress, c.egress);
+                    o.ingress.fold(c.ingress);
+                    o.egress.fold(c.egress);
                     o.enforcement_changed |= c.enforcement_changed;
                     o.endpoints = c.endpoints;
                 }
@@ -87,25 +87,9 @@ impl ChangeSet {
     pub fn entry_count(&self) -> (usize, usize) {
         self.subjects.iter().fold((0, 0), |(a, r), c| {
             (
-                a + c.ingress.added.len() + c.egress.added.len(),
-                r + c.ingress.removed.len() + c.egress.removed.len(),
+                a + c.ingress.added().len() + c.egress.added().len(),
+                r + c.ingress.removed().len() + c.egress.removed().len(),
             )
         })
     }
-}
-
-fn fold(into: &mut MapDelta, later: MapDelta) {
-    for k in &later.removed {
-        into.added.retain(|(a, _)| a != k);
-        if !into.removed.contains(k) {
-            into.removed.push(*k);
-        }
-    }
-    for (k, v) in later.added {
-        into.removed.retain(|r| *r != k);
-        into.added.retain(|(a, _)| *a != k);
-        into.added.push((k, v));
-    }
-    into.added.sort_unstable_by_key(|(k, _)| *k);
-    into.removed.sort_unstable();
 }

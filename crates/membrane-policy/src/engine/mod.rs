@@ -23,7 +23,9 @@ use crate::identity::{self, Identity, IdentityId, IdentityKind, IdentityTable};
 use crate::labels::{KEY_NAMESPACE, Label, LabelSet, Operator, Selector, SelectorKey};
 use crate::model::{Direction, PeerSelector, Peers, PolicyOrigin, Protocol, Rule};
 use crate::options::Options;
-use crate::resolve::{DirectionPolicy, EntryRef, MapDelta, Repository, Subject, host_labels};
+use crate::resolve::{
+    DirectionPolicy, EntryRef, MapDelta, PartCache, PeerPart, Repository, Subject, host_labels,
+};
 use crate::translate::Translated;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -149,6 +151,8 @@ pub struct Snapshot {
     subject_by_key: HashMap<SubjectKey, usize>,
     /// Per rule slot: the subjects its subject selector selects.
     rule_subjects: Vec<Vec<usize>>,
+    /// Peer parts shared between policies (and snapshots).
+    parts: Arc<PartCache>,
 }
 
 /// The writer: every change goes through it and returns what changed.
@@ -176,6 +180,7 @@ impl Engine {
                 subjects: Vec::new(),
                 subject_by_key: HashMap::new(),
                 rule_subjects: Vec::new(),
+                parts: Arc::new(PartCache::default()),
             }),
         }
     }
@@ -444,8 +449,12 @@ impl Snapshot {
             },
         };
         EndpointPolicy {
-            ingress: self.repo.resolve(&subject, Direction::Ingress),
-            egress: self.repo.resolve(&subject, Direction::Egress),
+            ingress: self
+                .repo
+                .resolve_cached(&subject, Direction::Ingress, &self.parts),
+            egress: self
+                .repo
+                .resolve_cached(&subject, Direction::Egress, &self.parts),
         }
     }
 
@@ -690,33 +699,52 @@ impl Snapshot {
     // ---- identities as peers ----
 
     /// A new identity exists: the selectors that select it gain it, and every computed
-    /// policy with an entry selecting it gains that peer's keys (only those).
+    /// policy with an entry selecting it gains that peer's part (only that), shared through
+    /// the part cache between policies that compute it from the same entries.
     fn identity_appeared(&mut self, id: IdentityId) -> ChangeSet {
-        let gained = self.repo.identity_added(id);
-        let mut per_subject: BTreeMap<usize, Vec<EntryRef>> = BTreeMap::new();
-        for e in &gained {
-            for s in self.rule_subjects.get(e.0).into_iter().flatten() {
-                per_subject.entry(*s).or_default().push(*e);
-            }
-        }
+        let mut gained = self.repo.identity_added(id);
+        gained.sort_unstable();
+        let mut touched: Vec<usize> = gained
+            .iter()
+            .flat_map(|e| self.rule_subjects.get(e.0).into_iter().flatten().copied())
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
         let mut changes = ChangeSet::default();
-        for (s, entries) in per_subject {
-            changes.merge(self.update_peer(s, id, &entries));
+        for s in touched {
+            changes.merge(self.update_peer(s, id, &gained));
         }
         changes
     }
 
-    /// An identity is gone: every computed policy loses its keys for that peer.
+    /// An identity is gone: every computed policy loses its part for that peer.
     fn identity_vanished(&mut self, id: IdentityId) -> ChangeSet {
         self.repo.identity_removed(id);
         let mut changes = ChangeSet::default();
         for s in 0..self.subjects.len() {
-            changes.merge(self.update_peer(s, id, &[]));
+            let Some(Some(state)) = self.subjects.get_mut(s) else {
+                continue;
+            };
+            let Some(policy) = state.policy.get_mut() else {
+                continue;
+            };
+            let has_peer = |d: &DirectionPolicy| d.map.peer(id).is_some() || d.raw_has_peer(id);
+            if !has_peer(&policy.ingress) && !has_peer(&policy.egress) {
+                continue;
+            }
+            let policy = Arc::make_mut(policy);
+            let mut change = SubjectChange::new(s);
+            change.ingress = policy.ingress.set_peer_part(id, PeerPart::default());
+            change.egress = policy.egress.set_peer_part(id, PeerPart::default());
+            if !change.is_empty() {
+                change.endpoints = self.subject_endpoints(s);
+                changes.subjects.push(change);
+            }
         }
         changes
     }
 
-    fn update_peer(&mut self, s: usize, peer: IdentityId, entries: &[EntryRef]) -> ChangeSet {
+    fn update_peer(&mut self, s: usize, peer: IdentityId, gained: &[EntryRef]) -> ChangeSet {
         let mut changes = ChangeSet::default();
         let Some(Some(state)) = self.subjects.get_mut(s) else {
             return changes;
@@ -733,14 +761,20 @@ impl Snapshot {
         let policy = Arc::make_mut(policy);
         let mut change = SubjectChange::new(s);
         for d in [Direction::Ingress, Direction::Egress] {
-            let delta: MapDelta = self.repo.update_peer(
-                policy.direction_mut(d),
-                &subject,
-                &state.rules,
-                peer,
-                entries,
-            );
-            *change.delta_mut(d) = delta;
+            let dir = policy.direction_mut(d);
+            if !dir.enforced {
+                continue;
+            }
+            let entries = self
+                .repo
+                .entries_selecting(&subject, &state.rules, d, peer, gained);
+            if entries.is_empty() && peer != identity::HOST {
+                continue;
+            }
+            let part =
+                self.repo
+                    .cached_part(dir, &subject, &state.rules, peer, &entries, &self.parts);
+            *change.delta_mut(d) = dir.set_peer_part(peer, part);
         }
         if !change.is_empty() {
             change.endpoints = self.subject_endpoints(s);

@@ -9,154 +9,18 @@ use crate::model::*;
 use crate::options::{EnforcementMode, Options};
 // Policy-map keys are small integers hashed millions of times: FxHash, not SipHash.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+mod key;
+mod map;
+mod raw;
+
+pub use key::{MapKey, PortKey, range_to_prefixes};
+use key::{lookup_rank, mask};
+pub use map::{MapDelta, MapEntry, PeerDelta, PeerEntries, PolicyMap};
+use raw::RawMap;
+pub use raw::{Contribution, PeerRaw};
 use std::net::IpAddr;
 use std::sync::Arc;
-
-/// A policy-map key. `peer == 0` and `protocol == 0` mean any; `prefix_len` is how many
-/// leading bits of `port` are fixed (0: every port, 16: exactly `port`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MapKey {
-    pub peer: IdentityId,
-    pub protocol: u8,
-    pub port: u16,
-    pub prefix_len: u8,
-}
-
-impl MapKey {
-    fn covers(&self, other: &MapKey) -> bool {
-        (self.peer == 0 || self.peer == other.peer)
-            && (self.protocol == 0 || self.protocol == other.protocol)
-            && self.prefix_len <= other.prefix_len
-            && mask(other.port, self.prefix_len) == self.port
-    }
-
-    fn overlaps(&self, other: &MapKey) -> bool {
-        let peer = self.peer == 0 || other.peer == 0 || self.peer == other.peer;
-        let proto = self.protocol == 0 || other.protocol == 0 || self.protocol == other.protocol;
-        let short = self.prefix_len.min(other.prefix_len);
-        peer && proto && mask(self.port, short) == mask(other.port, short)
-    }
-
-    fn intersection(&self, other: &MapKey) -> MapKey {
-        let (port, prefix_len) = if self.prefix_len >= other.prefix_len {
-            (self.port, self.prefix_len)
-        } else {
-            (other.port, other.prefix_len)
-        };
-        MapKey {
-            peer: self.peer.max(other.peer),
-            protocol: self.protocol.max(other.protocol),
-            port,
-            prefix_len,
-        }
-    }
-
-    /// The port range the key covers.
-    pub fn port_range(&self) -> (u16, u16) {
-        if self.prefix_len == 0 {
-            return (0, 65535);
-        }
-        let span = if self.prefix_len >= 16 {
-            0
-        } else {
-            (1u32 << (16 - self.prefix_len)) - 1
-        };
-        (self.port, (u32::from(self.port) + span) as u16)
-    }
-}
-
-/// The order in which the datapath's lookup meets keys (see `DirectionPolicy::lookup`).
-fn lookup_rank(k: &MapKey) -> (u8, std::cmp::Reverse<u8>) {
-    let level = match (k.peer != 0, k.protocol != 0, k.prefix_len > 0) {
-        (true, true, true) => 0,
-        (false, true, true) => 1,
-        (true, true, false) => 2,
-        (false, true, false) => 3,
-        (true, false, _) => 4,
-        (false, false, _) => 5,
-    };
-    (level, std::cmp::Reverse(k.prefix_len))
-}
-
-fn mask(port: u16, prefix_len: u8) -> u16 {
-    if prefix_len == 0 {
-        0
-    } else if prefix_len >= 16 {
-        port
-    } else {
-        port & !(((1u32 << (16 - prefix_len)) - 1) as u16)
-    }
-}
-
-/// Splits an inclusive port range into prefixes, as Cilium's policy map stores ranges.
-pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
-    if lo == 0 && hi == 65535 {
-        return vec![(0, 0)];
-    }
-    let mut out = Vec::new();
-    let (mut cur, hi) = (u32::from(lo), u32::from(hi));
-    while cur <= hi {
-        let mut size = if cur == 0 {
-            1 << 16
-        } else {
-            cur & cur.wrapping_neg()
-        };
-        while cur + size - 1 > hi {
-            size >>= 1;
-        }
-        out.push((cur as u16, 16 - size.trailing_zeros() as u8));
-        cur += size;
-    }
-    out
-}
-
-/// One rule entry's contribution to a key.
-#[derive(Debug, Clone)]
-pub struct Contribution {
-    pub origin: Origin,
-    pub deny: bool,
-    pub l7: Option<Arc<L7Policy>>,
-    /// Written as one exact port (not a range, not port 0, not "every port"): only such a
-    /// plain allow opens DNS for every name (§9.14).
-    pub exact_port: bool,
-}
-
-/// What a key decides in the datapath: drop, or pass (through a proxy when `redirect`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MapEntry {
-    pub deny: bool,
-    pub redirect: bool,
-}
-
-/// How a resolved map changed: keys added or whose entry changed, and keys removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MapDelta {
-    pub added: Vec<(MapKey, MapEntry)>,
-    pub removed: Vec<MapKey>,
-}
-
-impl MapDelta {
-    pub fn between(before: &HashMap<MapKey, MapEntry>, after: &HashMap<MapKey, MapEntry>) -> Self {
-        let mut delta = MapDelta::default();
-        for (k, v) in after {
-            if before.get(k) != Some(v) {
-                delta.added.push((*k, *v));
-            }
-        }
-        for k in before.keys() {
-            if !after.contains_key(k) {
-                delta.removed.push(*k);
-            }
-        }
-        delta.added.sort_unstable_by_key(|(k, _)| *k);
-        delta.removed.sort_unstable();
-        delta
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty()
-    }
-}
 
 /// A matched key with the rule entries behind it, gathered at lookup time so that building
 /// the map stays cheap even when hundreds of rules cover every key.
@@ -218,6 +82,80 @@ pub enum Enforcement {
     },
 }
 
+/// What one peer's part of a policy is computed from: equal keys give equal parts (the
+/// every-peer keys are compared by their shared, interned chunk).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PartKey {
+    direction: Direction,
+    /// (slot, generation, entry).
+    entries: Vec<(usize, u64, usize)>,
+    ports: Vec<(String, Protocol, u16)>,
+    named_ports_epoch: u64,
+    wildcard: usize,
+    localhost: bool,
+    is_host: bool,
+}
+
+/// Peer parts shared between policies, and the distinct every-peer parts they are computed
+/// against. Content-keyed, so one cache can serve every snapshot of an engine. It only
+/// grows; it is emptied when it holds more than `PartCache::LIMIT` parts.
+#[derive(Debug, Default)]
+pub struct PartCache {
+    inner: std::sync::Mutex<PartCacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct PartCacheInner {
+    parts: HashMap<PartKey, PeerPart>,
+    wildcards: Vec<Arc<PeerRaw>>,
+}
+
+impl PartCache {
+    const LIMIT: usize = 200_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PartCacheInner> {
+        // A panic while holding the lock leaves a consistent map (inserts are atomic).
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &PartKey) -> Option<PeerPart> {
+        self.lock().parts.get(key).cloned()
+    }
+
+    fn insert(&self, key: PartKey, part: PeerPart) {
+        let mut inner = self.lock();
+        if inner.parts.len() >= Self::LIMIT {
+            inner.parts.clear();
+        }
+        inner.parts.insert(key, part);
+    }
+
+    /// The shared chunk equal to `chunk` (registering it if it is new).
+    fn intern_wildcard(&self, chunk: Option<Arc<PeerRaw>>) -> Option<Arc<PeerRaw>> {
+        let chunk = chunk?;
+        let mut inner = self.lock();
+        if let Some(w) = inner.wildcards.iter().find(|w| ***w == *chunk) {
+            return Some(w.clone());
+        }
+        if inner.wildcards.len() >= 4096 {
+            // Parts are keyed by these chunks' addresses: forget both together.
+            inner.wildcards.clear();
+            inner.parts.clear();
+        }
+        inner.wildcards.push(chunk.clone());
+        Some(chunk)
+    }
+}
+
+/// One peer's part of a resolved direction (see [`Repository::peer_part`]).
+#[derive(Debug, Clone, Default)]
+pub struct PeerPart {
+    pub raw: Option<Arc<PeerRaw>>,
+    pub entries: Option<Arc<PeerEntries>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct DirectionPolicy {
     pub direction: Direction,
@@ -225,7 +163,7 @@ pub struct DirectionPolicy {
     pub enforcement: Enforcement,
     pub default_deny: bool,
     /// The datapath-shaped map: what the nftables compiler and the lookup read.
-    pub map: HashMap<MapKey, MapEntry>,
+    pub map: PolicyMap,
     /// The entries as the rules produced them, for explanations and L7 rules.
     raw: RawMap,
 }
@@ -237,6 +175,33 @@ pub struct LookupResult<'a> {
 }
 
 impl DirectionPolicy {
+    /// Replaces one peer's part; returns the change.
+    pub fn set_peer_part(&mut self, peer: IdentityId, part: PeerPart) -> MapDelta {
+        let before = self.map.peer(peer).cloned();
+        self.raw.set_peer(peer, part.raw);
+        let mut delta = MapDelta::default();
+        delta.push(peer, before, part.entries.clone());
+        self.map.set_peer(peer, part.entries);
+        delta
+    }
+
+    /// Whether some rule wrote keys for this peer.
+    pub fn raw_has_peer(&self, peer: IdentityId) -> bool {
+        self.raw.peer(peer).is_some()
+    }
+
+    /// The every-peer raw keys (shared between policies with the same ones).
+    pub fn wildcard_part(&self) -> Option<&Arc<PeerRaw>> {
+        self.raw.peer(0)
+    }
+
+    /// Makes the every-peer raw keys this (equal) shared chunk.
+    pub fn share_wildcard_part(&mut self, chunk: Arc<PeerRaw>) {
+        if self.raw.peer(0).is_some_and(|c| **c == *chunk) {
+            self.raw.set_peer(0, Some(chunk));
+        }
+    }
+
     fn result(&self, key: MapKey) -> LookupResult<'_> {
         let contributions: Vec<&Contribution> = self
             .raw
@@ -281,7 +246,7 @@ impl DirectionPolicy {
             }
             return out;
         }
-        let own = self.raw.keys.get(key);
+        let own = self.raw.get(key);
         let redirect = own.is_some_and(|cs| cs.iter().any(|c| !c.deny && c.l7.is_some()));
         match own {
             Some(cs) if cs.iter().any(|c| !c.deny) => {
@@ -399,6 +364,12 @@ pub struct Repository {
     /// Per rule slot, per entry: the cached selectors behind the selection.
     entry_selectors: Vec<Vec<Vec<usize>>>,
     selectors: SelectorCache,
+    /// Per rule slot: a number that changes whenever the slot gets a new rule, so that
+    /// cached parts never mistake a new rule for the one that had the slot before.
+    generations: Vec<u64>,
+    next_generation: u64,
+    /// Changes whenever a named port resolves differently for egress rules.
+    named_ports_epoch: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -437,6 +408,9 @@ impl Repository {
             selections: Vec::with_capacity(rules.len()),
             entry_selectors: Vec::with_capacity(rules.len()),
             selectors: SelectorCache::default(),
+            generations: Vec::with_capacity(rules.len()),
+            next_generation: 0,
+            named_ports_epoch: 0,
         };
         for (name, proto, port) in cluster_ports {
             repo.add_named_port(name, *proto, *port);
@@ -455,9 +429,12 @@ impl Repository {
                 self.rules.push(None);
                 self.selections.push(Vec::new());
                 self.entry_selectors.push(Vec::new());
+                self.generations.push(0);
                 self.rules.len() - 1
             }
         };
+        self.next_generation += 1;
+        self.generations[slot] = self.next_generation;
         let mut sels = Vec::with_capacity(rule.entries.len());
         let mut per_entry = Vec::with_capacity(rule.entries.len());
         for (entry_index, entry) in rule.entries.iter().enumerate() {
@@ -618,7 +595,9 @@ impl Repository {
             .or_default()
             .entry((protocol, port))
             .or_default() += 1;
-        before != self.egress_named_port_numbers(name)
+        let changed = before != self.egress_named_port_numbers(name);
+        self.named_ports_epoch += u64::from(changed);
+        changed
     }
 
     /// The inverse of `add_named_port`.
@@ -635,7 +614,9 @@ impl Repository {
                 self.cluster_ports.remove(name);
             }
         }
-        before != self.egress_named_port_numbers(name)
+        let changed = before != self.egress_named_port_numbers(name);
+        self.named_ports_epoch += u64::from(changed);
+        changed
     }
 
     fn egress_named_port_numbers(&self, name: &str) -> Vec<(Protocol, u16)> {
@@ -686,6 +667,19 @@ impl Repository {
     }
 
     pub fn resolve(&self, subject: &Subject<'_>, direction: Direction) -> DirectionPolicy {
+        self.resolve_cached(subject, direction, &PartCache::default())
+    }
+
+    /// Resolves one direction of a subject's policy, peer by peer: the every-peer keys
+    /// first, then each selected peer's part from the rule entries that select it, shared
+    /// through `cache` with every policy whose part for some peer comes from the same
+    /// entries, ports and every-peer keys.
+    pub fn resolve_cached(
+        &self,
+        subject: &Subject<'_>,
+        direction: Direction,
+        cache: &PartCache,
+    ) -> DirectionPolicy {
         let selecting: Vec<(usize, &Rule)> = self.selecting_rules(subject).collect();
         let with_dir: Vec<&(usize, &Rule)> =
             selecting.iter().filter(|(_, r)| r.has(direction)).collect();
@@ -709,7 +703,7 @@ impl Repository {
             enforced,
             enforcement,
             default_deny: enforced,
-            map: HashMap::default(),
+            map: PolicyMap::default(),
             raw: RawMap::default(),
         };
         if !enforced {
@@ -755,38 +749,117 @@ impl Repository {
                 Direction::Egress => r.requires_egress.iter(),
             })
             .collect();
-        for (rule_index, rule) in &selecting {
-            for (entry_index, entry) in rule.entries.iter().enumerate() {
-                if entry.direction == direction {
-                    self.add_entry(
-                        &mut raw,
-                        subject,
-                        (*rule_index, entry_index),
-                        &requires,
-                        None,
-                    );
+        // Every-peer keys: entries without an L3 field.
+        let slots: Vec<usize> = selecting.iter().map(|(s, _)| *s).collect();
+        let mut per_peer: HashMap<IdentityId, Vec<EntryRef>> = HashMap::default();
+        for (slot, rule) in &selecting {
+            for (i, entry) in rule.entries.iter().enumerate() {
+                if entry.direction != direction || entry.allows_nothing() {
+                    continue;
+                }
+                let wildcard = matches!(
+                    self.selections.get(*slot).and_then(|r| r.get(i)),
+                    Some(None)
+                );
+                if wildcard {
+                    self.add_entry(&mut raw, subject, (*slot, i), &requires, Some(0));
+                    continue;
+                }
+                for p in self.entry_peers(*slot, i, entry, subject, &requires) {
+                    per_peer.entry(p).or_default().push((*slot, i));
                 }
             }
         }
-        if direction == Direction::Ingress && self.options.allow_localhost && !subject.is_host {
-            raw.add(
-                MapKey {
-                    peer: HOST,
-                    protocol: 0,
-                    port: 0,
-                    prefix_len: 0,
-                },
-                Contribution {
-                    origin: Origin::AllowLocalhost,
-                    deny: false,
-                    l7: None,
-                    exact_port: false,
-                },
-            );
+        let localhost =
+            direction == Direction::Ingress && self.options.allow_localhost && !subject.is_host;
+        if localhost {
+            per_peer.entry(HOST).or_default();
         }
-        policy.map = raw.finish();
-        policy.raw = raw;
+        let wild = cache.intern_wildcard(raw.peer(0).cloned());
+        policy.raw.set_peer(0, wild.clone());
+        let mut wild_only = RawMap::default();
+        wild_only.set_peer(0, wild);
+        let wild_entries = wild_only.finish_peer(0);
+        policy.map.set_peer(
+            0,
+            (!wild_entries.is_empty()).then(|| Arc::new(wild_entries)),
+        );
+        for (peer, entries) in per_peer {
+            let part = self.cached_part(&policy, subject, &slots, peer, &entries, cache);
+            policy.raw.set_peer(peer, part.raw);
+            policy.map.set_peer(peer, part.entries);
+        }
         policy
+    }
+
+    /// A peer's part, from the cache or computed (see `peer_part`). `entries` must be the
+    /// rule entries whose peers select it after `fromRequires`/`toRequires`.
+    pub fn cached_part(
+        &self,
+        policy: &DirectionPolicy,
+        subject: &Subject<'_>,
+        selecting: &[usize],
+        peer: IdentityId,
+        entries: &[EntryRef],
+        cache: &PartCache,
+    ) -> PeerPart {
+        let d = policy.direction;
+        let key = PartKey {
+            direction: d,
+            entries: entries
+                .iter()
+                .map(|(s, e)| (*s, self.generations.get(*s).copied().unwrap_or(0), *e))
+                .collect(),
+            ports: match d {
+                Direction::Ingress => subject.own_ports.to_vec(),
+                Direction::Egress => Vec::new(),
+            },
+            named_ports_epoch: self.named_ports_epoch,
+            wildcard: policy
+                .wildcard_part()
+                .map_or(0, |w| Arc::as_ptr(w) as usize),
+            localhost: peer == HOST
+                && d == Direction::Ingress
+                && self.options.allow_localhost
+                && !subject.is_host,
+            is_host: subject.is_host,
+        };
+        if let Some(p) = cache.get(&key) {
+            return p;
+        }
+        let part = self.peer_part(policy, subject, selecting, peer, entries);
+        cache.insert(key, part.clone());
+        part
+    }
+
+    /// The rule entries among `candidates` that select `peer` in a subject's policy: of a
+    /// rule selecting it, in this direction, after `fromRequires`/`toRequires`.
+    pub fn entries_selecting(
+        &self,
+        subject: &Subject<'_>,
+        selecting: &[usize],
+        direction: Direction,
+        peer: IdentityId,
+        candidates: &[EntryRef],
+    ) -> Vec<EntryRef> {
+        let requires = self.requires_of(selecting, direction);
+        candidates
+            .iter()
+            .filter(|(slot, i)| {
+                if selecting.binary_search(slot).is_err() {
+                    return false;
+                }
+                let Some(entry) = self.rule(*slot).and_then(|r| r.entries.get(*i)) else {
+                    return false;
+                };
+                entry.direction == direction
+                    && !entry.allows_nothing()
+                    && self
+                        .entry_peers(*slot, *i, entry, subject, &requires)
+                        .contains(&peer)
+            })
+            .copied()
+            .collect()
     }
 
     /// Adds the keys one rule entry contributes to a subject's raw map, for every peer it
@@ -844,44 +917,31 @@ impl Repository {
             .collect()
     }
 
-    /// Brings one peer identity's keys of a resolved policy up to date after that identity
-    /// appeared in (or vanished from) the selections of `entries`, without touching any
-    /// other peer's keys: a key for peer X depends only on raw keys for X and for every
-    /// peer, so recomputing X's keys alone gives exactly what a full resolution would.
-    /// `selecting` are the slots of the rules that select the subject (sorted); `entries`
-    /// every rule entry that now selects the peer (none when the identity is gone).
-    pub fn update_peer(
+    /// One peer identity's part of a resolved policy, computed alone: its raw keys from
+    /// `entries` (the rule entries that select it, of rules selecting the subject, in this
+    /// direction) and its finished entries against the policy's every-peer keys. A key for
+    /// peer X depends only on raw keys for X and for every peer, so this is exactly what a
+    /// full resolution would give that peer. `selecting`: the slots of the rules selecting
+    /// the subject (for `fromRequires`/`toRequires`).
+    pub fn peer_part(
         &self,
-        policy: &mut DirectionPolicy,
+        policy: &DirectionPolicy,
         subject: &Subject<'_>,
         selecting: &[usize],
         peer: IdentityId,
         entries: &[EntryRef],
-    ) -> MapDelta {
-        if !policy.enforced || peer == 0 {
-            return MapDelta::default();
-        }
-        let before = policy.raw.finish_peer(peer);
-        policy.raw.remove_peer(peer);
+    ) -> PeerPart {
         let requires = self.requires_of(selecting, policy.direction);
-        let mut sorted: Vec<EntryRef> = entries.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        for e in &sorted {
-            let matches_dir = self
-                .rule(e.0)
-                .and_then(|r| r.entries.get(e.1))
-                .is_some_and(|en| en.direction == policy.direction);
-            if matches_dir && selecting.binary_search(&e.0).is_ok() {
-                self.add_entry(&mut policy.raw, subject, *e, &requires, Some(peer));
-            }
+        let mut raw = RawMap::default();
+        for e in entries {
+            self.add_entry(&mut raw, subject, *e, &requires, Some(peer));
         }
         if peer == HOST
             && policy.direction == Direction::Ingress
             && self.options.allow_localhost
             && !subject.is_host
         {
-            policy.raw.add(
+            raw.add(
                 MapKey {
                     peer: HOST,
                     protocol: 0,
@@ -896,15 +956,31 @@ impl Repository {
                 },
             );
         }
-        let after = policy.raw.finish_peer(peer);
-        let delta = MapDelta::between(&before, &after);
-        for k in &delta.removed {
-            policy.map.remove(k);
+        let own = raw.peer(peer).cloned();
+        let mut with_wild = RawMap::default();
+        with_wild.set_peer(peer, own.clone());
+        with_wild.set_peer(0, policy.raw.peer(0).cloned());
+        let finished = with_wild.finish_peer(peer);
+        PeerPart {
+            raw: own,
+            entries: (!finished.is_empty()).then(|| Arc::new(finished)),
         }
-        for (k, v) in &delta.added {
-            policy.map.insert(*k, *v);
-        }
-        delta
+    }
+
+    /// Whether a rule's `fromRequires`/`toRequires` (of any rule selecting the subject) keep
+    /// an identity out of `fromEndpoints`/`toEndpoints` peers.
+    pub fn requires_exclude(
+        &self,
+        selecting: &[usize],
+        direction: Direction,
+        peer: IdentityId,
+    ) -> bool {
+        let requires = self.requires_of(selecting, direction);
+        !requires.is_empty()
+            && !self
+                .identities
+                .get(peer)
+                .is_some_and(|i| requires.iter().all(|r| r.matches(&i.labels)))
     }
 
     fn entry_peers(
@@ -1075,192 +1151,6 @@ pub fn peer_selects(s: &PeerSelector, identity: &Identity, options: &Options) ->
         }
         // Services are expanded by the cluster model before resolution.
         PeerSelector::Service { .. } => false,
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-struct RawMap {
-    keys: HashMap<MapKey, Vec<Contribution>>,
-    /// The port prefix lengths in use: covering keys are only looked for at these.
-    prefix_lens: Vec<u8>,
-    /// Raw keys per peer (0: every peer), for per-peer updates.
-    by_peer: HashMap<IdentityId, Vec<MapKey>>,
-    /// The peers of the raw keys at each (protocol, prefix length, port): where a wildcard
-    /// peer's deny or L7 key looks for the peer-specific keys it partially overlaps.
-    by_port: HashMap<(u8, u8, u16), Vec<IdentityId>>,
-}
-
-impl RawMap {
-    fn add(&mut self, key: MapKey, c: Contribution) {
-        if !self.prefix_lens.contains(&key.prefix_len) {
-            self.prefix_lens.push(key.prefix_len);
-            self.prefix_lens.sort_unstable();
-        }
-        let slot = self.keys.entry(key).or_default();
-        if slot.is_empty() {
-            self.by_peer.entry(key.peer).or_default().push(key);
-            self.by_port
-                .entry((key.protocol, key.prefix_len, key.port))
-                .or_default()
-                .push(key.peer);
-        }
-        slot.push(c);
-    }
-
-    fn remove_peer(&mut self, peer: IdentityId) {
-        for k in self.by_peer.remove(&peer).unwrap_or_default() {
-            self.keys.remove(&k);
-            if let Some(peers) = self.by_port.get_mut(&(k.protocol, k.prefix_len, k.port)) {
-                peers.retain(|p| *p != peer);
-            }
-        }
-    }
-
-    /// The keys a first-match lookup needs (all of them, or one peer's): the raw keys plus
-    /// the intersection of every deny or L7 key with each key it partially overlaps, to a
-    /// fixpoint. A partial overlap always pairs a wildcard-peer key with a peer's key of a
-    /// wider port range (two keys of one peer nest or are disjoint), so each key is only
-    /// compared with the keys that can be such a partner.
-    fn closure(&self, only_peer: Option<IdentityId>) -> HashSet<MapKey> {
-        let none = Vec::new();
-        let wild = self.by_peer.get(&0).unwrap_or(&none);
-        let (mut all, seeds): (HashSet<MapKey>, Vec<MapKey>) = match only_peer {
-            None => (
-                self.keys.keys().copied().collect(),
-                self.keys.keys().copied().collect(),
-            ),
-            Some(p) => {
-                let own = self.by_peer.get(&p).unwrap_or(&none);
-                (
-                    own.iter().copied().collect(),
-                    own.iter().chain(wild.iter()).copied().collect(),
-                )
-            }
-        };
-        let mut work: Vec<MapKey> = seeds
-            .into_iter()
-            .filter(|k| self.keys.get(k).is_some_and(|c| Self::is_special(c)))
-            .collect();
-        let mut new = Vec::new();
-        while let Some(s) = work.pop() {
-            let mut consider = |r: MapKey| {
-                if !s.overlaps(&r) || s.covers(&r) || r.covers(&s) {
-                    return;
-                }
-                let i = s.intersection(&r);
-                if !all.contains(&i) {
-                    new.push(i);
-                }
-            };
-            if s.peer != 0 {
-                wild.iter().for_each(|r| consider(*r));
-            } else if let Some(p) = only_peer {
-                self.by_peer
-                    .get(&p)
-                    .into_iter()
-                    .flatten()
-                    .for_each(|r| consider(*r));
-            } else if s.protocol != 0 {
-                let mut at = |protocol: u8, prefix_len: u8, port: u16| {
-                    for peer in self
-                        .by_port
-                        .get(&(protocol, prefix_len, port))
-                        .into_iter()
-                        .flatten()
-                    {
-                        if *peer != 0 {
-                            consider(MapKey {
-                                peer: *peer,
-                                protocol,
-                                port,
-                                prefix_len,
-                            });
-                        }
-                    }
-                };
-                for plen in self.prefix_lens.iter().take_while(|l| **l < s.prefix_len) {
-                    at(s.protocol, *plen, mask(s.port, *plen));
-                }
-                at(0, 0, 0);
-            }
-            for i in new.drain(..) {
-                if all.insert(i) {
-                    work.push(i);
-                }
-            }
-        }
-        all
-    }
-
-    /// The finished entries for one peer's keys (see `finish`), computed from that peer's
-    /// raw keys and the every-peer raw keys only.
-    fn finish_peer(&self, peer: IdentityId) -> HashMap<MapKey, MapEntry> {
-        let all = self.closure(Some(peer));
-        all.into_iter().map(|k| (k, self.decide_key(&k))).collect()
-    }
-
-    fn decide_key(&self, k: &MapKey) -> MapEntry {
-        let mut entry = MapEntry::default();
-        for (_, contributions) in self.covering(k) {
-            for c in contributions {
-                entry.deny |= c.deny;
-                entry.redirect |= c.l7.is_some();
-            }
-        }
-        if entry.deny {
-            entry.redirect = false;
-        }
-        entry
-    }
-
-    fn is_special(contributions: &[Contribution]) -> bool {
-        contributions.iter().any(|c| c.deny || c.l7.is_some())
-    }
-
-    /// Adds the intersections a first-match lookup needs (deny and L7 keys against every
-    /// overlapping key, to a fixpoint), then decides each key from every raw key covering it.
-    fn finish(&self) -> HashMap<MapKey, MapEntry> {
-        let all = self.closure(None);
-        let mut out = HashMap::with_capacity_and_hasher(all.len(), Default::default());
-        for k in all {
-            out.insert(k, self.decide_key(&k));
-        }
-        out
-    }
-
-    fn covering<'s>(
-        &'s self,
-        k: &MapKey,
-    ) -> impl Iterator<Item = (MapKey, &'s Vec<Contribution>)> + 's {
-        let k = *k;
-        let peers: &[IdentityId] = if k.peer == 0 { &[0] } else { &[k.peer, 0] };
-        let protos: Vec<u8> = if k.protocol == 0 {
-            vec![0]
-        } else {
-            vec![k.protocol, 0]
-        };
-        let mut found = Vec::new();
-        for p in peers {
-            for proto in &protos {
-                for plen in self
-                    .prefix_lens
-                    .iter()
-                    .copied()
-                    .take_while(|l| *l <= k.prefix_len)
-                {
-                    let key = MapKey {
-                        peer: *p,
-                        protocol: *proto,
-                        port: mask(k.port, plen),
-                        prefix_len: plen,
-                    };
-                    if let Some(c) = self.keys.get(&key) {
-                        found.push((key, c));
-                    }
-                }
-            }
-        }
-        found.into_iter()
     }
 }
 
