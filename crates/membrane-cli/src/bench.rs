@@ -126,6 +126,10 @@ pub fn run_bench(paths: &[PathBuf], iterations: u32, reps: u32, json: bool) -> u
             i.add_pod_ms, i.pod_subjects
         );
         println!(
+            "  its own policy                 {:9.3} ms",
+            i.new_pod_policy_ms
+        );
+        println!(
             "  remove it                      {:9.3} ms",
             i.remove_pod_ms
         );
