@@ -29,12 +29,6 @@ impl FileNames for Vec<String> {
     }
 }
 
-impl FileNames for [String] {
-    fn file_name(&self, id: u32) -> &str {
-        self.get(id as usize).map_or("<input>", String::as_str)
-    }
-}
-
 impl FileNames for Loaded {
     fn file_name(&self, id: u32) -> &str {
         Loaded::file_name(self, id)
