@@ -1,8 +1,8 @@
 //! `membrane check` and `membrane explain`: expectations and single flows on manifests.
 
 use crate::Output;
-use crate::explain::{FileNames, decision_json, decision_lines};
 use crate::printer::{collect_files, diagnostic_json, render_diagnostic};
+use membrane_cluster::decision_json::{SCHEMA, decision_json, decision_lines};
 use membrane_cluster::manifests::{Loaded, SourceFile, load};
 use membrane_cluster::runner::{Evaluation, describe_flow, evaluate_flow};
 use membrane_cluster::scenario::FlowSpec;
@@ -12,12 +12,6 @@ use membrane_policy::verdict::{FlowDecision, HttpRequest, Outcome, Verdict};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
-
-impl FileNames for Loaded {
-    fn file_name(&self, id: u32) -> &str {
-        Loaded::file_name(self, id)
-    }
-}
 
 /// Reads every file under the paths and loads the cluster. `Err` means unusable input.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, String> {
@@ -148,6 +142,7 @@ pub fn run_check(paths: &[PathBuf], output: Output) -> u8 {
     match output {
         Output::Json => {
             let v = json!({
+                "schema": SCHEMA,
                 "files": loaded.files.iter().map(|f| &f.name).collect::<Vec<_>>(),
                 "policies": policies,
                 "invalid_policies": invalid.iter().map(|p| p.origin.to_string()).collect::<Vec<_>>(),
@@ -319,6 +314,7 @@ pub fn run_explain(paths: &[PathBuf], args: ExplainArgs, output: Output) -> u8 {
     match output {
         Output::Json => {
             let v = json!({
+                "schema": SCHEMA,
                 "flow": describe_flow(&flow),
                 "verdict": ev.verdict.as_str(),
                 "dns_lookup": ev.lookup.as_ref().map(|d| decision_json(d, &loaded)),

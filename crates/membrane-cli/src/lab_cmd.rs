@@ -358,6 +358,14 @@ fn probe(name: Option<String>, verbose: bool, output: Output, jobs: usize) -> Re
 
 fn observe(name: Option<String>, count: Option<usize>, seconds: Option<u64>) -> Result<u8, String> {
     let (world, lab) = attach(name)?;
+    // `attach` loads the lab's scenario file: file 0 of the origins.
+    let files = vec![
+        root()
+            .join(&lab.name)
+            .join("scenario.yaml")
+            .display()
+            .to_string(),
+    ];
     let mut tails: Vec<(usize, PcapTail)> = (0..lab.topo.nodes.len())
         .map(|i| (i, PcapTail::new(lab.pcap(i), true)))
         .collect();
@@ -396,8 +404,8 @@ fn observe(name: Option<String>, count: Option<usize>, seconds: Option<u64>) -> 
                     continue;
                 };
                 any = true;
-                let line =
-                    serde_json::to_string(&flow_json(&world, &lab.topo, &ev)).unwrap_or_default();
+                let line = serde_json::to_string(&flow_json(&world, &lab.topo, &ev, &files))
+                    .unwrap_or_default();
                 if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                     return Ok(0); // reader went away
                 }

@@ -3,7 +3,6 @@
 
 mod bench;
 mod check;
-mod explain;
 mod html;
 mod lab_cmd;
 mod lint_cmd;

@@ -5,20 +5,18 @@
 //! Graphviz DOT (allowed edges) and a self-contained HTML report (see `html.rs`).
 
 use crate::check::load_paths;
-use crate::explain::{FileNames, origin_json, side_text};
 use crate::printer::render_diagnostic;
 use anstyle::{AnsiColor, Style};
+use membrane_cluster::decision_json::{FileNames, compact_side_json, side_text};
 use membrane_cluster::manifests::Loaded;
 use membrane_cluster::matrix::{
     Cell, CellKind, CellVerdict, Matrix, MatrixOptions, MatrixParty, PartyKind, build,
 };
-use membrane_policy::model::{PolicyOrigin, Protocol};
-use membrane_policy::resolve::Enforcement;
+use membrane_policy::model::Protocol;
 use membrane_policy::verdict::{FlowDecision, Outcome, SideDecision};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
 pub enum MatrixOutput {
@@ -157,33 +155,7 @@ fn build_with_progress(loaded: &Loaded, options: &MatrixOptions) -> Matrix {
 // ---------------------------------------------------------------------------------------
 // Shared helpers
 
-/// The policies behind one side's decision: the deciding entries' policies, or, for a
-/// default deny, the policies that made the side enforced.
-pub fn side_policies(side: &SideDecision) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut push = |p: &Arc<PolicyOrigin>| {
-        let s = p.to_string();
-        if !out.contains(&s) {
-            out.push(s);
-        }
-    };
-    match side.outcome {
-        Outcome::NotEnforced => {}
-        Outcome::DefaultDeny => {
-            if let Enforcement::Selected { rules } = &side.enforcement {
-                for r in rules {
-                    push(&r.policy);
-                }
-            }
-        }
-        _ => {
-            for p in side.deciding.iter().filter_map(|o| o.policy()) {
-                push(p);
-            }
-        }
-    }
-    out
-}
+pub use membrane_cluster::decision_json::side_policies;
 
 pub fn cell_policies(d: &FlowDecision) -> Vec<String> {
     let mut out = side_policies(&d.egress);
@@ -582,17 +554,6 @@ fn write_table(
 // ---------------------------------------------------------------------------------------
 // JSON
 
-fn side_json(side: &SideDecision, files: &dyn FileNames) -> Value {
-    json!({
-        "outcome": side.outcome.reason(),
-        "enforced": side.outcome != Outcome::NotEnforced,
-        "proxy": side.proxy.as_ref().map(|p| p.as_str()),
-        "policies": side_policies(side),
-        "deciding": side.deciding.iter().map(|o| origin_json(o, files)).collect::<Vec<_>>(),
-        "explanation": side_text(side, files),
-    })
-}
-
 pub fn party_json(i: usize, p: &MatrixParty, loaded: &Loaded) -> Value {
     let identity = loaded.world.identities().get(p.identity).map(|i| i.name());
     json!({
@@ -658,8 +619,8 @@ fn write_json(out: &mut dyn Write, loaded: &Loaded, m: &Matrix) -> std::io::Resu
         let body = sides[c.decision].get_or_insert_with(|| {
             let d = &m.decisions[c.decision];
             let v = json!({
-                "egress": side_json(&d.egress, loaded),
-                "ingress": d.ingress.as_ref().map(|i| side_json(i, loaded)),
+                "egress": compact_side_json(&d.egress, loaded),
+                "ingress": d.ingress.as_ref().map(|i| compact_side_json(i, loaded)),
                 "policies": cell_policies(d),
             });
             let s = serde_json::to_string(&v).unwrap_or_default();

@@ -1,7 +1,7 @@
 //! The commands' I/O and printers: text for people, JSON for machines.
 
 use crate::Output;
-use crate::explain::{FileNames, decision_json, decision_lines};
+use membrane_cluster::decision_json::{FileNames, SCHEMA, decision_json, decision_lines};
 use membrane_cluster::runner::{FlowResult, ScenarioResult, describe_flow, run_scenario};
 use membrane_cluster::scenario::parse_scenario;
 use membrane_cluster::world::World;
@@ -274,7 +274,7 @@ pub fn run_tests(paths: &[PathBuf], output: Output, verbose: bool) -> u8 {
     }
     match output {
         Output::Json => {
-            let v = json!({"files": json_files, "passed": passed, "failed": failed, "skipped": skipped});
+            let v = json!({"schema": SCHEMA, "files": json_files, "passed": passed, "failed": failed, "skipped": skipped});
             let _ = writeln!(
                 out,
                 "{}",

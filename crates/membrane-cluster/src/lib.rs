@@ -2,6 +2,7 @@
 //! from scenario files; identities derived from them; flows evaluated against the engine.
 #![forbid(unsafe_code)]
 
+pub mod decision_json;
 pub mod lint;
 pub mod manifests;
 pub mod matrix;

@@ -9,6 +9,7 @@
 
 use crate::compile::LOG_TAG;
 use crate::topology::{NsRef, Topology};
+use membrane_cluster::decision_json::{FileNames, event_decision_json};
 use membrane_cluster::world::World;
 use membrane_policy::model::{Direction, Protocol};
 use membrane_policy::resolve::Enforcement;
@@ -381,8 +382,10 @@ fn policy_refs(side: &SideDecision) -> Vec<Value> {
 }
 
 /// The event as JSON close to Hubble's flow format (`hubble observe -o json`), plus what
-/// the engine says decided it (`policy`).
-pub fn flow_json(world: &World, topo: &Topology, ev: &DropEvent) -> Value {
+/// the engine says decided it: `policy` (a summary) and `decision`, the engine's decision of
+/// the flow in the decision schema (`docs/schema/decision-v1.json`); `files` names the
+/// world's source files for the origins' `file`.
+pub fn flow_json(world: &World, topo: &Topology, ev: &DropEvent, files: &dyn FileNames) -> Value {
     let node = &topo.nodes[ev.node];
     let observer = node.scenario_node;
     let id_of = |a: Ipv4Addr| {
@@ -464,6 +467,8 @@ pub fn flow_json(world: &World, topo: &Topology, ev: &DropEvent) -> Value {
                 "endpoint": ev.endpoint_name,
             });
         }
+        flow["decision"] =
+            event_decision_json(d.verdict, Some(&d.egress), d.ingress.as_ref(), files);
     }
     json!({ "flow": flow })
 }

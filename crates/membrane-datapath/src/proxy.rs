@@ -7,7 +7,8 @@
 //! FQDN identities of what its DNS proxy learned), and republishes whenever the file
 //! changes (`Lab::apply_source` rewrites it) or the DNS proxy learns something.
 
-use crate::probe::load_world;
+use crate::probe::{load_world, source_files};
+use membrane_cluster::decision_json::{FileNames, event_decision_json};
 use membrane_cluster::world::{Party, World};
 use membrane_proxy::FqdnCache;
 use membrane_proxy::world::proxy_policy_from_world;
@@ -56,6 +57,13 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
         None => None,
     };
     let world = load_world(&scenario)?;
+    // The names of the world's files, for the origins' `file` in events.
+    let files: Arc<Vec<String>> = Arc::new(
+        source_files(&scenario)?
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect(),
+    );
     // Events name the node as Hubble does (`node_name`), not by its index.
     let node_name = node
         .and_then(|n| world.scenario.nodes.get(n))
@@ -63,21 +71,23 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
         .unwrap_or_default();
     let hook = events.clone().map(|path| -> membrane_proxy::DenialHook {
         let node_name = node_name.clone();
+        let files = files.clone();
         Arc::new(move |d: &membrane_proxy::Denial| {
-            append_line(&path, &denial_json(d, &node_name));
+            append_line(&path, &denial_json(d, &node_name, files.as_ref()));
         })
     });
     let forward_hook = events
         .clone()
         .map(|path| -> membrane_proxy::policy::ForwardHook {
             let node_name = node_name.clone();
+            let files = files.clone();
             Arc::new(move |f: &membrane_proxy::policy::Forwarded| {
-                append_line(&path, &forwarded_json(f, &node_name));
+                append_line(&path, &forwarded_json(f, &node_name, files.as_ref()));
             })
         });
     let dns_forward_hook = events.map(|path| -> membrane_proxy::policy::DnsForwardHook {
         Arc::new(move |f: &membrane_proxy::policy::DnsForwarded| {
-            append_line(&path, &dns_forwarded_json(f, &node_name));
+            append_line(&path, &dns_forwarded_json(f, &node_name, files.as_ref()));
         })
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -237,12 +247,25 @@ fn now_us() -> u64 {
         .map_or(0, |t| t.as_micros() as u64)
 }
 
+/// A proxy's decision in the decision schema: `egress` is `null` when the source is not a
+/// local endpoint of the node, `ingress` when the destination is not or egress stopped it.
+pub fn proxy_decision_json(
+    d: &membrane_proxy::ProxyDecision,
+    files: &dyn FileNames,
+) -> serde_json::Value {
+    event_decision_json(d.verdict, d.egress.as_ref(), d.ingress.as_ref(), files)
+}
+
 /// An HTTP request the proxy allowed and forwarded, as a flow event in the shape of
 /// Hubble's L7 flows (verdict `FORWARDED`): method, path, the answer's status, and the
 /// policies and rules that allowed it (both sides). The request's `Host` is not part of
 /// what the proxy reports for a forwarded request, so the event has the destination address
 /// only.
-pub fn forwarded_json(f: &membrane_proxy::policy::Forwarded, node: &str) -> serde_json::Value {
+pub fn forwarded_json(
+    f: &membrane_proxy::policy::Forwarded,
+    node: &str,
+    files: &dyn FileNames,
+) -> serde_json::Value {
     use serde_json::json;
     let (method, url) = f
         .request
@@ -267,6 +290,7 @@ pub fn forwarded_json(f: &membrane_proxy::policy::Forwarded, node: &str) -> serd
         "l7": {"type": "RESPONSE", "http": {"code": code, "method": method, "url": url, "host": f.host}},
         "policies": policies,
         "rules": rules,
+        "decision": proxy_decision_json(&f.decision, files),
         "Summary": format!(
             "HTTP {} {} (host {})",
             f.status.map_or_else(|| "(no answer)".to_string(), |c| c.to_string()),
@@ -281,6 +305,7 @@ pub fn forwarded_json(f: &membrane_proxy::policy::Forwarded, node: &str) -> serd
 pub fn dns_forwarded_json(
     f: &membrane_proxy::policy::DnsForwarded,
     node: &str,
+    files: &dyn FileNames,
 ) -> serde_json::Value {
     use serde_json::json;
     let mut policies: Vec<String> = Vec::new();
@@ -301,6 +326,7 @@ pub fn dns_forwarded_json(
         "l7": {"type": "REQUEST", "dns": {"query": f.qname}},
         "policies": policies,
         "rules": rules,
+        "decision": proxy_decision_json(&f.decision, files),
         "Summary": format!("DNS query {} forwarded", f.qname),
     })
 }
@@ -308,7 +334,11 @@ pub fn dns_forwarded_json(
 /// An L7 denial as a flow event, in the shape of Hubble's L7 flows: what was asked (HTTP
 /// method and path, DNS name, TLS server name), the answer (403, REFUSED, aborted), and the
 /// policies and rules that decided.
-pub fn denial_json(d: &membrane_proxy::Denial, node: &str) -> serde_json::Value {
+pub fn denial_json(
+    d: &membrane_proxy::Denial,
+    node: &str,
+    files: &dyn FileNames,
+) -> serde_json::Value {
     use membrane_proxy::DenialKind;
     use serde_json::json;
     let time = now_us();
@@ -351,6 +381,7 @@ pub fn denial_json(d: &membrane_proxy::Denial, node: &str) -> serde_json::Value 
         "policies": policies,
         "rules": rules,
         "explanation": d.detail,
+        "decision": proxy_decision_json(&d.decision, files),
         "Summary": summary,
     })
 }

@@ -91,6 +91,26 @@ fn allowed_requests_are_flow_events_with_the_rule_that_allowed_them() {
     );
     let rules = get["rules"].as_array().expect("rules");
     assert!(!rules.is_empty(), "{all}");
+    // The decision in the decision schema: the server's ingress matched an HTTP rule, whose
+    // origin names the policy and the file it came from (the lab's copy of the scenario).
+    let decision = &get["decision"];
+    assert_eq!(decision["schema"], "membrane.decision/v1", "{all}");
+    assert_eq!(decision["verdict"], "allow", "{all}");
+    let l7 = &decision["ingress"]["l7"];
+    assert_eq!(l7["kind"], "http-matched", "{all}");
+    assert_eq!(l7["rule"]["name"], "server-get-only", "{all}");
+    assert!(
+        l7["rule"]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with(".yaml")),
+        "{all}"
+    );
+    let head = events
+        .iter()
+        .find(|e| is(e, "DROPPED", "HEAD"))
+        .unwrap_or_else(|| panic!("no DROPPED event for HEAD: {all}"));
+    assert_eq!(head["decision"]["verdict"], "http-403", "{all}");
+    assert_eq!(head["decision"]["ingress"]["outcome"], "Http403", "{all}");
     // Denials are still there, and nothing denied was reported forwarded.
     assert!(events.iter().any(|e| is(e, "DROPPED", "HEAD")), "{all}");
     assert!(

@@ -303,6 +303,7 @@ impl DnsProxy {
                 dst: flow.dst,
                 qname: qname.clone(),
                 rules: decision.deciding_rules(),
+                decision,
             });
         }
         drop(snapshot);

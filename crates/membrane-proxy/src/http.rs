@@ -335,6 +335,7 @@ impl Connection {
                 host: head.authority.clone(),
                 status: forwarded.status,
                 rules: decision.deciding_rules(),
+                decision,
             });
         }
         Ok(forwarded.next)

@@ -114,6 +114,7 @@ impl ProxyDecision {
             rules: side.map(|s| s.deciding.clone()).unwrap_or_default(),
             detail: side.and_then(SideDecision::l7_detail).unwrap_or_default(),
             request,
+            decision: self.clone(),
         })
     }
 }
@@ -163,6 +164,9 @@ pub struct Denial {
     pub detail: String,
     /// The request as the proxy saw it (`GET /path`, the query name, the SNI).
     pub request: String,
+    /// The whole decision, both sides with their L7 outcomes (flow events render it in the
+    /// decision schema).
+    pub decision: ProxyDecision,
 }
 
 impl Denial {
@@ -447,6 +451,8 @@ pub struct Forwarded {
     pub status: Option<u16>,
     /// The policy entries that allowed it, on either side.
     pub rules: Vec<Origin>,
+    /// The whole decision, both sides with their L7 outcomes.
+    pub decision: ProxyDecision,
 }
 
 /// Called for every forwarded request (flow events, metrics, tests).
@@ -461,6 +467,8 @@ pub struct DnsForwarded {
     pub qname: String,
     /// The policy entries that allowed it, on either side.
     pub rules: Vec<Origin>,
+    /// The whole decision, both sides with their L7 outcomes.
+    pub decision: ProxyDecision,
 }
 
 /// Called for every forwarded DNS query (flow events, metrics, tests).
