@@ -75,6 +75,18 @@ impl EndpointPolicy {
     }
 }
 
+/// A cheap key for parts computed within one change (the entries are compared on a hit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LocalPartKey {
+    direction: Direction,
+    first: Option<EntryRef>,
+    len: usize,
+    sum: usize,
+    ports: Vec<(String, Protocol, u16)>,
+    wildcard: usize,
+    is_host: bool,
+}
+
 /// What a resolved policy is computed for: endpoints with the same key share one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SubjectKey {
@@ -699,20 +711,35 @@ impl Snapshot {
     // ---- identities as peers ----
 
     /// A new identity exists: the selectors that select it gain it, and every computed
-    /// policy with an entry selecting it gains that peer's part (only that), shared through
-    /// the part cache between policies that compute it from the same entries.
+    /// policy with an entry selecting it gains that peer's part (only that), shared between
+    /// policies that compute it from the same entries, ports and every-peer keys.
     fn identity_appeared(&mut self, id: IdentityId) -> ChangeSet {
         let mut gained = self.repo.identity_added(id);
         gained.sort_unstable();
-        let mut touched: Vec<usize> = gained
-            .iter()
-            .flat_map(|e| self.rule_subjects.get(e.0).into_iter().flatten().copied())
-            .collect();
-        touched.sort_unstable();
-        touched.dedup();
+        // Entries of rules selecting every policy (a CCNP selecting all pods) are the same
+        // for each: only the others are gathered per policy.
+        let live = self.subjects.iter().filter(|s| s.is_some()).count();
+        let universal =
+            |slot: usize| self.rule_subjects.get(slot).map_or(0, Vec::len) == live && live > 0;
+        let common: Vec<EntryRef> = gained.iter().copied().filter(|e| universal(e.0)).collect();
+        let mut extra: BTreeMap<usize, Vec<EntryRef>> = BTreeMap::new();
+        for e in gained.iter().filter(|e| !universal(e.0)) {
+            for s in self.rule_subjects.get(e.0).into_iter().flatten() {
+                extra.entry(*s).or_default().push(*e);
+            }
+        }
+        let touched: Vec<usize> = if common.is_empty() {
+            extra.keys().copied().collect()
+        } else {
+            self.all_subjects()
+        };
+        let common = [Direction::Ingress, Direction::Egress]
+            .map(|d| self.repo.entries_for_peer(d, id, &common));
+        let mut memo: HashMap<LocalPartKey, (PeerPart, Vec<EntryRef>)> = HashMap::new();
         let mut changes = ChangeSet::default();
         for s in touched {
-            changes.merge(self.update_peer(s, id, &gained));
+            let more = extra.get(&s).map_or(&[][..], Vec::as_slice);
+            changes.merge(self.update_peer(s, id, &common, more, &mut memo));
         }
         changes
     }
@@ -744,7 +771,14 @@ impl Snapshot {
         changes
     }
 
-    fn update_peer(&mut self, s: usize, peer: IdentityId, gained: &[EntryRef]) -> ChangeSet {
+    fn update_peer(
+        &mut self,
+        s: usize,
+        peer: IdentityId,
+        common: &[Vec<EntryRef>; 2],
+        extra: &[EntryRef],
+        memo: &mut HashMap<LocalPartKey, (PeerPart, Vec<EntryRef>)>,
+    ) -> ChangeSet {
         let mut changes = ChangeSet::default();
         let Some(Some(state)) = self.subjects.get_mut(s) else {
             return changes;
@@ -765,15 +799,57 @@ impl Snapshot {
             if !dir.enforced {
                 continue;
             }
-            let entries = self
-                .repo
-                .entries_selecting(&subject, &state.rules, d, peer, gained);
+            // Entries of rules selecting every policy were filtered once for all of them;
+            // only `fromRequires`/`toRequires` can still remove some for this one.
+            let shared = &common[usize::from(d == Direction::Egress)];
+            let mut entries = if self.repo.requires_exclude(&state.rules, d, peer) {
+                self.repo.without_endpoint_peers(shared)
+            } else {
+                shared.clone()
+            };
+            if !extra.is_empty() {
+                entries.extend(
+                    self.repo
+                        .entries_selecting(&subject, &state.rules, d, peer, extra),
+                );
+                entries.sort_unstable();
+            }
             if entries.is_empty() && peer != identity::HOST {
                 continue;
             }
-            let part =
-                self.repo
-                    .cached_part(dir, &subject, &state.rules, peer, &entries, &self.parts);
+            // Within one change, policies with the same entries for this peer, ports and
+            // every-peer chunk get the same part without hashing the entries again.
+            let key = LocalPartKey {
+                direction: d,
+                first: entries.first().copied(),
+                len: entries.len(),
+                sum: entries.iter().fold(0usize, |a, (x, y)| {
+                    a.wrapping_mul(31)
+                        .wrapping_add(x.wrapping_mul(131).wrapping_add(*y))
+                }),
+                ports: if d == Direction::Ingress {
+                    state.ports.clone()
+                } else {
+                    Vec::new()
+                },
+                wildcard: dir.wildcard_part().map_or(0, |w| Arc::as_ptr(w) as usize),
+                is_host: state.is_host,
+            };
+            let part = match memo.get(&key) {
+                Some((p, e)) if peer != identity::HOST && *e == entries => p.clone(),
+                _ => {
+                    let p = self.repo.cached_part(
+                        dir,
+                        &subject,
+                        &state.rules,
+                        peer,
+                        &entries,
+                        &self.parts,
+                    );
+                    memo.insert(key, (p.clone(), entries));
+                    p
+                }
+            };
             *change.delta_mut(d) = dir.set_peer_part(peer, part);
         }
         if !change.is_empty() {

@@ -370,6 +370,8 @@ pub struct Repository {
     next_generation: u64,
     /// Changes whenever a named port resolves differently for egress rules.
     named_ports_epoch: u64,
+    /// How many rules have `fromRequires`/`toRequires` (none: nothing to narrow).
+    rules_with_requires: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -411,6 +413,7 @@ impl Repository {
             generations: Vec::with_capacity(rules.len()),
             next_generation: 0,
             named_ports_epoch: 0,
+            rules_with_requires: 0,
         };
         for (name, proto, port) in cluster_ports {
             repo.add_named_port(name, *proto, *port);
@@ -435,6 +438,9 @@ impl Repository {
         };
         self.next_generation += 1;
         self.generations[slot] = self.next_generation;
+        if !rule.requires_ingress.is_empty() || !rule.requires_egress.is_empty() {
+            self.rules_with_requires += 1;
+        }
         let mut sels = Vec::with_capacity(rule.entries.len());
         let mut per_entry = Vec::with_capacity(rule.entries.len());
         for (entry_index, entry) in rule.entries.iter().enumerate() {
@@ -462,6 +468,9 @@ impl Repository {
     /// Removes the rule in `slot` (and the selectors only it used).
     pub fn remove_rule(&mut self, slot: usize) -> Option<Arc<Rule>> {
         let rule = self.rules.get_mut(slot)?.take()?;
+        if !rule.requires_ingress.is_empty() || !rule.requires_egress.is_empty() {
+            self.rules_with_requires = self.rules_with_requires.saturating_sub(1);
+        }
         for (entry_index, ids) in std::mem::take(&mut self.entry_selectors[slot])
             .into_iter()
             .enumerate()
@@ -832,6 +841,44 @@ impl Repository {
         part
     }
 
+    /// The entries among `candidates` (of rules selecting every subject concerned) that
+    /// select `peer` in this direction, before `fromRequires`/`toRequires`.
+    pub fn entries_for_peer(
+        &self,
+        direction: Direction,
+        peer: IdentityId,
+        candidates: &[EntryRef],
+    ) -> Vec<EntryRef> {
+        candidates
+            .iter()
+            .filter(|(slot, i)| {
+                let Some(entry) = self.rule(*slot).and_then(|r| r.entries.get(*i)) else {
+                    return false;
+                };
+                entry.direction == direction
+                    && !entry.allows_nothing()
+                    && matches!(
+                        self.selections.get(*slot).and_then(|r| r.get(*i)),
+                        Some(Some(ids)) if ids.binary_search(&peer).is_ok()
+                    )
+            })
+            .copied()
+            .collect()
+    }
+
+    /// The entries whose peers `fromRequires`/`toRequires` do not narrow.
+    pub fn without_endpoint_peers(&self, entries: &[EntryRef]) -> Vec<EntryRef> {
+        entries
+            .iter()
+            .filter(|(slot, i)| {
+                self.rule(*slot)
+                    .and_then(|r| r.entries.get(*i))
+                    .is_some_and(|e| !e.endpoint_peers)
+            })
+            .copied()
+            .collect()
+    }
+
     /// The rule entries among `candidates` that select `peer` in a subject's policy: of a
     /// rule selecting it, in this direction, after `fromRequires`/`toRequires`.
     pub fn entries_selecting(
@@ -843,6 +890,11 @@ impl Repository {
         candidates: &[EntryRef],
     ) -> Vec<EntryRef> {
         let requires = self.requires_of(selecting, direction);
+        let excluded = !requires.is_empty()
+            && !self
+                .identities
+                .get(peer)
+                .is_some_and(|i| requires.iter().all(|r| r.matches(&i.labels)));
         candidates
             .iter()
             .filter(|(slot, i)| {
@@ -852,11 +904,20 @@ impl Repository {
                 let Some(entry) = self.rule(*slot).and_then(|r| r.entries.get(*i)) else {
                     return false;
                 };
-                entry.direction == direction
-                    && !entry.allows_nothing()
-                    && self
+                if entry.direction != direction || entry.allows_nothing() {
+                    return false;
+                }
+                if excluded && entry.endpoint_peers {
+                    return false;
+                }
+                match self.selections.get(*slot).and_then(|r| r.get(*i)) {
+                    Some(Some(ids)) if ids.binary_search(&peer).is_ok() => true,
+                    // The local host selected through its node's address (cidr-match-nodes).
+                    Some(Some(_)) if peer == HOST && self.options.cidr_match_nodes => self
                         .entry_peers(*slot, *i, entry, subject, &requires)
-                        .contains(&peer)
+                        .contains(&peer),
+                    _ => false,
+                }
             })
             .copied()
             .collect()
@@ -907,6 +968,9 @@ impl Repository {
 
     /// The `fromRequires`/`toRequires` of every rule selecting the subject, for a direction.
     fn requires_of<'r>(&'r self, slots: &[usize], direction: Direction) -> Vec<&'r Selector> {
+        if self.rules_with_requires == 0 {
+            return Vec::new();
+        }
         slots
             .iter()
             .filter_map(|s| self.rule(*s))
