@@ -75,6 +75,58 @@ impl EndpointPolicy {
     }
 }
 
+/// What a pod's identity is derived from, besides its namespace's labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PodKey {
+    namespace: String,
+    service_account: String,
+    /// Identity-relevant labels, sorted.
+    labels: Vec<(String, String)>,
+}
+
+impl PodKey {
+    /// The hash of a pod's key and its identity labels sorted, without copying them.
+    fn hash_of(spec: &EndpointSpec) -> (u64, Vec<&(String, String)>) {
+        use std::hash::{Hash, Hasher};
+        let mut sorted: Vec<&(String, String)> = spec
+            .labels
+            .iter()
+            .filter(|(k, _)| crate::labels::is_identity_label(k))
+            .collect();
+        sorted.sort_unstable();
+        let mut h = rustc_hash::FxHasher::default();
+        spec.namespace.hash(&mut h);
+        spec.service_account.hash(&mut h);
+        for (k, v) in &sorted {
+            k.hash(&mut h);
+            v.hash(&mut h);
+        }
+        (h.finish(), sorted)
+    }
+
+    fn matches(&self, spec: &EndpointSpec, sorted: &[&(String, String)]) -> bool {
+        self.namespace == spec.namespace
+            && self.service_account == spec.service_account
+            && self.labels.len() == sorted.len()
+            && self.labels.iter().zip(sorted).all(|(a, b)| a == *b)
+    }
+
+    fn of(spec: &EndpointSpec) -> PodKey {
+        let mut labels: Vec<(String, String)> = spec
+            .labels
+            .iter()
+            .filter(|(k, _)| crate::labels::is_identity_label(k))
+            .cloned()
+            .collect();
+        labels.sort_unstable();
+        PodKey {
+            namespace: spec.namespace.clone(),
+            service_account: spec.service_account.clone(),
+            labels,
+        }
+    }
+}
+
 /// A cheap key for parts computed within one change (the entries are compared on a hit).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct LocalPartKey {
@@ -165,6 +217,10 @@ pub struct Snapshot {
     rule_subjects: Vec<Vec<usize>>,
     /// Peer parts shared between policies (and snapshots).
     parts: Arc<PartCache>,
+    node_by_name: HashMap<String, usize>,
+    /// The identity of each pod label set seen (namespace, service account, labels), by
+    /// hash, so that a pod whose set is known is placed without building any label.
+    pod_identities: HashMap<u64, Vec<(PodKey, IdentityId)>>,
 }
 
 /// The writer: every change goes through it and returns what changed.
@@ -193,6 +249,8 @@ impl Engine {
                 subject_by_key: HashMap::new(),
                 rule_subjects: Vec::new(),
                 parts: Arc::new(PartCache::default()),
+                node_by_name: HashMap::new(),
+                pod_identities: HashMap::new(),
             }),
         }
     }
@@ -226,6 +284,9 @@ impl Engine {
             return self.finish(ChangeSet::default());
         }
         s.namespaces.insert(name.to_string(), labels);
+        for list in s.pod_identities.values_mut() {
+            list.retain(|(k, _)| k.namespace != name);
+        }
         // Every pod of the namespace gets a new identity: re-add them.
         let ids: Vec<EndpointId> = s
             .endpoints
@@ -249,6 +310,7 @@ impl Engine {
         match s.nodes.iter().position(|n| n.name == node.name) {
             Some(i) => s.nodes[i] = node,
             None => {
+                s.node_by_name.insert(node.name.clone(), s.nodes.len());
                 s.nodes.push(node);
                 s.node_identities.push(None);
             }
@@ -504,11 +566,23 @@ impl Snapshot {
 
     fn insert_endpoint_at(&mut self, id: EndpointId, spec: EndpointSpec) -> ChangeSet {
         let mut changes = ChangeSet::default();
-        let node = self.nodes.iter().position(|n| n.name == spec.node);
+        let node = self.node_by_name.get(&spec.node).copied();
         let identity = match (&spec.entity, spec.host_network) {
             (Some(e), _) => identity::reserved_id(e).unwrap_or(identity::UNMANAGED),
             (None, true) => 0,
             (None, false) => {
+                // Most pods share their label set with others: found without building it.
+                let (hash, sorted) = PodKey::hash_of(&spec);
+                let known = self.pod_identities.get(&hash).and_then(|list| {
+                    list.iter()
+                        .find(|(k, _)| k.matches(&spec, &sorted))
+                        .map(|(_, id)| *id)
+                });
+                if let Some(known) = known {
+                    *self.identity_users.entry(known).or_default() += 1;
+                    return self.insert_endpoint_tail(id, known, spec, node, changes);
+                }
+                let key = PodKey::of(&spec);
                 let nsl = self.namespace_labels(&spec.namespace);
                 let labels = identity::pod_identity_labels(
                     spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -517,19 +591,33 @@ impl Snapshot {
                     &spec.service_account,
                     &self.options.cluster_name,
                 );
-                match self.repo.identities().find_pod(&labels) {
+                let id = match self.repo.identities().find_pod(&labels) {
                     Some(id) => id,
                     None => {
                         let id = self.repo.identities_mut().pod(labels);
                         changes.merge(self.identity_appeared(id));
                         id
                     }
-                }
+                };
+                self.pod_identities.entry(hash).or_default().push((key, id));
+                id
             }
         };
         if identity != 0 {
             *self.identity_users.entry(identity).or_default() += 1;
         }
+        self.insert_endpoint_tail(id, identity, spec, node, changes)
+    }
+
+    /// Everything about a new endpoint but its identity.
+    fn insert_endpoint_tail(
+        &mut self,
+        id: EndpointId,
+        identity: IdentityId,
+        spec: EndpointSpec,
+        node: Option<usize>,
+        mut changes: ChangeSet,
+    ) -> ChangeSet {
         let mut ports_changed = false;
         for p in &spec.ports {
             if !p.name.is_empty() {
@@ -747,6 +835,9 @@ impl Snapshot {
     /// An identity is gone: every computed policy loses its part for that peer.
     fn identity_vanished(&mut self, id: IdentityId) -> ChangeSet {
         self.repo.identity_removed(id);
+        for list in self.pod_identities.values_mut() {
+            list.retain(|(_, v)| *v != id);
+        }
         let mut changes = ChangeSet::default();
         for s in 0..self.subjects.len() {
             let Some(Some(state)) = self.subjects.get_mut(s) else {

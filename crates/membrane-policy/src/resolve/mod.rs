@@ -597,6 +597,15 @@ impl Repository {
     /// Records one endpoint's named container port. Returns whether the port name now
     /// resolves differently for egress rules.
     pub fn add_named_port(&mut self, name: &str, protocol: Protocol, port: u16) -> bool {
+        // The common case, another endpoint declaring a known port, changes nothing.
+        if let Some(n) = self
+            .cluster_ports
+            .get_mut(name)
+            .and_then(|set| set.get_mut(&(protocol, port)))
+        {
+            *n += 1;
+            return false;
+        }
         let before = self.egress_named_port_numbers(name);
         *self
             .cluster_ports
@@ -611,6 +620,21 @@ impl Repository {
 
     /// The inverse of `add_named_port`.
     pub fn remove_named_port(&mut self, name: &str, protocol: Protocol, port: u16) -> bool {
+        if self
+            .cluster_ports
+            .get(name)
+            .and_then(|set| set.get(&(protocol, port)))
+            .is_some_and(|n| *n > 1)
+        {
+            if let Some(n) = self
+                .cluster_ports
+                .get_mut(name)
+                .and_then(|set| set.get_mut(&(protocol, port)))
+            {
+                *n -= 1;
+            }
+            return false;
+        }
         let before = self.egress_named_port_numbers(name);
         if let Some(set) = self.cluster_ports.get_mut(name) {
             if let Some(n) = set.get_mut(&(protocol, port)) {
