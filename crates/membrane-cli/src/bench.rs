@@ -62,6 +62,10 @@ pub fn run_bench(paths: &[PathBuf], iterations: u32, reps: u32, json: bool) -> u
     let incremental = last_worlds
         .last_mut()
         .map(|w| Incremental::measure(&mut w.engine, &w.scenario.endpoints, reps));
+    let peak_rss_mb = proc_status_kb("VmHWM:").map(|kb| kb as f64 / 1024.0);
+    let per_pod = last_worlds
+        .last_mut()
+        .and_then(|w| bytes_per_pod(&mut w.engine, &w.scenario.endpoints));
     if json {
         let inc = incremental.as_ref().map(|i| {
             serde_json::json!({
@@ -89,6 +93,10 @@ pub fn run_bench(paths: &[PathBuf], iterations: u32, reps: u32, json: bool) -> u
             },
             "whole_vs_yaml": whole / ms(yaml).max(1e-9),
             "incremental": inc,
+            "memory": {
+                "peak_rss_mb": peak_rss_mb,
+                "engine_bytes_per_pod": per_pod,
+            },
         });
         println!("{out}");
         return 0;
@@ -107,6 +115,12 @@ pub fn run_bench(paths: &[PathBuf], iterations: u32, reps: u32, json: bool) -> u
         whole,
         whole / ms(yaml).max(1e-9)
     );
+    if let Some(mb) = peak_rss_mb {
+        println!("  peak resident memory           {mb:9.1} MB");
+    }
+    if let Some(b) = per_pod {
+        println!("  engine memory per pod          {b:9.0} bytes (labels included)");
+    }
     if let Some(i) = incremental {
         println!("incremental (last file, median of {reps}):");
         println!(
@@ -243,4 +257,45 @@ impl Incremental {
             pod_subjects,
         }
     }
+}
+
+/// A line of /proc/self/status in KiB (`VmRSS:`, `VmHWM:`), where there is one.
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What one more pod costs the engine, its labels included: pods sharing an existing pod's
+/// labels (so no new identity) are added in batches of 100,000, and the resident memory
+/// each batch adds is divided by its size. The first batches mostly reuse memory the
+/// allocator kept from parsing, so the last batch's figure is the one reported.
+fn bytes_per_pod(
+    engine: &mut Engine,
+    endpoints: &[membrane_cluster::scenario::EndpointSpec],
+) -> Option<f64> {
+    const BATCH: u32 = 100_000;
+    const BATCHES: u32 = 4;
+    let template = endpoints
+        .iter()
+        .find(|e| !e.host_network && e.entity.is_none())?;
+    let mut ids = Vec::new();
+    let mut last = None;
+    for b in 0..BATCHES {
+        let before = proc_status_kb("VmRSS:")?;
+        for i in b * BATCH..(b + 1) * BATCH {
+            let mut spec = endpoint_spec(template);
+            spec.name = format!("{}-m{i}", template.name);
+            spec.ip = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                0x0a80_0000u32 + i,
+            )));
+            ids.push(engine.add_endpoint(spec).0);
+        }
+        let after = proc_status_kb("VmRSS:")?;
+        last = Some(after.saturating_sub(before) as f64 * 1024.0 / f64::from(BATCH));
+    }
+    for id in ids {
+        engine.remove_endpoint(id);
+    }
+    last
 }

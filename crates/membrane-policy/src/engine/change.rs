@@ -9,7 +9,7 @@ use crate::resolve::MapDelta;
 pub struct SubjectChange {
     pub subject: usize,
     /// The endpoints using this policy (ids from [`super::Engine::add_endpoint`]).
-    pub endpoints: Vec<super::EndpointId>,
+    pub endpoints: std::sync::Arc<Vec<super::EndpointId>>,
     pub ingress: MapDelta,
     pub egress: MapDelta,
     /// A direction went from not enforced to enforced or back.

@@ -75,6 +75,13 @@ impl EndpointPolicy {
     }
 }
 
+fn add_user(users: &mut Arc<Vec<EndpointId>>, endpoint: EndpointId) {
+    let users = Arc::make_mut(users);
+    if let Err(pos) = users.binary_search(&endpoint) {
+        users.insert(pos, endpoint);
+    }
+}
+
 /// What a pod's identity is derived from, besides its namespace's labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PodKey {
@@ -163,7 +170,8 @@ struct SubjectState {
     /// Slots of the rules selecting it, sorted.
     rules: Vec<usize>,
     /// The endpoints using it.
-    users: Vec<EndpointId>,
+    /// Sorted; shared with the change sets that name them.
+    users: Arc<Vec<EndpointId>>,
     policy: OnceLock<Arc<EndpointPolicy>>,
 }
 
@@ -551,10 +559,10 @@ impl Snapshot {
     }
 
     /// The endpoints that share a subject's policy.
-    fn subject_endpoints(&self, subject: usize) -> Vec<EndpointId> {
+    fn subject_endpoints(&self, subject: usize) -> Arc<Vec<EndpointId>> {
         match self.subjects.get(subject) {
             Some(Some(s)) => s.users.clone(),
-            _ => Vec::new(),
+            _ => Arc::default(),
         }
     }
 
@@ -716,7 +724,7 @@ impl Snapshot {
         };
         if let Some(s) = self.subject_by_key.get(&key) {
             if let Some(Some(state)) = self.subjects.get_mut(*s) {
-                state.users.push(endpoint);
+                add_user(&mut state.users, endpoint);
             }
             return *s;
         }
@@ -725,7 +733,7 @@ impl Snapshot {
         };
         let s = self.new_subject(key, identity, false, node_addrs, ports);
         if let Some(Some(state)) = self.subjects.get_mut(s) {
-            state.users.push(endpoint);
+            add_user(&mut state.users, endpoint);
         }
         s
     }
@@ -745,7 +753,7 @@ impl Snapshot {
             node_addrs,
             ports,
             rules: Vec::new(),
-            users: Vec::new(),
+            users: Default::default(),
             policy: OnceLock::new(),
         };
         let index = match self.subjects.iter().position(Option::is_none) {
@@ -778,8 +786,9 @@ impl Snapshot {
         let Some(Some(state)) = self.subjects.get_mut(s) else {
             return false;
         };
-        if let Some(pos) = state.users.iter().position(|e| *e == endpoint) {
-            state.users.swap_remove(pos);
+        let users = Arc::make_mut(&mut state.users);
+        if let Ok(pos) = users.binary_search(&endpoint) {
+            users.remove(pos);
         }
         if !state.users.is_empty() {
             return false;

@@ -103,7 +103,7 @@ fn every_change_has_a_revision_and_names_the_changed_policies() {
     let [change] = added.subjects.as_slice() else {
         panic!("one policy changes: {added:?}");
     };
-    assert_eq!(change.endpoints, vec![server]);
+    assert_eq!(*change.endpoints, vec![server]);
     assert!(change.enforcement_changed, "ingress becomes enforced");
     let client_id = e.state().endpoint_identity(client).unwrap();
     let keys: Vec<MapKey> = change.ingress.added().iter().map(|(k, _)| *k).collect();
@@ -141,7 +141,7 @@ fn a_new_pod_identity_adds_only_its_own_entries() {
     let [change] = changes.subjects.as_slice() else {
         panic!("the server's policy gains the new peer: {changes:?}");
     };
-    assert_eq!(change.endpoints, vec![server]);
+    assert_eq!(*change.endpoints, vec![server]);
     let added = change.ingress.added();
     assert!(!added.is_empty());
     assert!(added.iter().all(|(k, _)| k.peer == id), "{added:?}");
