@@ -224,6 +224,12 @@ pub fn parse_scenario(text: &str) -> Result<Scenario, Vec<Diagnostic>> {
             None,
         )]);
     };
+    decode_scenario(root, text)
+}
+
+/// Decodes a scenario from the already parsed root of its file (`text` is the file's text,
+/// for the position of the embedded policies).
+pub fn decode_scenario(root: &Node, text: &str) -> Result<Scenario, Vec<Diagnostic>> {
     let mut d = Decoder::default();
     let scenario = decode(&mut d, root, text);
     if d.has_errors() {
