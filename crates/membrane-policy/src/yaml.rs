@@ -6,6 +6,8 @@
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 use std::collections::HashMap;
 
+mod fast;
+
 /// Where a node starts in its file (1-based line and column) and how long it is (bytes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Span {
@@ -23,7 +25,7 @@ pub enum ScalarKind {
     Quoted,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Null,
     Scalar { text: String, kind: ScalarKind },
@@ -31,7 +33,7 @@ pub enum Value {
     Map(Vec<(Node, Node)>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub value: Value,
     pub span: Span,
@@ -216,7 +218,27 @@ fn node_size(node: &Node) -> usize {
 }
 
 /// Parses every document of a multi-document YAML text. Empty documents are skipped.
+///
+/// The common subset of YAML (and JSON) is read by a fast path straight from the bytes; the
+/// rest, and every error, goes through saphyr's event parser. Both give the same tree.
 pub fn parse_documents(text: &str, embedding: Embedding) -> Result<Vec<Node>, YamlError> {
+    if let Some(docs) = fast::parse(text, embedding) {
+        return Ok(docs);
+    }
+    parse_documents_reference(text, embedding)
+}
+
+/// The fast path alone: `None` when the text is outside its subset (tests compare it with
+/// [`parse_documents_reference`]).
+#[doc(hidden)]
+pub fn parse_documents_fast(text: &str, embedding: Embedding) -> Option<Vec<Node>> {
+    fast::parse(text, embedding)
+}
+
+/// [`parse_documents`] through saphyr's event parser only (the reference the fast path is
+/// tested against).
+#[doc(hidden)]
+pub fn parse_documents_reference(text: &str, embedding: Embedding) -> Result<Vec<Node>, YamlError> {
     let char_to_byte = if text.is_ascii() {
         None
     } else {
