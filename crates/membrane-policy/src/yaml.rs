@@ -47,8 +47,16 @@ impl Node {
                 text,
                 kind: ScalarKind::Plain,
             } => {
+                // Numbers start with a digit, a sign, a dot, or are inf/nan: skip the parses
+                // for the usual names.
+                let maybe_number = text.as_bytes().first().is_some_and(|c| {
+                    c.is_ascii_digit()
+                        || matches!(c, b'+' | b'-' | b'.' | b'i' | b'I' | b'n' | b'N')
+                });
                 if parse_bool(text).is_some() {
                     "boolean"
+                } else if !maybe_number {
+                    "string"
                 } else if text.parse::<i64>().is_ok() {
                     "integer"
                 } else if text.parse::<f64>().is_ok() {

@@ -37,6 +37,9 @@ pub(super) fn parse(text: &str, embedding: Embedding) -> Option<Vec<Node>> {
         depth: 0,
         ascii,
         anchors: HashMap::new(),
+        map_stack: Vec::new(),
+        seq_stack: Vec::new(),
+        t: text,
     };
     p.documents()
 }
@@ -54,6 +57,11 @@ struct P<'t> {
     ascii: bool,
     /// The last node defined under each anchor name in the current document.
     anchors: HashMap<&'t [u8], Node>,
+    /// The entries and items of the collections being read, innermost last: each collection
+    /// moves its own into a vector of the exact size when it ends.
+    map_stack: Vec<(Node, Node)>,
+    seq_stack: Vec<Node>,
+    t: &'t str,
 }
 
 /// A position: byte offset and 1-based line, 0-based column.
@@ -334,12 +342,12 @@ impl P<'_> {
         self.enter()?;
         self.count()?;
         let indent = start.col;
-        let mut entries: Vec<(Node, Node)> = Vec::new();
+        let base = self.map_stack.len();
         let mut key = first_key;
         loop {
             if matches!(key.value, Value::Scalar { .. } | Value::Null) {
                 let key_text = key.scalar_text().unwrap_or("");
-                if entries
+                if self.map_stack[base..]
                     .iter()
                     .any(|(k, _)| k.scalar_text().unwrap_or("") == key_text)
                 {
@@ -376,13 +384,13 @@ impl P<'_> {
                 Some(b'-') if matches!(self.peek_at(1), None | Some(b' ' | b'\n')) => return None,
                 Some(_) => self.inline_value(indent as isize)?,
             };
-            entries.push((key, value));
+            self.map_stack.push((key, value));
             self.next_content()?;
             let here = self.mark();
             if self.at_end() || here.col < indent {
                 self.depth -= 1;
                 return Some(Node {
-                    value: Value::Map(entries),
+                    value: Value::Map(self.map_stack.drain(base..).collect()),
                     span: self.coll_span(start, here),
                 });
             }
@@ -528,14 +536,14 @@ impl P<'_> {
         self.enter()?;
         self.count()?;
         let mut start = self.mark();
-        let mut items = Vec::new();
+        let base = self.seq_stack.len();
         loop {
             // at '-'
             self.pos += 1;
             if !self.spaces() {
                 return None;
             }
-            if indentless && items.is_empty() {
+            if indentless && self.seq_stack.len() == base {
                 // the scanner starts an indentless sequence after its first `- `
                 start = self.mark();
             }
@@ -548,7 +556,7 @@ impl P<'_> {
                 b'{' | b'[' | b'|' => self.inline_value(indent as isize)?,
                 _ => self.block_node(indent as isize)?,
             };
-            items.push(item);
+            self.seq_stack.push(item);
             self.next_content()?;
             let here = self.mark();
             let is_entry =
@@ -557,7 +565,7 @@ impl P<'_> {
             {
                 self.depth -= 1;
                 return Some(Node {
-                    value: Value::Seq(items),
+                    value: Value::Seq(self.seq_stack.drain(base..).collect()),
                     span: self.coll_span(start, here),
                 });
             }
@@ -597,9 +605,7 @@ impl P<'_> {
         if !colon && self.peek() == Some(b'#') {
             self.skip_comment();
         }
-        let text = std::str::from_utf8(&self.b[start.pos..end])
-            .ok()?
-            .to_string();
+        let text = self.t.get(start.pos..end)?.to_string();
         let span = self.span(start, end);
         let node = self.scalar(text, false, span)?;
         if !colon {
@@ -756,7 +762,7 @@ impl P<'_> {
             while eol < self.b.len() && self.b[eol] != b'\n' {
                 eol += 1;
             }
-            text.push_str(std::str::from_utf8(&self.b[content_start..eol]).ok()?);
+            text.push_str(self.t.get(content_start..eol)?);
             self.pos = eol;
             if self.peek().is_none() {
                 break;
@@ -816,7 +822,7 @@ impl P<'_> {
         self.count()?;
         let start = self.mark();
         self.pos += 1;
-        let mut entries: Vec<(Node, Node)> = Vec::new();
+        let base = self.map_stack.len();
         self.flow_ws(parent)?;
         if self.peek() != Some(b'}') {
             loop {
@@ -829,7 +835,7 @@ impl P<'_> {
                     return None;
                 }
                 let key_text = key.scalar_text().unwrap_or("");
-                if entries
+                if self.map_stack[base..]
                     .iter()
                     .any(|(k, _)| k.scalar_text().unwrap_or("") == key_text)
                 {
@@ -844,7 +850,7 @@ impl P<'_> {
                     return None;
                 }
                 let value = self.flow_node(parent)?;
-                entries.push((key, value));
+                self.map_stack.push((key, value));
                 self.flow_ws(parent)?;
                 match self.peek()? {
                     b',' => {
@@ -863,7 +869,7 @@ impl P<'_> {
         self.closing_ws()?;
         self.depth -= 1;
         Some(Node {
-            value: Value::Map(entries),
+            value: Value::Map(self.map_stack.drain(base..).collect()),
             span: self.coll_span(start, self.mark()),
         })
     }
@@ -873,12 +879,12 @@ impl P<'_> {
         self.count()?;
         let start = self.mark();
         self.pos += 1;
-        let mut items = Vec::new();
+        let base = self.seq_stack.len();
         self.flow_ws(parent)?;
         if self.peek() != Some(b']') {
             loop {
                 let item = self.flow_node(parent)?;
-                items.push(item);
+                self.seq_stack.push(item);
                 self.flow_ws(parent)?;
                 match self.peek()? {
                     b',' => {
@@ -897,7 +903,7 @@ impl P<'_> {
         self.closing_ws()?;
         self.depth -= 1;
         Some(Node {
-            value: Value::Seq(items),
+            value: Value::Seq(self.seq_stack.drain(base..).collect()),
             span: self.coll_span(start, self.mark()),
         })
     }
@@ -926,9 +932,7 @@ impl P<'_> {
             }
             self.pos += 1;
         }
-        let text = std::str::from_utf8(&self.b[start.pos..end])
-            .ok()?
-            .to_string();
+        let text = self.t.get(start.pos..end)?.to_string();
         let span = self.span(start, end);
         // a space before `:` would make the scanner see the key differently
         if self.peek() == Some(b':') && end != self.pos {
