@@ -60,14 +60,14 @@ impl Decoder {
             Value::Scalar {
                 text,
                 kind: ScalarKind::Quoted,
-            } => Some(Spanned::new(text.clone(), node.span)),
+            } => Some(Spanned::new(text.to_string(), node.span)),
             Value::Scalar {
                 text,
                 kind: ScalarKind::Plain,
             } => {
                 let found = node.type_name();
                 if found == "string" {
-                    Some(Spanned::new(text.clone(), node.span))
+                    Some(Spanned::new(text.to_string(), node.span))
                 } else {
                     self.error_help(
                         format!("{what} must be a string, found {found} `{text}`"),
@@ -101,7 +101,7 @@ impl Decoder {
                     );
                     return None;
                 }
-                Some(Spanned::new(text.clone(), node.span))
+                Some(Spanned::new(text.to_string(), node.span))
             }
             _ => {
                 self.error(
@@ -205,7 +205,7 @@ impl Decoder {
                     let value = match &v.value {
                         Value::Null => Spanned::new(String::new(), v.span),
                         Value::Scalar { text, kind } if is_string(kind, v) => {
-                            Spanned::new(text.clone(), v.span)
+                            Spanned::new(text.to_string(), v.span)
                         }
                         _ => self.string(v, &format!("the value of `{}` in {what}", key.value))?,
                     };

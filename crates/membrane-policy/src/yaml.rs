@@ -3,6 +3,7 @@
 //! serde would lose positions and stop at the first error; users need every mistake in a
 //! manifest reported with its line and column, so the engine decodes from this tree itself.
 
+pub use compact_str::CompactString;
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 use std::collections::HashMap;
 
@@ -28,7 +29,12 @@ pub enum ScalarKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Null,
-    Scalar { text: String, kind: ScalarKind },
+    /// Short scalars (most names, labels, addresses) are stored inline, without a heap
+    /// allocation each.
+    Scalar {
+        text: CompactString,
+        kind: ScalarKind,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -304,7 +310,7 @@ pub fn parse_documents_reference(text: &str, embedding: Embedding) -> Result<Vec
                     Value::Null
                 } else {
                     Value::Scalar {
-                        text: text.into_owned(),
+                        text: CompactString::from(text),
                         kind: if quoted {
                             ScalarKind::Quoted
                         } else {

@@ -7,7 +7,8 @@
 //! and every error) it gives up and the caller parses with saphyr, which reports errors.
 
 use super::{
-    Embedding, MAX_DEPTH, MAX_NODES, Node, ScalarKind, Span, Value, is_plain_null, node_size,
+    CompactString, Embedding, MAX_DEPTH, MAX_NODES, Node, ScalarKind, Span, Value, is_plain_null,
+    node_size,
 };
 use std::collections::HashMap;
 
@@ -178,7 +179,7 @@ impl P<'_> {
         (self.nodes < MAX_NODES).then_some(())
     }
 
-    fn scalar(&mut self, text: String, quoted: bool, span: Span) -> Option<Node> {
+    fn scalar(&mut self, text: CompactString, quoted: bool, span: Span) -> Option<Node> {
         self.count()?;
         let value = if !quoted && is_plain_null(&text) {
             Value::Null
@@ -605,7 +606,7 @@ impl P<'_> {
         if !colon && self.peek() == Some(b'#') {
             self.skip_comment();
         }
-        let text = self.t.get(start.pos..end)?.to_string();
+        let text = CompactString::from(self.t.get(start.pos..end)?);
         let span = self.span(start, end);
         let node = self.scalar(text, false, span)?;
         if !colon {
@@ -627,6 +628,35 @@ impl P<'_> {
         let start = self.mark();
         let q = self.peek()?;
         self.pos += 1;
+        // Without escapes the text is a slice of the input.
+        let body = self.pos;
+        let mut simple = None;
+        while let Some(&c) = self.b.get(self.pos) {
+            if c == q {
+                if q == b'\'' && self.peek_at(1) == Some(b'\'') {
+                    break;
+                }
+                simple = Some(CompactString::from(self.t.get(body..self.pos)?));
+                self.pos += 1;
+                break;
+            }
+            if c == b'\n' || (c == b'\\' && q == b'"') {
+                break;
+            }
+            self.pos += 1;
+        }
+        let text = match simple {
+            Some(text) => text,
+            None => {
+                self.pos = body;
+                self.quoted_escaped(q)?
+            }
+        };
+        self.after_quoted(start, flow, text)
+    }
+
+    /// The body of a quoted scalar with escapes, up to and including the closing quote.
+    fn quoted_escaped(&mut self, q: u8) -> Option<CompactString> {
         let mut text: Vec<u8> = Vec::new();
         loop {
             let c = self.peek()?;
@@ -681,7 +711,10 @@ impl P<'_> {
                 _ => text.push(c),
             }
         }
-        let text = String::from_utf8(text).ok()?;
+        Some(CompactString::from(String::from_utf8(text).ok()?))
+    }
+
+    fn after_quoted(&mut self, start: Mark, flow: bool, text: CompactString) -> Option<Node> {
         // trailing spaces and comment belong to the token
         let had_space = self.spaces();
         match self.peek() {
@@ -782,7 +815,7 @@ impl P<'_> {
         if !self.at_end() && self.col() as isize > parent && self.peek() != Some(b'#') {
             return None;
         }
-        self.scalar(text, true, span)
+        self.scalar(CompactString::from(text), true, span)
     }
 
     /// A flow collection or scalar; `parent` is the enclosing block indentation.
@@ -932,7 +965,7 @@ impl P<'_> {
             }
             self.pos += 1;
         }
-        let text = self.t.get(start.pos..end)?.to_string();
+        let text = CompactString::from(self.t.get(start.pos..end)?);
         let span = self.span(start, end);
         // a space before `:` would make the scanner see the key differently
         if self.peek() == Some(b':') && end != self.pos {
