@@ -214,3 +214,52 @@ fn debug_first_bail() {
         }
     }
 }
+
+/// Long sequences are read by two threads; the tree must be the same.
+#[test]
+fn fast_path_long_sequences_match_the_reference() {
+    let item = |i: usize| {
+        format!(
+            "  - {{name: ep-{i:05}, ip: 10.0.{}.{}, labels: {{app: a{}, tier: t}}, ports: [{{port: 80}}]}}\n",
+            i / 250,
+            i % 250,
+            i % 7
+        )
+    };
+    let mut indented = String::from("# header\nname: big\nendpoints:\n");
+    for i in 0..9000 {
+        indented.push_str(&item(i));
+        if i % 1000 == 0 {
+            indented.push_str("# a comment between items\n\n");
+        }
+        if i % 1500 == 0 {
+            indented.push_str(&format!(
+                "  - name: block-{i}\n    labels:\n      k: v\n    ports:\n    - port: 1\n"
+            ));
+        }
+    }
+    indented.push_str("flows:\n  - {from: a, to: b}\n  - {from: c, to: d}\nnotes: |\n  x\n");
+    assert!(indented.len() > 600 * 1024, "{}", indented.len());
+    let indentless = indented.replace("\n  - ", "\n- ").replace("\n    ", "\n  ");
+    // An alias in the second half to an anchor in the first: read again by one thread.
+    let aliased = indented.replacen("  - {name: ep-00001,", "  - &first {name: ep-00001,", 1)
+        + "more:\n  - *first\n";
+    let mut late_alias = indented.clone();
+    late_alias = late_alias.replacen(
+        "  - {name: ep-08990,",
+        "  - *early\n  - {name: ep-08990,",
+        1,
+    );
+    late_alias = late_alias.replacen("name: big", "name: &early big", 1);
+    for (name, text) in [
+        ("indented", &indented),
+        ("indentless", &indentless),
+        ("aliased", &aliased),
+        ("late alias", &late_alias),
+    ] {
+        assert!(
+            same_tree(name, text, Embedding::default()),
+            "{name}: slow path"
+        );
+    }
+}

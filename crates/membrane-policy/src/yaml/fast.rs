@@ -41,6 +41,10 @@ pub(super) fn parse(text: &str, embedding: Embedding) -> Option<Vec<Node>> {
         map_stack: Vec::new(),
         seq_stack: Vec::new(),
         t: text,
+        limit: b.len(),
+        worker: false,
+        parallel: b.len() >= PARALLEL_MIN_BYTES
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
     };
     p.documents()
 }
@@ -63,6 +67,12 @@ struct P<'t> {
     map_stack: Vec<(Node, Node)>,
     seq_stack: Vec<Node>,
     t: &'t str,
+    /// Reading stops here (the start of the part another thread reads).
+    limit: usize,
+    /// This reads the second half of a long sequence (and splits nothing itself).
+    worker: bool,
+    /// Whether a second core may help.
+    parallel: bool,
 }
 
 /// A position: byte offset and 1-based line, 0-based column.
@@ -76,6 +86,21 @@ struct Mark {
 fn is_flow_ind(c: u8) -> bool {
     matches!(c, b',' | b'[' | b']' | b'{' | b'}')
 }
+
+/// A block sequence this long (in bytes) is read by two threads.
+const PARALLEL_MIN_BYTES: usize = 512 * 1024;
+
+/// Bytes that end or may end a plain scalar inside a flow collection.
+const FLOW_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let special = b"\n,[]{}:# ";
+    let mut i = 0;
+    while i < special.len() {
+        t[special[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// Whether a plain scalar may start with `first` (followed by `next`).
 fn plain_start(first: u8, next: Option<u8>, flow: bool) -> bool {
@@ -264,7 +289,7 @@ impl P<'_> {
 
     /// The end of a block: nothing, or a document marker.
     fn at_end(&self) -> bool {
-        self.peek().is_none() || self.at_doc_marker()
+        self.pos >= self.limit || self.peek().is_none() || self.at_doc_marker()
     }
 
     fn documents(&mut self) -> Option<Vec<Node>> {
@@ -538,16 +563,57 @@ impl P<'_> {
         self.count()?;
         let mut start = self.mark();
         let base = self.seq_stack.len();
+        let here = match self.plan_split(indent) {
+            Some(split) => self.seq_items_parallel(indent, indentless, &mut start, split)?,
+            None => self.seq_items(indent, indentless, Some(&mut start), false)?,
+        };
+        self.depth -= 1;
+        Some(Node {
+            value: Value::Seq(self.seq_stack.drain(base..).collect()),
+            span: self.coll_span(start, here),
+        })
+    }
+
+    /// Reads the items of a block sequence onto the stack, from a `-` (or, with `check_first`,
+    /// from the content after an item); returns the mark where the sequence ends.
+    fn seq_items(
+        &mut self,
+        indent: usize,
+        indentless: bool,
+        mut start: Option<&mut Mark>,
+        check_first: bool,
+    ) -> Option<Mark> {
+        let mut check = check_first;
+        let mut first = true;
         loop {
+            if check {
+                self.next_content()?;
+                let here = self.mark();
+                let is_entry = self.peek() == Some(b'-')
+                    && matches!(self.peek_at(1), None | Some(b' ' | b'\n'));
+                if self.at_end()
+                    || here.col < indent
+                    || (indentless && here.col == indent && !is_entry)
+                {
+                    return Some(here);
+                }
+                if here.col > indent || !is_entry {
+                    return None;
+                }
+            }
+            check = true;
             // at '-'
             self.pos += 1;
             if !self.spaces() {
                 return None;
             }
-            if indentless && self.seq_stack.len() == base {
+            if indentless && first {
                 // the scanner starts an indentless sequence after its first `- `
-                start = self.mark();
+                if let Some(start) = start.as_deref_mut() {
+                    *start = self.mark();
+                }
             }
+            first = false;
             match self.peek() {
                 None | Some(b'\n') | Some(b'#') => return None,
                 Some(b'-') if matches!(self.peek_at(1), None | Some(b' ' | b'\n')) => return None,
@@ -558,22 +624,114 @@ impl P<'_> {
                 _ => self.block_node(indent as isize)?,
             };
             self.seq_stack.push(item);
-            self.next_content()?;
-            let here = self.mark();
-            let is_entry =
-                self.peek() == Some(b'-') && matches!(self.peek_at(1), None | Some(b' ' | b'\n'));
-            if self.at_end() || here.col < indent || (indentless && here.col == indent && !is_entry)
-            {
-                self.depth -= 1;
-                return Some(Node {
-                    value: Value::Seq(self.seq_stack.drain(base..).collect()),
-                    span: self.coll_span(start, here),
-                });
-            }
-            if here.col > indent || !is_entry {
-                return None;
-            }
         }
+    }
+
+    /// For a long block sequence (the endpoints of a large cluster), where to start reading
+    /// its second half on another thread: an item's `-` near the middle, with its line.
+    fn plan_split(&self, indent: usize) -> Option<Mark> {
+        if self.worker || !self.parallel || self.b.len() - self.pos < PARALLEL_MIN_BYTES {
+            return None;
+        }
+        // Item boundaries: lines whose content is `- ` at the sequence's column. The sequence
+        // ends at the first other content at that column or left of it.
+        let mut boundaries: Vec<Mark> = Vec::new();
+        let mut line = self.line;
+        let mut i = self.pos;
+        let end = loop {
+            let Some(nl) = self.t.get(i..)?.find('\n') else {
+                break self.b.len();
+            };
+            i += nl + 1;
+            line += 1;
+            let lead = self.b[i..].iter().take_while(|&&c| c == b' ').count();
+            let c = self.b.get(i + lead).copied();
+            match c {
+                None => break self.b.len(),
+                Some(b'\n' | b'#') => continue,
+                Some(_) if lead > indent => continue,
+                Some(b'-')
+                    if lead == indent
+                        && matches!(self.b.get(i + lead + 1), None | Some(b' ' | b'\n'))
+                        && !(lead == 0 && self.b[i..].starts_with(b"---")) =>
+                {
+                    boundaries.push(Mark {
+                        pos: i + lead,
+                        line,
+                        col: lead,
+                    });
+                }
+                Some(_) => break i + lead,
+            }
+        };
+        if end - self.pos < PARALLEL_MIN_BYTES || boundaries.len() < 16 {
+            return None;
+        }
+        let middle = self.pos + (end - self.pos) / 2;
+        let k = boundaries.partition_point(|m| m.pos < middle);
+        boundaries.get(k).copied()
+    }
+
+    /// [`Self::seq_items`] with the items from `split` on read by a second thread.
+    fn seq_items_parallel(
+        &mut self,
+        indent: usize,
+        indentless: bool,
+        start: &mut Mark,
+        split: Mark,
+    ) -> Option<Mark> {
+        let mut worker = P {
+            b: self.b,
+            pos: split.pos,
+            line: split.line,
+            line_start: split.pos - split.col,
+            emb: self.emb,
+            nodes: 0,
+            depth: self.depth,
+            ascii: self.ascii,
+            anchors: HashMap::new(),
+            map_stack: Vec::new(),
+            seq_stack: Vec::new(),
+            t: self.t,
+            limit: self.b.len(),
+            worker: true,
+            parallel: false,
+        };
+        let (first_half, second) = std::thread::scope(|scope| {
+            let spawned = std::thread::Builder::new().spawn_scoped(scope, move || {
+                let here = worker.seq_items(indent, indentless, None, false)?;
+                Some((here, worker))
+            });
+            let Ok(handle) = spawned else {
+                return (
+                    self.seq_items(indent, indentless, Some(&mut *start), false),
+                    None,
+                );
+            };
+            let limit = std::mem::replace(&mut self.limit, split.pos);
+            let first_half = self.seq_items(indent, indentless, Some(&mut *start), false);
+            self.limit = limit;
+            (first_half, handle.join().ok().flatten())
+        });
+        let stopped_at = first_half?;
+        if stopped_at.pos != split.pos {
+            // The sequence ended before the split (the plan was wrong): what was read holds.
+            return Some(stopped_at);
+        }
+        let Some((_, worker)) = second else {
+            // The second half needs the first (an alias) or is outside the subset: read it
+            // here.
+            return self.seq_items(indent, indentless, None, false);
+        };
+        self.seq_stack.extend(worker.seq_stack);
+        self.nodes += worker.nodes;
+        if self.nodes >= MAX_NODES {
+            return None;
+        }
+        self.anchors.extend(worker.anchors);
+        (self.pos, self.line, self.line_start) = (worker.pos, worker.line, worker.line_start);
+        // Where the worker stopped, the sequence ends (or the text is outside the subset).
+        self.seq_items(indent, indentless, None, true)
     }
 
     /// A plain scalar in block context; `true` when it is followed by `: ` (a key; the
@@ -950,21 +1108,28 @@ impl P<'_> {
             return None;
         }
         let mut end = self.pos;
-        while let Some(c) = self.peek() {
-            match c {
-                b'\n' => break,
-                b',' | b'[' | b']' | b'{' | b'}' => break,
-                b':' => match self.peek_at(1) {
-                    None | Some(b' ' | b'\n') => break,
-                    Some(n) if is_flow_ind(n) => return None,
-                    _ => end = self.pos + 1,
-                },
-                b'#' if self.b[self.pos - 1] == b' ' => break,
-                b' ' => {}
-                _ => end = self.pos + 1,
+        let b = self.b;
+        let mut i = self.pos;
+        while let Some(&c) = b.get(i) {
+            if !FLOW_SPECIAL[c as usize] {
+                i += 1;
+                end = i;
+                continue;
             }
-            self.pos += 1;
+            match c {
+                b':' => match b.get(i + 1) {
+                    None | Some(b' ' | b'\n') => break,
+                    Some(&n) if is_flow_ind(n) => return None,
+                    _ => end = i + 1,
+                },
+                b'#' if b[i - 1] == b' ' => break,
+                b'#' => end = i + 1,
+                b' ' => {}
+                _ => break,
+            }
+            i += 1;
         }
+        self.pos = i;
         let text = CompactString::from(self.t.get(start.pos..end)?);
         let span = self.span(start, end);
         // a space before `:` would make the scanner see the key differently
