@@ -311,7 +311,7 @@ fn decode(d: &mut Decoder, root: &Node, text: &str) -> Option<Scenario> {
         .unwrap_or_default();
     let endpoints = f
         .get("endpoints")
-        .and_then(|n| d.list(n, "endpoints", decode_endpoint))
+        .and_then(|n| decode_endpoints(d, n))
         .unwrap_or_default();
     let external = f
         .get("external")
@@ -427,6 +427,43 @@ fn block_embedding(text: &str, span: Span) -> Embedding {
         offset += line.len();
     }
     Embedding::default()
+}
+
+/// Endpoint lists this long are decoded by two threads.
+const PARALLEL_ENDPOINTS: usize = 8192;
+
+/// The `endpoints:` list; a long one (a large cluster) is decoded in two halves at once,
+/// with the diagnostics in the same order as one pass.
+fn decode_endpoints(d: &mut Decoder, n: &Node) -> Option<Vec<EndpointSpec>> {
+    let items = match n.as_seq() {
+        Some(items)
+            if items.len() >= PARALLEL_ENDPOINTS
+                && std::thread::available_parallelism().is_ok_and(|c| c.get() > 1) =>
+        {
+            items
+        }
+        _ => return d.list(n, "endpoints", decode_endpoint),
+    };
+    let (first, second) = items.split_at(items.len() / 2);
+    let half = |d: &mut Decoder, items: &[Node]| -> Vec<EndpointSpec> {
+        items.iter().filter_map(|n| decode_endpoint(d, n)).collect()
+    };
+    let mut d2 = Decoder::default();
+    let (mut out, rest) = std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new().spawn_scoped(scope, || half(&mut d2, second));
+        let out = half(d, first);
+        let rest = worker.ok().and_then(|h| h.join().ok());
+        (out, rest)
+    });
+    match rest {
+        Some(rest) => {
+            out.extend(rest);
+            d.diagnostics.append(&mut d2.diagnostics);
+        }
+        // The thread could not be started: decode the second half here.
+        None => out.extend(half(d, second)),
+    }
+    Some(out)
 }
 
 fn decode_endpoint(d: &mut Decoder, n: &Node) -> Option<EndpointSpec> {
