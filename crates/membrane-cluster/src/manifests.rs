@@ -669,10 +669,11 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         let file = i as FileId;
         // One YAML parse per file: the tree is decoded either as a scenario or as resources
         // (a syntax error is reported by `parse_resources`).
-        let parsed = membrane_policy::yaml::parse_documents(&f.text, Embedding::default());
-        if let Ok(docs) = &parsed {
+        let mut parsed = membrane_policy::yaml::parse_documents(&f.text, Embedding::default());
+        if let Ok(docs) = &mut parsed {
             if docs.len() == 1 && is_scenario(&docs[0]) {
-                match crate::scenario::decode_scenario(&docs[0], &f.text) {
+                let root = docs.remove(0);
+                match crate::scenario::decode_scenario_owned(root, &f.text) {
                     Ok(sc) => {
                         let (res, diags) = parse_resources(&sc.policies, sc.policies_embedding);
                         resources.extend(res.into_iter().map(|r| (file, r)));
