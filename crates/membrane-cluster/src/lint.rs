@@ -45,7 +45,7 @@ use membrane_policy::labels::{
     Selector, SelectorKey, is_identity_label,
 };
 use membrane_policy::model::{self, Direction, Entry, FileId, PeerSelector, Peers, PortValue};
-use membrane_policy::policy_set::parse_resources;
+use membrane_policy::policy_set::{decode_documents, parse_resources};
 use membrane_policy::resolve::{DirectionPolicy, Enforcement, peer_selects};
 use membrane_policy::translate::{Translated, parse_cidr};
 use membrane_policy::yaml::{Embedding, Node, Span, Value, parse_documents};
@@ -490,21 +490,32 @@ impl<'a> Cx<'a> {
                 .as_ref()
                 .is_some_and(|d| d.len() == 1 && is_scenario(&d[0]));
             if scenario_shaped {
-                match crate::scenario::parse_scenario(&f.text) {
+                let decoded = match plain.as_deref() {
+                    Some([root]) => crate::scenario::decode_scenario(root, &f.text),
+                    _ => crate::scenario::parse_scenario(&f.text),
+                };
+                match decoded {
                     Ok(sc) => {
-                        docs.push(
-                            parse_documents(&sc.policies, sc.policies_embedding)
-                                .unwrap_or_default(),
-                        );
-                        let (res, _) = parse_resources(&sc.policies, sc.policies_embedding);
+                        let (res, policy_docs) =
+                            match parse_documents(&sc.policies, sc.policies_embedding) {
+                                Ok(pd) => (decode_documents(&pd).0, pd),
+                                Err(_) => (
+                                    parse_resources(&sc.policies, sc.policies_embedding).0,
+                                    Vec::new(),
+                                ),
+                            };
+                        docs.push(policy_docs);
                         resources.extend(res.into_iter().map(|r| (file, r)));
                     }
                     Err(_) => docs.push(vec![]),
                 }
                 continue;
             }
+            let (res, _) = match &plain {
+                Some(pd) => decode_documents(pd),
+                None => parse_resources(&f.text, Embedding::default()),
+            };
             docs.push(plain.unwrap_or_default());
-            let (res, _) = parse_resources(&f.text, Embedding::default());
             resources.extend(res.into_iter().map(|r| (file, r)));
         }
 

@@ -14,7 +14,7 @@ use membrane_policy::api::Resource;
 use membrane_policy::decode::Decoder;
 use membrane_policy::diag::Diagnostic;
 use membrane_policy::model::FileId;
-use membrane_policy::policy_set::parse_resources;
+use membrane_policy::policy_set::{decode_documents, parse_resources};
 use membrane_policy::translate::Secrets;
 use membrane_policy::yaml::{Embedding, Node, Span};
 use std::collections::BTreeMap;
@@ -667,9 +667,13 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
     let mut scenario_base: Option<Scenario> = None;
     for (i, f) in files.iter().enumerate() {
         let file = i as FileId;
-        if let Ok(docs) = membrane_policy::yaml::parse_documents(&f.text, Embedding::default()) {
+        // One YAML parse per file: the tree is decoded either as a scenario or as resources
+        // (a syntax error is reported by `parse_resources`).
+        let mut parsed = membrane_policy::yaml::parse_documents(&f.text, Embedding::default());
+        if let Ok(docs) = &mut parsed {
             if docs.len() == 1 && is_scenario(&docs[0]) {
-                match crate::scenario::parse_scenario(&f.text) {
+                let root = docs.remove(0);
+                match crate::scenario::decode_scenario_owned(root, &f.text) {
                     Ok(sc) => {
                         let (res, diags) = parse_resources(&sc.policies, sc.policies_embedding);
                         resources.extend(res.into_iter().map(|r| (file, r)));
@@ -688,7 +692,10 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                 continue;
             }
         }
-        let (res, diags) = parse_resources(&f.text, Embedding::default());
+        let (res, diags) = match parsed {
+            Ok(docs) => decode_documents(&docs),
+            Err(_) => parse_resources(&f.text, Embedding::default()),
+        };
         b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
         for r in res {
             match r {

@@ -6,7 +6,7 @@ use membrane_policy::diag::Diagnostic;
 use membrane_policy::model::Direction;
 use membrane_policy::translate::Secrets;
 use membrane_policy::verdict::{HttpRequest, Verdict};
-use membrane_policy::yaml::{Embedding, Node, Span, parse_documents};
+use membrane_policy::yaml::{Embedding, Node, Span, Value, parse_documents};
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, Default)]
@@ -217,22 +217,57 @@ pub fn parse_scenario(text: &str) -> Result<Scenario, Vec<Diagnostic>> {
             Some(e.span),
         )]
     })?;
-    let Some(root) = docs.first() else {
+    let Some(root) = docs.into_iter().next() else {
         return Err(vec![Diagnostic::error(
             "scenario",
             "the scenario file is empty",
             None,
         )]);
     };
+    decode_scenario_owned(root, text)
+}
+
+/// Decodes a scenario from the already parsed root of its file (`text` is the file's text,
+/// for the position of the embedded policies).
+pub fn decode_scenario(root: &Node, text: &str) -> Result<Scenario, Vec<Diagnostic>> {
     let mut d = Decoder::default();
-    let scenario = decode(&mut d, root, text);
+    let scenario = decode(&mut d, root, text, None);
     if d.has_errors() {
         return Err(d.diagnostics);
     }
     scenario.ok_or(d.diagnostics)
 }
 
-fn decode(d: &mut Decoder, root: &Node, text: &str) -> Option<Scenario> {
+/// [`decode_scenario`] that consumes the tree: each endpoint's subtree is freed as soon as
+/// it is decoded, so the tree and the decoded cluster do not both stay whole in memory.
+pub fn decode_scenario_owned(mut root: Node, text: &str) -> Result<Scenario, Vec<Diagnostic>> {
+    let mut taken = None;
+    if let Value::Map(entries) = &mut root.value {
+        if let Some((_, v)) = entries
+            .iter_mut()
+            .find(|(k, _)| k.scalar_text() == Some("endpoints"))
+        {
+            if let Value::Seq(items) = &mut v.value {
+                taken = Some(std::mem::take(items));
+            }
+        }
+    }
+    let mut d = Decoder::default();
+    let scenario = decode(&mut d, &root, text, taken);
+    if d.has_errors() {
+        return Err(d.diagnostics);
+    }
+    scenario.ok_or(d.diagnostics)
+}
+
+/// `endpoints`: the items of the `endpoints:` list when they were taken out of the tree.
+fn decode(
+    d: &mut Decoder,
+    root: &Node,
+    text: &str,
+    endpoints: Option<Vec<Node>>,
+) -> Option<Scenario> {
+    let taken = endpoints;
     let mut f = d.fields(root, "a scenario")?;
     let name = f
         .get("name")
@@ -303,10 +338,11 @@ fn decode(d: &mut Decoder, root: &Node, text: &str) -> Option<Scenario> {
             })
         })
         .unwrap_or_default();
-    let endpoints = f
-        .get("endpoints")
-        .and_then(|n| d.list(n, "endpoints", decode_endpoint))
-        .unwrap_or_default();
+    let endpoints = match (f.get("endpoints"), taken) {
+        (Some(_), Some(items)) => decode_endpoints(d, items),
+        (Some(n), None) => d.list(n, "endpoints", decode_endpoint).unwrap_or_default(),
+        (None, _) => Vec::new(),
+    };
     let external = f
         .get("external")
         .and_then(|n| {
@@ -421,6 +457,50 @@ fn block_embedding(text: &str, span: Span) -> Embedding {
         offset += line.len();
     }
     Embedding::default()
+}
+
+/// Endpoint lists this long are decoded by two threads.
+const PARALLEL_ENDPOINTS: usize = 8192;
+
+/// The items of the `endpoints:` list, each freed once decoded; a long list (a large
+/// cluster) is decoded in two halves at once, with the diagnostics in the order of one pass.
+fn decode_endpoints(d: &mut Decoder, mut items: Vec<Node>) -> Vec<EndpointSpec> {
+    fn half(d: &mut Decoder, items: Vec<Node>) -> Vec<EndpointSpec> {
+        items
+            .into_iter()
+            .filter_map(|n| decode_endpoint(d, &n))
+            .collect()
+    }
+    if items.len() < PARALLEL_ENDPOINTS
+        || !std::thread::available_parallelism().is_ok_and(|c| c.get() > 1)
+    {
+        return half(d, items);
+    }
+    let second = std::sync::Mutex::new(Some(items.split_off(items.len() / 2)));
+    let take = || {
+        second
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .unwrap_or_default()
+    };
+    let mut d2 = Decoder::default();
+    let (mut out, rest) = std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new().spawn_scoped(scope, || half(&mut d2, take()));
+        let out = half(d, items);
+        (out, worker.map(|h| h.join()))
+    });
+    match rest {
+        Ok(Ok(rest)) => {
+            out.extend(rest);
+            d.diagnostics.append(&mut d2.diagnostics);
+        }
+        // The thread could not be started: the second half is still in its slot.
+        Err(_) => out.extend(half(d, take())),
+        // What would have panicked on one thread panics here too.
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+    }
+    out
 }
 
 fn decode_endpoint(d: &mut Decoder, n: &Node) -> Option<EndpointSpec> {

@@ -42,7 +42,7 @@ impl Decoder {
         match &node.value {
             Value::Map(entries) => Some(Fields {
                 entries,
-                used: vec![false; entries.len()],
+                used: Used::new(entries.len()),
                 span: node.span,
             }),
             _ => {
@@ -60,14 +60,14 @@ impl Decoder {
             Value::Scalar {
                 text,
                 kind: ScalarKind::Quoted,
-            } => Some(Spanned::new(text.clone(), node.span)),
+            } => Some(Spanned::new(text.to_string(), node.span)),
             Value::Scalar {
                 text,
                 kind: ScalarKind::Plain,
             } => {
                 let found = node.type_name();
                 if found == "string" {
-                    Some(Spanned::new(text.clone(), node.span))
+                    Some(Spanned::new(text.to_string(), node.span))
                 } else {
                     self.error_help(
                         format!("{what} must be a string, found {found} `{text}`"),
@@ -101,7 +101,7 @@ impl Decoder {
                     );
                     return None;
                 }
-                Some(Spanned::new(text.clone(), node.span))
+                Some(Spanned::new(text.to_string(), node.span))
             }
             _ => {
                 self.error(
@@ -204,6 +204,9 @@ impl Decoder {
                     // as other types, which kubectl would reject: quote them.
                     let value = match &v.value {
                         Value::Null => Spanned::new(String::new(), v.span),
+                        Value::Scalar { text, kind } if is_string(kind, v) => {
+                            Spanned::new(text.to_string(), v.span)
+                        }
                         _ => self.string(v, &format!("the value of `{}` in {what}", key.value))?,
                     };
                     Some((key, value))
@@ -220,10 +223,49 @@ impl Decoder {
     }
 }
 
+/// Whether a scalar decodes as a string (what `Decoder::string` accepts).
+fn is_string(kind: &ScalarKind, node: &Node) -> bool {
+    *kind == ScalarKind::Quoted || node.type_name() == "string"
+}
+
+/// Which fields of a mapping were read: a bit set, on the heap only for large mappings.
+enum Used {
+    Small(u64),
+    Large(Vec<bool>),
+}
+
+impl Used {
+    fn new(n: usize) -> Used {
+        if n <= 64 {
+            Used::Small(0)
+        } else {
+            Used::Large(vec![false; n])
+        }
+    }
+
+    fn set(&mut self, i: usize) {
+        match self {
+            Used::Small(bits) => *bits |= 1 << i,
+            Used::Large(v) => {
+                if let Some(b) = v.get_mut(i) {
+                    *b = true;
+                }
+            }
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        match self {
+            Used::Small(bits) => *bits & (1 << i) != 0,
+            Used::Large(v) => v.get(i).copied().unwrap_or(false),
+        }
+    }
+}
+
 /// The fields of one mapping; `finish` reports the ones nobody asked for.
 pub struct Fields<'n> {
     entries: &'n [(Node, Node)],
-    used: Vec<bool>,
+    used: Used,
     pub span: Span,
 }
 
@@ -234,7 +276,7 @@ impl<'n> Fields<'n> {
             .entries
             .iter()
             .position(|(k, _)| k.scalar_text() == Some(name))?;
-        self.used[idx] = true;
+        self.used.set(idx);
         let value = &self.entries[idx].1;
         if value.is_null() { None } else { Some(value) }
     }
@@ -263,7 +305,7 @@ impl<'n> Fields<'n> {
     /// Reports unknown fields, with a suggestion when one is close to a known field.
     pub fn finish(self, dec: &mut Decoder, what: &str, known: &[&str]) {
         for (i, (key, _)) in self.entries.iter().enumerate() {
-            if self.used[i] {
+            if self.used.get(i) {
                 continue;
             }
             let name = key.scalar_text().unwrap_or("");

@@ -7,7 +7,7 @@ use crate::labels::{Label, LabelSet};
 use crate::model::{FileId, Rule};
 use crate::options::Options;
 use crate::translate::{self, CidrGroupInfo, Context, Secrets, Translated};
-use crate::yaml::{Embedding, parse_documents};
+use crate::yaml::{Embedding, Node, parse_documents};
 
 /// Parses every document of a YAML text into resources. A syntax error ends the file;
 /// schema errors are collected and the offending object is still returned where possible.
@@ -20,9 +20,14 @@ pub fn parse_resources(text: &str, embedding: Embedding) -> (Vec<Resource>, Vec<
             return (vec![], vec![d]);
         }
     };
+    decode_documents(&docs)
+}
+
+/// Decodes already parsed YAML documents into resources (see [`parse_resources`]).
+pub fn decode_documents(docs: &[Node]) -> (Vec<Resource>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     let mut diagnostics = Vec::new();
-    for doc in &docs {
+    for doc in docs {
         let mut dec = Decoder::default();
         let mut resources = Vec::new();
         decode_resources(&mut dec, doc, &mut resources);

@@ -3,8 +3,11 @@
 //! serde would lose positions and stop at the first error; users need every mistake in a
 //! manifest reported with its line and column, so the engine decodes from this tree itself.
 
+pub use compact_str::CompactString;
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 use std::collections::HashMap;
+
+mod fast;
 
 /// Where a node starts in its file (1-based line and column) and how long it is (bytes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,15 +26,20 @@ pub enum ScalarKind {
     Quoted,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Null,
-    Scalar { text: String, kind: ScalarKind },
+    /// Short scalars (most names, labels, addresses) are stored inline, without a heap
+    /// allocation each.
+    Scalar {
+        text: CompactString,
+        kind: ScalarKind,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub value: Value,
     pub span: Span,
@@ -45,8 +53,16 @@ impl Node {
                 text,
                 kind: ScalarKind::Plain,
             } => {
+                // Numbers start with a digit, a sign, a dot, or are inf/nan: skip the parses
+                // for the usual names.
+                let maybe_number = text.as_bytes().first().is_some_and(|c| {
+                    c.is_ascii_digit()
+                        || matches!(c, b'+' | b'-' | b'.' | b'i' | b'I' | b'n' | b'N')
+                });
                 if parse_bool(text).is_some() {
                     "boolean"
+                } else if !maybe_number {
+                    "string"
                 } else if text.parse::<i64>().is_ok() {
                     "integer"
                 } else if text.parse::<f64>().is_ok() {
@@ -216,7 +232,27 @@ fn node_size(node: &Node) -> usize {
 }
 
 /// Parses every document of a multi-document YAML text. Empty documents are skipped.
+///
+/// The common subset of YAML (and JSON) is read by a fast path straight from the bytes; the
+/// rest, and every error, goes through saphyr's event parser. Both give the same tree.
 pub fn parse_documents(text: &str, embedding: Embedding) -> Result<Vec<Node>, YamlError> {
+    if let Some(docs) = fast::parse(text, embedding) {
+        return Ok(docs);
+    }
+    parse_documents_reference(text, embedding)
+}
+
+/// The fast path alone: `None` when the text is outside its subset (tests compare it with
+/// [`parse_documents_reference`]).
+#[doc(hidden)]
+pub fn parse_documents_fast(text: &str, embedding: Embedding) -> Option<Vec<Node>> {
+    fast::parse(text, embedding)
+}
+
+/// [`parse_documents`] through saphyr's event parser only (the reference the fast path is
+/// tested against).
+#[doc(hidden)]
+pub fn parse_documents_reference(text: &str, embedding: Embedding) -> Result<Vec<Node>, YamlError> {
     let char_to_byte = if text.is_ascii() {
         None
     } else {
@@ -274,7 +310,7 @@ pub fn parse_documents(text: &str, embedding: Embedding) -> Result<Vec<Node>, Ya
                     Value::Null
                 } else {
                     Value::Scalar {
-                        text: text.into_owned(),
+                        text: CompactString::from(text),
                         kind: if quoted {
                             ScalarKind::Quoted
                         } else {
