@@ -145,19 +145,21 @@ impl Snapshot {
     }
 
     fn cidr_identity(&self, addr: IpAddr, name: Option<&str>) -> IdentityId {
-        match self.identities().find_cidr(addr, name) {
-            Some(id) => id,
+        let ids = self.identities();
+        ids.find_cidr(addr, name)
             // An address learned under several names: the first name it was learned as.
-            None => self
-                .identities()
-                .iter()
-                .find(|i| {
-                    i.addr == Some(addr)
-                        && i.kind == IdentityKind::Cidr
-                        && i.fqdn_names.first().map(String::as_str) == name
-                })
-                .map_or(identity::WORLD, |i| i.id),
-        }
+            .or_else(|| {
+                ids.iter()
+                    .find(|i| {
+                        i.addr == Some(addr)
+                            && i.kind == IdentityKind::Cidr
+                            && i.fqdn_names.first().map(String::as_str) == name
+                    })
+                    .map(|i| i.id)
+            })
+            // Not (or no longer) learned under that name: the address's own identity.
+            .or_else(|| ids.find_cidr(addr, None))
+            .unwrap_or(identity::WORLD)
     }
 
     /// The resolved policy of a party's endpoint, if Cilium manages it.

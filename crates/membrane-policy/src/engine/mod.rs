@@ -27,7 +27,9 @@ use crate::resolve::{
     DirectionPolicy, EntryRef, MapDelta, PartCache, PeerPart, Repository, Subject, host_labels,
 };
 use crate::translate::Translated;
-use std::collections::{BTreeMap, HashMap};
+// Keys are ids, addresses and short names hashed per endpoint: FxHash, not SipHash.
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -245,20 +247,20 @@ impl Engine {
                 repo: Repository::new(Vec::new(), options.clone(), IdentityTable::default(), &[]),
                 options,
                 policies: BTreeMap::new(),
-                namespaces: HashMap::new(),
+                namespaces: HashMap::default(),
                 nodes: Vec::new(),
                 node_identities: Vec::new(),
                 endpoints: Vec::new(),
-                endpoint_by_ip: HashMap::new(),
-                identity_users: HashMap::new(),
+                endpoint_by_ip: HashMap::default(),
+                identity_users: HashMap::default(),
                 services: Vec::new(),
                 dns_names: Vec::new(),
                 subjects: Vec::new(),
-                subject_by_key: HashMap::new(),
+                subject_by_key: HashMap::default(),
                 rule_subjects: Vec::new(),
                 parts: Arc::new(PartCache::default()),
-                node_by_name: HashMap::new(),
-                pod_identities: HashMap::new(),
+                node_by_name: HashMap::default(),
+                pod_identities: HashMap::default(),
             }),
         }
     }
@@ -399,6 +401,19 @@ impl Engine {
         for a in addrs {
             changes.merge(s.add_address(*a, None));
             changes.merge(s.add_address(*a, Some(name)));
+        }
+        self.finish(changes)
+    }
+
+    /// A DNS answer expired (its TTL ran out): the addresses are no longer learned under
+    /// `name`, so toFQDNs selectors stop selecting them (their plain CIDR identity stays).
+    pub fn dns_expire(&mut self, name: &str, addrs: &[IpAddr]) -> ChangeSet {
+        let s = self.write();
+        let mut changes = ChangeSet::default();
+        for a in addrs {
+            if let Some(id) = s.repo.identities().find_cidr(*a, Some(name)) {
+                changes.merge(s.identity_vanished(id));
+            }
         }
         self.finish(changes)
     }
@@ -832,7 +847,7 @@ impl Snapshot {
         };
         let common = [Direction::Ingress, Direction::Egress]
             .map(|d| self.repo.entries_for_peer(d, id, &common));
-        let mut memo: HashMap<LocalPartKey, (PeerPart, Vec<EntryRef>)> = HashMap::new();
+        let mut memo: HashMap<LocalPartKey, (PeerPart, Vec<EntryRef>)> = HashMap::default();
         let mut changes = ChangeSet::default();
         for s in touched {
             let more = extra.get(&s).map_or(&[][..], Vec::as_slice);
