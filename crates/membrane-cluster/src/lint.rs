@@ -1041,7 +1041,8 @@ fn default_deny_denies_nothing(cx: &Cx<'_>, out: &mut Out) -> BTreeSet<usize> {
                     .flatten()
                     .map(|t| t.value.as_str())
                     .collect();
-                let ingress = k.policy_types.is_none() || types.contains(&"Ingress");
+                // An absent or empty policyTypes defaults to [Ingress] (Kubernetes defaulting).
+                let ingress = types.is_empty() || types.contains(&"Ingress");
                 let egress = types.contains(&"Egress");
                 if ingress && k.ingress.as_ref().is_none_or(Vec::is_empty) {
                     intent.insert(Direction::Ingress);

@@ -88,7 +88,7 @@ fn is_flow_ind(c: u8) -> bool {
 }
 
 /// A block sequence this long (in bytes) is read by two threads.
-const PARALLEL_MIN_BYTES: usize = 512 * 1024;
+const PARALLEL_MIN_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes that end or may end a plain scalar inside a flow collection.
 const FLOW_SPECIAL: [bool; 256] = {
