@@ -77,6 +77,9 @@ impl Snapshot {
 
     /// The party a node is in flows.
     pub fn node_party(&self, node: usize) -> Option<Party> {
+        if self.node_gone.get(node).copied().unwrap_or(true) {
+            return None;
+        }
         let n = self.nodes.get(node)?;
         Some(if n.cilium {
             Party::Node { node, addr: n.ip }
@@ -95,7 +98,12 @@ impl Snapshot {
                 return p;
             }
         }
-        if let Some(i) = self.nodes.iter().position(|n| n.ip == ip) {
+        if let Some(i) = self
+            .nodes
+            .iter()
+            .enumerate()
+            .position(|(i, n)| n.ip == ip && !self.node_gone[i])
+        {
             if let Some(p) = self.node_party(i) {
                 return p;
             }

@@ -213,6 +213,8 @@ pub struct Snapshot {
     namespaces: HashMap<String, Vec<(String, String)>>,
     nodes: Vec<NodeSpec>,
     node_identities: Vec<Option<IdentityId>>,
+    /// Nodes removed (their index stays reserved, for endpoints and parties that name it).
+    node_gone: Vec<bool>,
     endpoints: Vec<Option<EndpointState>>,
     /// Endpoints (not hostNetwork) by address, oldest first: the first one is the address's
     /// endpoint, as a linear search would find it.
@@ -250,6 +252,7 @@ impl Engine {
                 namespaces: HashMap::default(),
                 nodes: Vec::new(),
                 node_identities: Vec::new(),
+                node_gone: Vec::new(),
                 endpoints: Vec::new(),
                 endpoint_by_ip: HashMap::default(),
                 identity_users: HashMap::default(),
@@ -318,14 +321,54 @@ impl Engine {
     pub fn upsert_node(&mut self, node: NodeSpec) -> ChangeSet {
         let s = self.write();
         match s.nodes.iter().position(|n| n.name == node.name) {
-            Some(i) => s.nodes[i] = node,
+            Some(i) => {
+                s.node_by_name.insert(node.name.clone(), i);
+                s.node_gone[i] = false;
+                s.nodes[i] = node;
+            }
             None => {
                 s.node_by_name.insert(node.name.clone(), s.nodes.len());
                 s.nodes.push(node);
                 s.node_identities.push(None);
+                s.node_gone.push(false);
             }
         }
         let changes = s.refresh_nodes();
+        self.finish(changes)
+    }
+
+    /// Removes a node: its host endpoint's policy and its node identity go; endpoints still
+    /// placed on it have no node until it comes back (the loader removes its pods).
+    pub fn remove_node(&mut self, name: &str) -> ChangeSet {
+        let s = self.write();
+        let mut changes = ChangeSet::default();
+        let Some(i) = s.node_by_name.remove(name) else {
+            return self.finish(changes);
+        };
+        s.node_gone[i] = true;
+        if let Some(id) = s.node_identities[i].take() {
+            // A node's own identity (cidr-match-nodes); an address outside the cluster keeps
+            // its CIDR identity, which flows and policies may still name.
+            if s.repo
+                .identities()
+                .get(id)
+                .is_some_and(|x| x.kind == IdentityKind::Node)
+            {
+                changes.merge(s.identity_vanished(id));
+            }
+        }
+        if let Some(sub) = s.subject_by_key.remove(&SubjectKey::Host { node: i }) {
+            s.subjects[sub] = None;
+            for list in &mut s.rule_subjects {
+                list.retain(|x| *x != sub);
+            }
+            changes.subjects_removed.push(sub);
+        }
+        for e in s.endpoints.iter_mut().flatten() {
+            if e.node == Some(i) {
+                e.node = None;
+            }
+        }
         self.finish(changes)
     }
 
@@ -490,7 +533,7 @@ impl Snapshot {
     }
 
     pub fn node_index(&self, name: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.name == name)
+        self.node_by_name.get(name).copied()
     }
 
     pub fn dns_names(&self) -> &[String] {
@@ -1101,6 +1144,9 @@ impl Snapshot {
     fn refresh_nodes(&mut self) -> ChangeSet {
         let mut changes = ChangeSet::default();
         for i in 0..self.nodes.len() {
+            if self.node_gone[i] {
+                continue;
+            }
             let n = self.nodes[i].clone();
             let want = if !n.cilium {
                 Some(self.repo.identities_mut().cidr(n.ip, None))
@@ -1137,7 +1183,7 @@ impl Snapshot {
         // Endpoints placed on a node that did not exist yet.
         for e in self.endpoints.iter_mut().flatten() {
             if e.node.is_none() {
-                e.node = self.nodes.iter().position(|n| n.name == e.spec.node);
+                e.node = self.node_by_name.get(&e.spec.node).copied();
             }
         }
         changes

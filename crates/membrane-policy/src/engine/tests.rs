@@ -229,3 +229,40 @@ fn dns_answers_feed_to_fqdns() {
         "the address has a CIDR identity"
     );
 }
+
+#[test]
+fn nodes_come_and_go() {
+    let mut e = engine();
+    let (client, _) = e.add_endpoint(pod("client", "10.0.1.1", "client"));
+    let node = e.state().node_index("node1").unwrap();
+    assert!(e.state().node_party(node).is_some());
+    assert!(matches!(
+        e.state().address_party("192.168.1.10".parse().unwrap()),
+        Party::Node { .. }
+    ));
+    let r = e.state().revision();
+    let changes = e.remove_node("node1");
+    assert_eq!(changes.revision, r + 1);
+    assert!(e.state().node_index("node1").is_none());
+    assert!(e.state().node_party(node).is_none());
+    assert!(matches!(
+        e.state().address_party("192.168.1.10".parse().unwrap()),
+        Party::World { .. }
+    ));
+    assert_eq!(
+        e.state().node_of(e.state().endpoint_party(client).unwrap()),
+        None
+    );
+    e.upsert_node(NodeSpec {
+        name: "node1".into(),
+        ip: "192.168.1.10".parse().unwrap(),
+        cilium: true,
+        labels: vec![],
+    });
+    assert_eq!(e.state().node_index("node1"), Some(node));
+    assert_eq!(
+        e.state().node_of(e.state().endpoint_party(client).unwrap()),
+        Some(node),
+        "the pod is placed on its node again"
+    );
+}
