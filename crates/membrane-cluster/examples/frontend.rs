@@ -1,5 +1,7 @@
 //! Times the cold front end alone: `cargo run --release --example frontend FILE [N]` parses
-//! and decodes a scenario file N times (the peak memory of N=1 is the front end's).
+//! and decodes a scenario file N times (the peak memory of N=1 is the front end's). For a JSON
+//! file it also times serde_json reading the same text into its own tree, the alternative the
+//! positioned reader was measured against.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use membrane_cluster::scenario::parse_scenario;
 use membrane_policy::yaml::{Embedding, parse_documents};
@@ -24,6 +26,17 @@ fn main() {
         assert!(!r.is_empty());
     }
     let ms = |x: f64| x * 1000.0 / f64::from(n);
+    if text.trim_start().starts_with('{') {
+        let t = Instant::now();
+        for _ in 0..n {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            drop(v);
+        }
+        println!(
+            "serde_json::Value {:.1} ms (no positions: errors could not name a line)",
+            ms(t.elapsed().as_secs_f64())
+        );
+    }
     println!(
         "yaml_parse {:.1} ms, parse_scenario {:.1} ms, embedded policies {:.1} ms",
         ms(parse),
