@@ -1214,6 +1214,15 @@ fn incremental_engine_matches_cold_build() {
                     s.endpoints[i].name,
                     built.text
                 );
+                let unshared = e.state().endpoint_policy_unshared(*id).map(|p| maps_of(&p));
+                prop_assert_eq!(
+                    &got,
+                    &unshared,
+                    "endpoint {} ({}): shared-part maps differ from an unshared resolution\n{}",
+                    i,
+                    s.endpoints[i].name,
+                    built.text
+                );
                 if let Some(subject) = e.state().endpoint_subject(*id) {
                     let followed = mirror.get(&subject);
                     prop_assert_eq!(

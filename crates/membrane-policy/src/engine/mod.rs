@@ -602,6 +602,18 @@ impl Snapshot {
         self.subject_policy_lazy(subject)
     }
 
+    /// An endpoint's policy resolved from scratch, sharing nothing with other policies (no
+    /// part cache): the reference the shared, incremental maps are checked against.
+    pub fn endpoint_policy_unshared(&self, id: EndpointId) -> Option<EndpointPolicy> {
+        let subject = self.endpoints.get(id)?.as_ref()?.subject?;
+        let state = self.subjects.get(subject)?.as_ref()?;
+        let s = state.subject();
+        Some(EndpointPolicy {
+            ingress: self.repo.resolve(&s, Direction::Ingress),
+            egress: self.repo.resolve(&s, Direction::Egress),
+        })
+    }
+
     /// The subject (shared resolved policy) an endpoint uses.
     pub fn endpoint_subject(&self, id: EndpointId) -> Option<usize> {
         self.endpoints.get(id)?.as_ref()?.subject
