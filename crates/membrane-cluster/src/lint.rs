@@ -405,7 +405,8 @@ struct Ep<'a> {
     spec: &'a EndpointSpec,
     party: Party,
     id: IdentityId,
-    labels: LabelSet,
+    /// Its identity's labels (shared by every endpoint of the identity).
+    labels: &'a LabelSet,
     /// A pod (not a reserved-identity endpoint such as a Gateway's proxy).
     pod: bool,
     /// Endpoints with the same key have the same resolved policy (identity and container
@@ -456,6 +457,12 @@ struct Cx<'a> {
     /// Endpoints whose address the input gives (`status.podIP`, scenario files); the others
     /// have addresses the loader synthesized.
     declared_addr: BTreeSet<String>,
+    /// How many distinct policy keys (`Ep::pkey`) there are.
+    pkey_count: usize,
+    /// Declared pods with their addresses, for the CIDR checks (built on first use).
+    cidr_pods: std::cell::OnceCell<Vec<(&'a str, IpAddr)>>,
+    /// Every pod's container ports by name: (pod, number, protocol), built on first use.
+    port_defs: std::cell::OnceCell<HashMap<&'a str, Vec<(&'a str, u16, String)>>>,
 }
 
 const CLUSTER_SCOPED: &[&str] = &[
@@ -623,11 +630,12 @@ impl<'a> Cx<'a> {
                 spec,
                 party,
                 id,
-                labels: identity.labels.clone(),
+                labels: &identity.labels,
                 pod,
                 pkey,
             });
         }
+        let pkey_count = pkeys.len();
         let dns = world.kube_dns().and_then(|party| {
             let i = eps.iter().position(|e| e.party == party)?;
             Some((i, eps[i].id))
@@ -677,7 +685,29 @@ impl<'a> Cx<'a> {
             nodes_declared,
             declared,
             declared_addr,
+            cidr_pods: std::cell::OnceCell::new(),
+            port_defs: std::cell::OnceCell::new(),
+            pkey_count,
         }
+    }
+
+    /// The pods that define a container port named `name` (egress names resolve across the
+    /// cluster, §9.5): (pod, number, protocol in upper case).
+    fn named_port_defs(&self, name: &str) -> &[(&'a str, u16, String)] {
+        let all = self.port_defs.get_or_init(|| {
+            let mut all: HashMap<&'a str, Vec<(&'a str, u16, String)>> = HashMap::new();
+            for e in &self.world.scenario.endpoints {
+                for c in e.ports.iter().filter(|c| !c.name.is_empty()) {
+                    all.entry(c.name.as_str()).or_default().push((
+                        e.name.as_str(),
+                        c.port,
+                        c.protocol.to_ascii_uppercase(),
+                    ));
+                }
+            }
+            all
+        });
+        all.get(name).map_or(&[], Vec::as_slice)
     }
 
     fn file_name(&self, file: FileId) -> &str {
@@ -756,13 +786,17 @@ impl<'a> Cx<'a> {
         eps: &[&'e Ep<'a>],
         d: Direction,
     ) -> Vec<(DirectionRef, Vec<&'e Ep<'a>>)> {
-        let mut by_key: BTreeMap<usize, Vec<&'e Ep<'a>>> = BTreeMap::new();
+        // Policy keys are dense indexes: group without a map (this runs once per rule over
+        // every endpoint it selects).
+        let mut by_key: Vec<Vec<&'e Ep<'a>>> = vec![Vec::new(); self.pkey_count];
         for ep in eps {
-            by_key.entry(ep.pkey).or_default().push(*ep);
+            if let Some(g) = by_key.get_mut(ep.pkey) {
+                g.push(*ep);
+            }
         }
         let mut index: HashMap<*const DirectionPolicy, usize> = HashMap::new();
         let mut out: Vec<(DirectionRef, Vec<&'e Ep<'a>>)> = Vec::new();
-        for (_, group) in by_key {
+        for group in by_key.into_iter().filter(|g| !g.is_empty()) {
             let Some(pol) = self.policy(group[0], d) else {
                 continue;
             };
@@ -1094,7 +1128,7 @@ fn default_deny_denies_nothing(cx: &Cx<'_>, out: &mut Out) -> BTreeSet<usize> {
                             if cx
                                 .eps
                                 .iter()
-                                .any(|e| e.name() == w.endpoint && relaxed.matches(&e.labels))
+                                .any(|e| e.name() == w.endpoint && relaxed.matches(e.labels))
                             {
                                 meant.insert(w.namespace.as_str());
                             }
@@ -1698,13 +1732,15 @@ fn cidrs(cx: &Cx<'_>, p: &PolicyView<'_>, out: &mut Out) {
     if found.is_empty() {
         return;
     }
-    let pods: Vec<(&str, IpAddr)> = cx
-        .eps
-        .iter()
-        .filter(|e| e.pod && !e.spec.host_network && !e.spec.ip.is_unspecified())
-        .filter(|e| cx.declared.contains(e.name()))
-        .map(|e| (e.name(), e.spec.ip))
-        .collect();
+    // The same lists for every policy: built once.
+    let pods = cx.cidr_pods.get_or_init(|| {
+        cx.eps
+            .iter()
+            .filter(|e| e.pod && !e.spec.host_network && !e.spec.ip.is_unspecified())
+            .filter(|e| cx.declared.contains(e.name()))
+            .map(|e| (e.spec.name.as_str(), e.spec.ip))
+            .collect()
+    });
     let nodes: Vec<(&str, IpAddr)> = if cx.nodes_declared && !cx.world.options.cidr_match_nodes {
         cx.world
             .scenario
@@ -1733,7 +1769,7 @@ fn cidrs(cx: &Cx<'_>, p: &PolicyView<'_>, out: &mut Out) {
         if !ip_block && net.prefix_len() == 0 {
             continue;
         }
-        let pod_hits = hits(&net, &except, &pods);
+        let pod_hits = hits(&net, &except, pods);
         let node_hits = hits(&net, &except, &nodes);
         if pod_hits.is_empty() && node_hits.is_empty() {
             continue;
@@ -1879,11 +1915,17 @@ fn check_ports(
     out: &mut Out,
 ) {
     // One endpoint per identity and set of ports stands for the others.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = vec![false; cx.pkey_count];
     let declared: Vec<&Ep<'_>> = targets
         .iter()
         .copied()
-        .filter(|e| !e.ports().is_empty() && seen.insert(e.pkey))
+        .filter(|e| {
+            let first = seen.get(e.pkey).is_some_and(|s| !s);
+            if let Some(s) = seen.get_mut(e.pkey) {
+                *s = true;
+            }
+            !e.ports().is_empty() && first
+        })
         .collect();
     for rp in raw {
         let protos = rp.protocols();
@@ -1952,18 +1994,7 @@ fn check_ports(
             continue;
         }
         // Egress: names resolve across the cluster (§9.5).
-        let defs: Vec<(&str, u16, String)> = cx
-            .world
-            .scenario
-            .endpoints
-            .iter()
-            .flat_map(|e| {
-                e.ports
-                    .iter()
-                    .filter(|c| c.name == name)
-                    .map(move |c| (e.name.as_str(), c.port, c.protocol.to_ascii_uppercase()))
-            })
-            .collect();
+        let defs = cx.named_port_defs(&name);
         let numbers: BTreeSet<u16> = defs.iter().map(|(_, p, _)| *p).collect();
         let message = if defs.is_empty() {
             if !cx.cluster_known {
@@ -1974,7 +2005,7 @@ fn check_ports(
             )
         } else if numbers.len() > 1 {
             let mut by_number: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-            for (ep, port, _) in &defs {
+            for (ep, port, _) in defs {
                 by_number.entry(*port).or_default().push(format!("`{ep}`"));
             }
             let list: Vec<String> = by_number
@@ -2478,7 +2509,8 @@ fn subjects_matching_nothing(cx: &Cx<'_>, p: &PolicyView<'_>, skip: bool, out: &
         let model::Subject::Endpoints(sel) = &mr.subject else {
             continue;
         };
-        if cx.eps.iter().any(|e| sel.matches(&e.labels)) {
+        // One match per identity, not per endpoint.
+        if cx.groups.iter().any(|(labels, _)| sel.matches(labels)) {
             continue;
         }
         let (span, field) = match &p.raw {
