@@ -11,10 +11,12 @@ pub struct FlowResult {
     pub flow: FlowSpec,
     pub actual: Option<Verdict>,
     /// The DNS lookup a flow to an external name made first.
-    pub lookup: Option<FlowDecision>,
+    // Boxed: a result is kept for every flow, and most flows have neither a lookup nor a
+    // gateway hop.
+    pub lookup: Option<Box<FlowDecision>>,
     /// Through a gateway: the route and the client → gateway hop.
-    pub gateway: Option<(String, FlowDecision)>,
-    pub decision: Option<FlowDecision>,
+    pub gateway: Option<Box<(String, FlowDecision)>>,
+    pub decision: Option<Box<FlowDecision>>,
     pub passed: bool,
     /// Why the flow could not be evaluated, or what differed besides the verdict.
     pub problem: Option<String>,
@@ -253,12 +255,12 @@ fn run_flow(world: &World, index: usize, flow: &FlowSpec) -> FlowResult {
             decision,
         }) => {
             r.actual = Some(verdict);
-            r.lookup = lookup;
-            r.gateway = gateway;
-            r.decision = decision;
+            r.lookup = lookup.map(Box::new);
+            r.gateway = gateway.map(Box::new);
+            r.decision = decision.map(Box::new);
             r.passed = verdict == flow.expect;
             if r.passed && verdict == Verdict::Deny {
-                if let Some(problem) = check_drop(flow, r.decision.as_ref()) {
+                if let Some(problem) = check_drop(flow, r.decision.as_deref()) {
                     r.passed = false;
                     r.problem = Some(problem);
                 }

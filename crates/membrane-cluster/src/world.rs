@@ -253,6 +253,7 @@ pub fn load_engine(scenario: &Scenario, policy_set: &PolicySet, options: &Option
             addresses: Vec::new(),
         });
     }
+    engine.reserve_endpoints(scenario.endpoints.len());
     for ep in &scenario.endpoints {
         engine.add_endpoint(endpoint_spec(ep));
     }

@@ -372,6 +372,11 @@ impl Engine {
         self.finish(changes)
     }
 
+    /// Room for `n` more endpoints (a loader that knows how many are coming).
+    pub fn reserve_endpoints(&mut self, n: usize) {
+        self.write().endpoints.reserve_exact(n);
+    }
+
     /// Adds an endpoint; returns its id and what changed.
     pub fn add_endpoint(&mut self, spec: EndpointSpec) -> (EndpointId, ChangeSet) {
         let s = self.write();
