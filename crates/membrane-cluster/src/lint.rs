@@ -462,8 +462,11 @@ struct Cx<'a> {
     /// Declared pods with their addresses, for the CIDR checks (built on first use).
     cidr_pods: std::cell::OnceCell<Vec<(&'a str, IpAddr)>>,
     /// Every pod's container ports by name: (pod, number, protocol), built on first use.
-    port_defs: std::cell::OnceCell<HashMap<&'a str, Vec<(&'a str, u16, String)>>>,
+    port_defs: std::cell::OnceCell<PortDefs<'a>>,
 }
+
+/// Container ports by name: (pod, number, protocol in upper case).
+type PortDefs<'a> = HashMap<&'a str, Vec<(&'a str, u16, String)>>;
 
 const CLUSTER_SCOPED: &[&str] = &[
     "Namespace",
@@ -695,7 +698,7 @@ impl<'a> Cx<'a> {
     /// cluster, §9.5): (pod, number, protocol in upper case).
     fn named_port_defs(&self, name: &str) -> &[(&'a str, u16, String)] {
         let all = self.port_defs.get_or_init(|| {
-            let mut all: HashMap<&'a str, Vec<(&'a str, u16, String)>> = HashMap::new();
+            let mut all: PortDefs<'a> = HashMap::new();
             for e in &self.world.scenario.endpoints {
                 for c in e.ports.iter().filter(|c| !c.name.is_empty()) {
                     all.entry(c.name.as_str()).or_default().push((
