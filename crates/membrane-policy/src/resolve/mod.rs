@@ -195,13 +195,6 @@ impl DirectionPolicy {
         self.raw.peer(0)
     }
 
-    /// Makes the every-peer raw keys this (equal) shared chunk.
-    pub fn share_wildcard_part(&mut self, chunk: Arc<PeerRaw>) {
-        if self.raw.peer(0).is_some_and(|c| **c == *chunk) {
-            self.raw.set_peer(0, Some(chunk));
-        }
-    }
-
     fn result(&self, key: MapKey) -> LookupResult<'_> {
         let contributions: Vec<&Contribution> = self
             .raw
