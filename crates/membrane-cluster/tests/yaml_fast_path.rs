@@ -228,6 +228,39 @@ fn fast_path_edge_cases() {
     }
 }
 
+/// Divergences found by the `yaml_fast_path` fuzz target (fuzz/README.md), minimized.
+#[test]
+fn fuzz_regressions() {
+    let long_key = "k".repeat(1100);
+    let cases = [
+        // NUL: saphyr stops there ("found unprintable character"); the fast path read on.
+        "spe\0c: x\n".to_string(),
+        "a: b\0\n".to_string(),
+        "a: 'b\0'\n".to_string(),
+        "a: 1 # \0\n".to_string(),
+        // A block key over 1024 characters is no longer a simple key for saphyr.
+        format!("{long_key}: v\n"),
+        format!("a: 1\n{long_key}: v\n"),
+        format!("- '{long_key}': v\n"),
+        format!("{{{long_key}: v}}\n"),
+        format!("{}: v\n", "k".repeat(1024)),
+        format!("{}: v\n", "k".repeat(1025)),
+        format!("a:\n  {}: v\n", "\u{e9}".repeat(600)),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        same_tree(&format!("fuzz case {i}"), text, Embedding::default());
+        same_tree(
+            &format!("fuzz case {i} embedded"),
+            text,
+            Embedding {
+                line_offset: 7,
+                col_offset: 4,
+                byte_offset: 90,
+            },
+        );
+    }
+}
+
 #[test]
 fn debug_first_bail() {
     let Ok(path) = std::env::var("MEMBRANE_YAML_FAST_DEBUG") else {

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 pub(super) fn parse(text: &str, embedding: Embedding) -> Option<Vec<Node>> {
     let b = text.as_bytes();
     let ascii = text.is_ascii();
-    if b.iter().any(|&c| c == b'\t' || c == b'\r') {
+    // A NUL ends saphyr's input ("found unprintable character" where a token would start, a
+    // truncated text elsewhere): leave it to saphyr, with tabs and carriage returns.
+    if b.iter().any(|&c| c == b'\t' || c == b'\r' || c == 0) {
         return None;
     }
     // Characters that YAML treats as line breaks or marks: leave them to the full parser.
@@ -86,6 +88,9 @@ struct Mark {
 fn is_flow_ind(c: u8) -> bool {
     matches!(c, b',' | b'[' | b']' | b'{' | b'}')
 }
+
+/// How far (in characters) saphyr looks for the `:` of a simple key in block context.
+const MAX_SIMPLE_KEY: usize = 1024;
 
 /// A block sequence this long (in bytes) is read by two threads.
 const PARALLEL_MIN_BYTES: usize = 512 * 1024;
@@ -370,7 +375,13 @@ impl P<'_> {
         let indent = start.col;
         let base = self.map_stack.len();
         let mut key = first_key;
+        let mut key_start = start.pos;
         loop {
+            // saphyr drops a simple key whose `:` is more than 1024 characters after its
+            // start (then the `:` is an error); bytes count at least as many.
+            if self.pos - key_start > MAX_SIMPLE_KEY {
+                return None;
+            }
             if matches!(key.value, Value::Scalar { .. } | Value::Null) {
                 let key_text = key.scalar_text().unwrap_or("");
                 if self.map_stack[base..]
@@ -423,6 +434,7 @@ impl P<'_> {
             if here.col > indent {
                 return None;
             }
+            key_start = self.pos;
             key = self.block_key()?;
         }
     }
