@@ -246,6 +246,10 @@ fn fuzz_regressions() {
         format!("{}: v\n", "k".repeat(1024)),
         format!("{}: v\n", "k".repeat(1025)),
         format!("a:\n  {}: v\n", "\u{e9}".repeat(600)),
+        // A root block scalar at column 0 ends at a document marker.
+        "|-\n---  i#V ser(i".to_string(),
+        "|\nx\n---\ny\n".to_string(),
+        "|\nx\n...\n".to_string(),
     ];
     for (i, text) in cases.iter().enumerate() {
         same_tree(&format!("fuzz case {i}"), text, Embedding::default());

@@ -920,7 +920,12 @@ impl P<'_> {
             .iter()
             .take_while(|&&c| c == b' ')
             .count();
-        if matches!(self.peek_at(indent), None | Some(b'\n')) || indent as isize <= parent {
+        // Content at column 0 (a document's root) would have to stop at `---`/`...` lines:
+        // leave that to saphyr.
+        if matches!(self.peek_at(indent), None | Some(b'\n'))
+            || indent as isize <= parent
+            || indent == 0
+        {
             return None;
         }
         // the scanner's token starts at the first content line's text
