@@ -250,6 +250,10 @@ fn fuzz_regressions() {
         "|-\n---  i#V ser(i".to_string(),
         "|\nx\n---\ny\n".to_string(),
         "|\nx\n...\n".to_string(),
+        // Two anchors on one node, the second on the next line.
+        "k:\n  &m\n  &n x\n".to_string(),
+        "- &m\n  &n\n  a: 1\n".to_string(),
+        "k: &m\n  *n\n".to_string(),
     ];
     for (i, text) in cases.iter().enumerate() {
         same_tree(&format!("fuzz case {i}"), text, Embedding::default());

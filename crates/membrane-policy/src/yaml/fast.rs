@@ -483,7 +483,11 @@ impl P<'_> {
             None | Some(b'\n' | b'#') => {
                 self.end_of_line()?;
                 self.next_content()?;
-                if self.at_end() || self.col() as isize <= parent {
+                // A second anchor (or an alias) for the same node is an error.
+                if self.at_end()
+                    || self.col() as isize <= parent
+                    || matches!(self.peek(), Some(b'&' | b'*'))
+                {
                     return None;
                 }
                 let node_start = self.mark();
