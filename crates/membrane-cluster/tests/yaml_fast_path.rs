@@ -254,6 +254,10 @@ fn fuzz_regressions() {
         "k:\n  &m\n  &n x\n".to_string(),
         "- &m\n  &n\n  a: 1\n".to_string(),
         "k: &m\n  *n\n".to_string(),
+        // An alias inside the node of a redefined anchor of the same name.
+        "a: &x 1\nb: &x\n  c: *x\n".to_string(),
+        "- &a x\n- &a [*a]\n".to_string(),
+        "- &a x\n- &a\n  - *a\n".to_string(),
     ];
     for (i, text) in cases.iter().enumerate() {
         same_tree(&format!("fuzz case {i}"), text, Embedding::default());

@@ -477,6 +477,9 @@ impl P<'_> {
         if name.is_empty() || !matches!(self.peek(), Some(b' ' | b'\n')) {
             return None;
         }
+        // saphyr binds the name when the node starts: inside the node an alias of that name
+        // is not an earlier node of the same name but unknown (an error).
+        self.anchors.remove(name);
         self.spaces();
         let node_start = self.mark();
         let node = match self.peek() {
