@@ -258,6 +258,10 @@ fn fuzz_regressions() {
         "a: &x 1\nb: &x\n  c: *x\n".to_string(),
         "- &a x\n- &a [*a]\n".to_string(),
         "- &a x\n- &a\n  - *a\n".to_string(),
+        // An anchored block scalar (its span runs from the anchor to the end of the text).
+        "a: &x |\n  b\n".to_string(),
+        "a: &x\n  |\n  b\n".to_string(),
+        "- &x |-\n  b\n  c\n- *x\n".to_string(),
     ];
     for (i, text) in cases.iter().enumerate() {
         same_tree(&format!("fuzz case {i}"), text, Embedding::default());

@@ -486,10 +486,12 @@ impl P<'_> {
             None | Some(b'\n' | b'#') => {
                 self.end_of_line()?;
                 self.next_content()?;
-                // A second anchor (or an alias) for the same node is an error.
+                // A second anchor (or an alias) for the same node is an error; a block
+                // scalar's token starts on its first content line, not at the `|` (the span
+                // from the anchor is left to saphyr).
                 if self.at_end()
                     || self.col() as isize <= parent
-                    || matches!(self.peek(), Some(b'&' | b'*'))
+                    || matches!(self.peek(), Some(b'&' | b'*' | b'|'))
                 {
                     return None;
                 }
@@ -497,7 +499,7 @@ impl P<'_> {
                 let node = self.block_node(parent)?;
                 self.restart(anchor, node_start, node)
             }
-            Some(b'&' | b'*' | b'-' | b'?') => return None,
+            Some(b'&' | b'*' | b'-' | b'?' | b'|') => return None,
             Some(_) => {
                 let node = self.inline_value(parent)?;
                 self.restart(anchor, node_start, node)
