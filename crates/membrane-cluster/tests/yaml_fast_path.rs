@@ -262,6 +262,9 @@ fn fuzz_regressions() {
         "a: &x |\n  b\n".to_string(),
         "a: &x\n  |\n  b\n".to_string(),
         "- &x |-\n  b\n  c\n- *x\n".to_string(),
+        // The same anchor inside its own node: aliases name the inner one.
+        "a: &x\n  b: &x 0\nc: *x\n".to_string(),
+        "- &x [1, 2]\n- &x\n  - &x 3\n- *x\n".to_string(),
     ];
     for (i, text) in cases.iter().enumerate() {
         same_tree(&format!("fuzz case {i}"), text, Embedding::default());

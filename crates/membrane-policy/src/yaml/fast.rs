@@ -505,7 +505,9 @@ impl P<'_> {
                 self.restart(anchor, node_start, node)
             }
         };
-        self.anchors.insert(name, node.clone());
+        // Aliases name the anchor that started last: one of the same name inside this node
+        // (bound again after the removal above) stays.
+        self.anchors.entry(name).or_insert_with(|| node.clone());
         Some(node)
     }
 
