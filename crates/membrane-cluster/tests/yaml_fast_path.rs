@@ -265,6 +265,11 @@ fn fuzz_regressions() {
         // The same anchor inside its own node: aliases name the inner one.
         "a: &x\n  b: &x 0\nc: *x\n".to_string(),
         "- &x [1, 2]\n- &x\n  - &x 3\n- *x\n".to_string(),
+        // `-` then a flow indicator after a space inside a flow plain scalar.
+        "{a: b -}\n".to_string(),
+        "[a -, b]\n".to_string(),
+        "[a  -]\n".to_string(),
+        "[a -b, c - d]\n".to_string(),
     ];
     for (i, text) in cases.iter().enumerate() {
         same_tree(&format!("fuzz case {i}"), text, Embedding::default());

@@ -1152,6 +1152,13 @@ impl P<'_> {
                 },
                 b'#' if b[i - 1] == b' ' => break,
                 b'#' => end = i + 1,
+                // saphyr rejects a word of a flow plain scalar that is `-` then a flow
+                // indicator
+                b' ' if b.get(i + 1) == Some(&b'-')
+                    && b.get(i + 2).is_some_and(|&n| is_flow_ind(n)) =>
+                {
+                    return None;
+                }
                 b' ' => {}
                 _ => break,
             }
