@@ -3,7 +3,9 @@
 
 - scenario:    every scenario file as it is;
 - policy_yaml: the `policies: |` block of each scenario, de-indented (plain policy YAML);
-- go_regex:    the HTTP `method`/`path`/`host` values of those policies, plus fuzz/seeds/go_regex.
+- go_regex:    the HTTP `method`/`path`/`host` values of those policies, plus fuzz/seeds/go_regex;
+- yaml_fast_path: every YAML/JSON file under tests/, examples/ and fuzz/seeds/ as it is, and the
+                  de-indented `policies: |` blocks.
 
 Also copies the curated seeds of fuzz/seeds/<target>/. Needs only Python 3 (no PyYAML).
 Usage (from the repository root or anywhere): python3 fuzz/make_corpus.py
@@ -51,7 +53,16 @@ def main():
                 m = regex_field.match(line)
                 if m:
                     put("go_regex", m.group(1).strip("'\""))
-    for target in ("scenario", "policy_yaml", "go_regex"):
+    root = FUZZ.parent
+    for top in ("tests", "examples", "fuzz/seeds"):
+        for f in sorted((root / top).rglob("*")):
+            if f.is_file() and f.suffix in (".yaml", ".yml", ".json"):
+                text = f.read_bytes()
+                put("yaml_fast_path", text)
+                block = policies_block(text.decode("utf-8", "replace"))
+                if block:
+                    put("yaml_fast_path", block)
+    for target in ("scenario", "policy_yaml", "go_regex", "yaml_fast_path"):
         seeds = FUZZ / "seeds" / target
         if seeds.is_dir():
             for s in sorted(seeds.iterdir()):

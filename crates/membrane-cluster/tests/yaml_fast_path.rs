@@ -228,6 +228,63 @@ fn fast_path_edge_cases() {
     }
 }
 
+/// Divergences found by the `yaml_fast_path` fuzz target (fuzz/README.md), minimized.
+#[test]
+fn fuzz_regressions() {
+    let long_key = "k".repeat(1100);
+    let cases = [
+        // NUL: saphyr stops there ("found unprintable character"); the fast path read on.
+        "spe\0c: x\n".to_string(),
+        "a: b\0\n".to_string(),
+        "a: 'b\0'\n".to_string(),
+        "a: 1 # \0\n".to_string(),
+        // A block key over 1024 characters is no longer a simple key for saphyr.
+        format!("{long_key}: v\n"),
+        format!("a: 1\n{long_key}: v\n"),
+        format!("- '{long_key}': v\n"),
+        format!("{{{long_key}: v}}\n"),
+        format!("{}: v\n", "k".repeat(1024)),
+        format!("{}: v\n", "k".repeat(1025)),
+        format!("a:\n  {}: v\n", "\u{e9}".repeat(600)),
+        // A root block scalar at column 0 ends at a document marker.
+        "|-\n---  i#V ser(i".to_string(),
+        "|\nx\n---\ny\n".to_string(),
+        "|\nx\n...\n".to_string(),
+        // Two anchors on one node, the second on the next line.
+        "k:\n  &m\n  &n x\n".to_string(),
+        "- &m\n  &n\n  a: 1\n".to_string(),
+        "k: &m\n  *n\n".to_string(),
+        // An alias inside the node of a redefined anchor of the same name.
+        "a: &x 1\nb: &x\n  c: *x\n".to_string(),
+        "- &a x\n- &a [*a]\n".to_string(),
+        "- &a x\n- &a\n  - *a\n".to_string(),
+        // An anchored block scalar (its span runs from the anchor to the end of the text).
+        "a: &x |\n  b\n".to_string(),
+        "a: &x\n  |\n  b\n".to_string(),
+        "- &x |-\n  b\n  c\n- *x\n".to_string(),
+        // The same anchor inside its own node: aliases name the inner one.
+        "a: &x\n  b: &x 0\nc: *x\n".to_string(),
+        "- &x [1, 2]\n- &x\n  - &x 3\n- *x\n".to_string(),
+        // `-` then a flow indicator after a space inside a flow plain scalar.
+        "{a: b -}\n".to_string(),
+        "[a -, b]\n".to_string(),
+        "[a  -]\n".to_string(),
+        "[a -b, c - d]\n".to_string(),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        same_tree(&format!("fuzz case {i}"), text, Embedding::default());
+        same_tree(
+            &format!("fuzz case {i} embedded"),
+            text,
+            Embedding {
+                line_offset: 7,
+                col_offset: 4,
+                byte_offset: 90,
+            },
+        );
+    }
+}
+
 #[test]
 fn debug_first_bail() {
     let Ok(path) = std::env::var("MEMBRANE_YAML_FAST_DEBUG") else {

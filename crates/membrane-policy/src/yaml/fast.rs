@@ -16,7 +16,9 @@ use std::collections::HashMap;
 pub(super) fn parse(text: &str, embedding: Embedding) -> Option<Vec<Node>> {
     let b = text.as_bytes();
     let ascii = text.is_ascii();
-    if b.iter().any(|&c| c == b'\t' || c == b'\r') {
+    // A NUL ends saphyr's input ("found unprintable character" where a token would start, a
+    // truncated text elsewhere): leave it to saphyr, with tabs and carriage returns.
+    if b.iter().any(|&c| c == b'\t' || c == b'\r' || c == 0) {
         return None;
     }
     // Characters that YAML treats as line breaks or marks: leave them to the full parser.
@@ -86,6 +88,9 @@ struct Mark {
 fn is_flow_ind(c: u8) -> bool {
     matches!(c, b',' | b'[' | b']' | b'{' | b'}')
 }
+
+/// How far (in characters) saphyr looks for the `:` of a simple key in block context.
+const MAX_SIMPLE_KEY: usize = 1024;
 
 /// A block sequence this long (in bytes) is read by two threads.
 const PARALLEL_MIN_BYTES: usize = 4 * 1024 * 1024;
@@ -370,7 +375,13 @@ impl P<'_> {
         let indent = start.col;
         let base = self.map_stack.len();
         let mut key = first_key;
+        let mut key_start = start.pos;
         loop {
+            // saphyr drops a simple key whose `:` is more than 1024 characters after its
+            // start (then the `:` is an error); bytes count at least as many.
+            if self.pos - key_start > MAX_SIMPLE_KEY {
+                return None;
+            }
             if matches!(key.value, Value::Scalar { .. } | Value::Null) {
                 let key_text = key.scalar_text().unwrap_or("");
                 if self.map_stack[base..]
@@ -423,6 +434,7 @@ impl P<'_> {
             if here.col > indent {
                 return None;
             }
+            key_start = self.pos;
             key = self.block_key()?;
         }
     }
@@ -465,26 +477,37 @@ impl P<'_> {
         if name.is_empty() || !matches!(self.peek(), Some(b' ' | b'\n')) {
             return None;
         }
+        // saphyr binds the name when the node starts: inside the node an alias of that name
+        // is not an earlier node of the same name but unknown (an error).
+        self.anchors.remove(name);
         self.spaces();
         let node_start = self.mark();
         let node = match self.peek() {
             None | Some(b'\n' | b'#') => {
                 self.end_of_line()?;
                 self.next_content()?;
-                if self.at_end() || self.col() as isize <= parent {
+                // A second anchor (or an alias) for the same node is an error; a block
+                // scalar's token starts on its first content line, not at the `|` (the span
+                // from the anchor is left to saphyr).
+                if self.at_end()
+                    || self.col() as isize <= parent
+                    || matches!(self.peek(), Some(b'&' | b'*' | b'|'))
+                {
                     return None;
                 }
                 let node_start = self.mark();
                 let node = self.block_node(parent)?;
                 self.restart(anchor, node_start, node)
             }
-            Some(b'&' | b'*' | b'-' | b'?') => return None,
+            Some(b'&' | b'*' | b'-' | b'?' | b'|') => return None,
             Some(_) => {
                 let node = self.inline_value(parent)?;
                 self.restart(anchor, node_start, node)
             }
         };
-        self.anchors.insert(name, node.clone());
+        // Aliases name the anchor that started last: one of the same name inside this node
+        // (bound again after the removal above) stays.
+        self.anchors.entry(name).or_insert_with(|| node.clone());
         Some(node)
     }
 
@@ -908,7 +931,12 @@ impl P<'_> {
             .iter()
             .take_while(|&&c| c == b' ')
             .count();
-        if matches!(self.peek_at(indent), None | Some(b'\n')) || indent as isize <= parent {
+        // Content at column 0 (a document's root) would have to stop at `---`/`...` lines:
+        // leave that to saphyr.
+        if matches!(self.peek_at(indent), None | Some(b'\n'))
+            || indent as isize <= parent
+            || indent == 0
+        {
             return None;
         }
         // the scanner's token starts at the first content line's text
@@ -1124,6 +1152,13 @@ impl P<'_> {
                 },
                 b'#' if b[i - 1] == b' ' => break,
                 b'#' => end = i + 1,
+                // saphyr rejects a word of a flow plain scalar that is `-` then a flow
+                // indicator
+                b' ' if b.get(i + 1) == Some(&b'-')
+                    && b.get(i + 2).is_some_and(|&n| is_flow_ind(n)) =>
+                {
+                    return None;
+                }
                 b' ' => {}
                 _ => break,
             }
