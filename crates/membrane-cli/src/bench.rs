@@ -75,6 +75,7 @@ pub fn run_bench(paths: &[PathBuf], iterations: u32, reps: u32, json: bool) -> u
                 "remove_policy_ms": i.remove_policy_ms,
                 "add_pod_ms": i.add_pod_ms,
                 "new_pod_policy_ms": i.new_pod_policy_ms,
+                "add_pod_snapshot_held_ms": i.add_pod_snapshot_held_ms,
                 "remove_pod_ms": i.remove_pod_ms,
                 "entries_added_by_policy": i.policy_entries,
                 "subjects_changed_by_pod": i.pod_subjects,
@@ -144,6 +145,10 @@ pub fn run_bench(paths: &[PathBuf], iterations: u32, reps: u32, json: bool) -> u
             i.new_pod_policy_ms
         );
         println!(
+            "  add one pod, snapshot held     {:9.3} ms",
+            i.add_pod_snapshot_held_ms
+        );
+        println!(
             "  remove it                      {:9.3} ms",
             i.remove_pod_ms
         );
@@ -158,6 +163,8 @@ struct Incremental {
     add_pod_ms: f64,
     /// The new pod's own policy, computed for its node's agent.
     new_pod_policy_ms: f64,
+    /// Adding a pod while a reader holds the previous snapshot (copy on write).
+    add_pod_snapshot_held_ms: f64,
     remove_pod_ms: f64,
     policy_entries: usize,
     pod_subjects: usize,
@@ -193,6 +200,7 @@ impl Incremental {
                 remove_policy_ms: 0.0,
                 add_pod_ms: 0.0,
                 new_pod_policy_ms: 0.0,
+                add_pod_snapshot_held_ms: 0.0,
                 remove_pod_ms: 0.0,
                 policy_entries: 0,
                 pod_subjects: 0,
@@ -201,6 +209,7 @@ impl Incremental {
         let (key, value) = pod.labels[0].clone();
         let (mut add_p, mut rm_p, mut add_e, mut rm_e) = (vec![], vec![], vec![], vec![]);
         let mut own_e = vec![];
+        let mut held_e = vec![];
         let (mut policy_entries, mut pod_subjects) = (0, 0);
         for rep in 0..reps {
             // One CNP selecting one deployment, as Cilium's own figure (+1 CNP) measures:
@@ -245,6 +254,25 @@ impl Incremental {
             let t = Instant::now();
             engine.remove_endpoint(id);
             rm_e.push(since_ms(t));
+
+            // The same pod while a reader (a proxy, the datapath) holds the last snapshot:
+            // the first change after it copies what it changes.
+            let held = engine.snapshot();
+            let mut spec = endpoint_spec(&pod);
+            spec.name = format!("membrane-bench-held-{rep}");
+            spec.labels
+                .push(("membrane-bench-held".into(), rep.to_string()));
+            spec.ip = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                10,
+                253,
+                (rep >> 8) as u8,
+                rep as u8,
+            )));
+            let t = Instant::now();
+            let (id, _) = engine.add_endpoint(spec);
+            held_e.push(since_ms(t));
+            drop(held);
+            engine.remove_endpoint(id);
         }
         Incremental {
             resolve_all_ms,
@@ -252,6 +280,7 @@ impl Incremental {
             remove_policy_ms: median(rm_p),
             add_pod_ms: median(add_e),
             new_pod_policy_ms: median(own_e),
+            add_pod_snapshot_held_ms: median(held_e),
             remove_pod_ms: median(rm_e),
             policy_entries,
             pod_subjects,

@@ -84,6 +84,52 @@ fn add_user(users: &mut Arc<Vec<EndpointId>>, endpoint: EndpointId) {
     }
 }
 
+/// Endpoints by address, oldest first (the first is the address's endpoint, as a linear
+/// search would find it), in shards shared with older snapshots: a change copies one shard.
+#[derive(Debug, Clone)]
+struct IpIndex {
+    shards: Vec<Arc<HashMap<IpAddr, Vec<EndpointId>>>>,
+}
+
+impl Default for IpIndex {
+    fn default() -> Self {
+        IpIndex {
+            shards: vec![Arc::default(); 64],
+        }
+    }
+}
+
+impl IpIndex {
+    fn shard(ip: IpAddr) -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(ip);
+        (h >> 58) as usize
+    }
+
+    fn first(&self, ip: IpAddr) -> Option<EndpointId> {
+        self.shards[Self::shard(ip)].get(&ip)?.first().copied()
+    }
+
+    fn insert(&mut self, ip: IpAddr, id: EndpointId) {
+        let owners = Arc::make_mut(&mut self.shards[Self::shard(ip)])
+            .entry(ip)
+            .or_default();
+        if let Err(pos) = owners.binary_search(&id) {
+            owners.insert(pos, id);
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr, id: EndpointId) {
+        let shard = Arc::make_mut(&mut self.shards[Self::shard(ip)]);
+        if let Some(owners) = shard.get_mut(&ip) {
+            owners.retain(|o| *o != id);
+            if owners.is_empty() {
+                shard.remove(&ip);
+            }
+        }
+    }
+}
+
 /// What a pod's identity is derived from, besides its namespace's labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PodKey {
@@ -209,16 +255,17 @@ pub struct Snapshot {
     revision: u64,
     options: Options,
     repo: Repository,
-    policies: BTreeMap<PolicyKey, StoredPolicy>,
+    policies: BTreeMap<PolicyKey, Arc<StoredPolicy>>,
     namespaces: HashMap<String, Vec<(String, String)>>,
     nodes: Vec<NodeSpec>,
     node_identities: Vec<Option<IdentityId>>,
     /// Nodes removed (their index stays reserved, for endpoints and parties that name it).
     node_gone: Vec<bool>,
-    endpoints: Vec<Option<EndpointState>>,
+    /// Shared with older snapshots: a change copies only the endpoint it touches.
+    endpoints: Vec<Option<Arc<EndpointState>>>,
     /// Endpoints (not hostNetwork) by address, oldest first: the first one is the address's
     /// endpoint, as a linear search would find it.
-    endpoint_by_ip: HashMap<IpAddr, Vec<EndpointId>>,
+    endpoint_by_ip: IpIndex,
     identity_users: HashMap<IdentityId, u32>,
     services: Vec<ServiceSpec>,
     /// Names learned from DNS answers (toFQDNs), in the order they were first seen.
@@ -254,7 +301,7 @@ impl Engine {
                 node_identities: Vec::new(),
                 node_gone: Vec::new(),
                 endpoints: Vec::new(),
-                endpoint_by_ip: HashMap::default(),
+                endpoint_by_ip: IpIndex::default(),
                 identity_users: HashMap::default(),
                 services: Vec::new(),
                 dns_names: Vec::new(),
@@ -366,7 +413,7 @@ impl Engine {
         }
         for e in s.endpoints.iter_mut().flatten() {
             if e.node == Some(i) {
-                e.node = None;
+                Arc::make_mut(e).node = None;
             }
         }
         self.finish(changes)
@@ -527,10 +574,7 @@ impl Snapshot {
 
     /// The endpoint (not hostNetwork) with this address.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<EndpointId> {
-        self.endpoint_by_ip
-            .get(&ip)
-            .and_then(|v| v.first())
-            .copied()
+        self.endpoint_by_ip.first(ip)
     }
 
     pub fn nodes(&self) -> &[NodeSpec] {
@@ -709,9 +753,7 @@ impl Snapshot {
         }
         if !spec.host_network {
             if let Some(ip) = spec.ip {
-                let owners = self.endpoint_by_ip.entry(ip).or_default();
-                let pos = owners.partition_point(|o| *o < id);
-                owners.insert(pos, id);
+                self.endpoint_by_ip.insert(ip, id);
             }
         }
         let subject = if spec.host_network || identity == 0 {
@@ -719,12 +761,12 @@ impl Snapshot {
         } else {
             Some(self.attach_subject(id, identity, &spec, node))
         };
-        self.endpoints[id] = Some(EndpointState {
+        self.endpoints[id] = Some(Arc::new(EndpointState {
             spec,
             identity,
             node,
             subject,
-        });
+        }));
         if let Some(s) = subject {
             changes.endpoints_added.push((id, s));
         }
@@ -740,12 +782,7 @@ impl Snapshot {
             return changes;
         };
         if let Some(ip) = ep.spec.ip {
-            if let Some(owners) = self.endpoint_by_ip.get_mut(&ip) {
-                owners.retain(|o| *o != id);
-                if owners.is_empty() {
-                    self.endpoint_by_ip.remove(&ip);
-                }
-            }
+            self.endpoint_by_ip.remove(ip, id);
         }
         let mut ports_changed = false;
         for p in &ep.spec.ports {
@@ -1072,7 +1109,7 @@ impl Snapshot {
             self.rule_subjects[*slot] = selected;
         }
         self.policies
-            .insert(key, StoredPolicy { translated, slots });
+            .insert(key, Arc::new(StoredPolicy { translated, slots }));
         self.re_resolve(affected)
     }
 
@@ -1152,7 +1189,7 @@ impl Snapshot {
                 continue;
             };
             changes.merge(self.remove_policy_inner(&key));
-            changes.merge(self.insert_policy(key, stored.translated));
+            changes.merge(self.insert_policy(key, stored.translated.clone()));
         }
         changes
     }
@@ -1200,7 +1237,9 @@ impl Snapshot {
         // Endpoints placed on a node that did not exist yet.
         for e in self.endpoints.iter_mut().flatten() {
             if e.node.is_none() {
-                e.node = self.node_by_name.get(&e.spec.node).copied();
+                if let Some(n) = self.node_by_name.get(&e.spec.node).copied() {
+                    Arc::make_mut(e).node = Some(n);
+                }
             }
         }
         changes
