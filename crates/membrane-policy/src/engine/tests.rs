@@ -266,3 +266,41 @@ fn nodes_come_and_go() {
         "the pod is placed on its node again"
     );
 }
+
+#[test]
+fn an_address_belongs_to_its_oldest_endpoint() {
+    let mut e = engine();
+    let (first, _) = e.add_endpoint(pod("first", "10.0.1.9", "a"));
+    let (second, _) = e.add_endpoint(pod("second", "10.0.1.9", "b"));
+    let ip = "10.0.1.9".parse().unwrap();
+    assert_eq!(e.state().endpoint_by_ip(ip), Some(first));
+    e.remove_endpoint(first);
+    assert_eq!(
+        e.state().endpoint_by_ip(ip),
+        Some(second),
+        "the next one takes over"
+    );
+    e.remove_endpoint(second);
+    assert_eq!(e.state().endpoint_by_ip(ip), None);
+}
+
+#[test]
+fn successive_changes_of_one_policy_fold_into_one_delta() {
+    let mut e = engine();
+    let (server, _) = e.add_endpoint(pod("server", "10.0.1.2", "server"));
+    e.upsert_policy(translated(SERVER_FROM_CLIENT));
+    e.resolve_all();
+    // A pod that appears and goes again: folded together, the two change sets leave the
+    // server's map as it was (nothing added, nothing removed).
+    let (client, added) = e.add_endpoint(pod("client", "10.0.1.1", "client"));
+    assert_eq!(added.subjects.len(), 1);
+    let gone = e.remove_endpoint(client);
+    let [change] = gone.subjects.as_slice() else {
+        panic!("{gone:?}");
+    };
+    assert_eq!(*change.endpoints, vec![server]);
+    let mut both = added.clone();
+    both.subjects.extend(gone.subjects.iter().cloned());
+    both.normalize();
+    assert!(both.subjects.is_empty(), "{both:?}");
+}
