@@ -102,6 +102,9 @@ enum Command {
         /// Repetitions of each incremental operation (the median is reported).
         #[arg(long, default_value_t = 25)]
         reps: u32,
+        /// Skip measuring the engine's memory per pod (it adds 400,000 pods).
+        #[arg(long)]
+        no_pod_memory: bool,
         /// Print the figures as one JSON object (keys: files, flows, iterations, phases_ms.*,
         /// incremental.*).
         #[arg(long)]
@@ -122,8 +125,9 @@ fn main() -> ExitCode {
             files,
             iterations,
             reps,
+            no_pod_memory,
             json,
-        } => bench::run_bench(&files, iterations, reps, json),
+        } => bench::run_bench(&files, iterations, reps, !no_pod_memory, json),
         Command::Check { paths, output } => check::run_check(&paths, output),
         Command::Lint(args) => lint_cmd::run(args),
         Command::Matrix(args) => matrix_cmd::run(args),

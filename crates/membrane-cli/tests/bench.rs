@@ -14,6 +14,9 @@ fn bench_json_reports_every_phase() {
             "--json",
             "--iterations",
             "2",
+            "--reps",
+            "20",
+            "--no-pod-memory",
             "tests/conformance/client-ingress.yaml",
         ])
         .output()
@@ -40,4 +43,30 @@ fn bench_json_reports_every_phase() {
             "{phase} missing: {v}"
         );
     }
+    // The incremental operations, each the median of the repetitions asked for.
+    assert_eq!(v["incremental"]["repetitions"], 20, "{v}");
+    for op in [
+        "add_policy_ms",
+        "remove_policy_ms",
+        "add_pod_ms",
+        "remove_pod_ms",
+        "new_pod_policy_ms",
+        "add_pod_snapshot_held_ms",
+    ] {
+        assert!(
+            v["incremental"][op].as_f64().is_some_and(|x| x > 0.0),
+            "{op} missing: {v}"
+        );
+    }
+    assert!(
+        v["incremental"]["entries_added_by_policy"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "the CNP added no map entry: {v}"
+    );
+    assert!(
+        v["memory"]["peak_rss_mb"].as_f64().is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+    assert!(v["memory"]["engine_bytes_per_pod"].is_null(), "{v}");
 }

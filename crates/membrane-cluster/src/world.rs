@@ -39,7 +39,7 @@ pub struct World {
     pub engine: Engine,
     endpoint_by_name: HashMap<String, usize>,
     /// Per `scenario.external` entry: the engine's index of its DNS name.
-    external_names: Vec<usize>,
+    external_names: Vec<Option<usize>>,
 }
 
 fn protocol_of(text: &str) -> Protocol {
@@ -107,14 +107,7 @@ impl World {
         let external_names = scenario
             .external
             .iter()
-            .map(|e| {
-                engine
-                    .state()
-                    .dns_names()
-                    .iter()
-                    .position(|n| *n == e.name)
-                    .unwrap_or(usize::MAX)
-            })
+            .map(|e| engine.state().dns_names().iter().position(|n| *n == e.name))
             .collect();
         // First endpoint wins for a name, as a linear search would.
         let mut endpoint_by_name: HashMap<String, usize> = HashMap::new();
@@ -182,7 +175,7 @@ impl World {
                 learned_as: Some(i),
             } => Party::World {
                 addr,
-                learned_as: self.external_names.get(i).copied(),
+                learned_as: self.external_names.get(i).copied().flatten(),
             },
             other => other,
         }

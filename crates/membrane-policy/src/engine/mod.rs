@@ -519,25 +519,25 @@ impl Engine {
         self.finish(changes)
     }
 
+    // Computing a policy fills its slot in the current snapshot (shared with readers who
+    // hold it, who would compute the same): no copy is needed.
+
     /// Computes an endpoint's policy now, so later change sets report its deltas.
     pub fn resolve_endpoint(&mut self, id: EndpointId) -> Option<Arc<EndpointPolicy>> {
-        let subject = self.state.endpoints.get(id)?.as_ref()?.subject?;
-        let s = self.write();
-        Some(s.subject_policy(subject))
+        self.state.endpoint_policy(id)
     }
 
     /// Computes a host endpoint's policy now (host firewall).
     pub fn resolve_host(&mut self, node: usize) -> Option<Arc<EndpointPolicy>> {
-        let subject = *self.state.subject_by_key.get(&SubjectKey::Host { node })?;
-        Some(self.write().subject_policy(subject))
+        self.state.host_policy(node)
     }
 
     /// Computes every endpoint's policy.
     pub fn resolve_all(&mut self) {
-        let s = self.write();
+        let s = &self.state;
         for i in 0..s.subjects.len() {
             if s.subjects[i].is_some() {
-                s.subject_policy(i);
+                s.subject_policy_lazy(i);
             }
         }
     }
@@ -645,10 +645,6 @@ impl Snapshot {
                 .repo
                 .resolve_cached(&subject, Direction::Egress, &self.parts),
         }
-    }
-
-    fn subject_policy(&mut self, subject: usize) -> Arc<EndpointPolicy> {
-        self.subject_policy_lazy(subject)
     }
 
     /// An endpoint's policy resolved from scratch, sharing nothing with other policies (no
@@ -759,7 +755,7 @@ impl Snapshot {
         let subject = if spec.host_network || identity == 0 {
             None
         } else {
-            Some(self.attach_subject(id, identity, &spec, node))
+            self.attach_subject(id, identity, &spec, node)
         };
         self.endpoints[id] = Some(Arc::new(EndpointState {
             spec,
@@ -818,7 +814,7 @@ impl Snapshot {
         identity: IdentityId,
         spec: &EndpointSpec,
         node: Option<usize>,
-    ) -> usize {
+    ) -> Option<usize> {
         let ports: Vec<(String, Protocol, u16)> = spec
             .ports
             .iter()
@@ -838,16 +834,14 @@ impl Snapshot {
             if let Some(Some(state)) = self.subjects.get_mut(*s) {
                 add_user(&mut state.users, endpoint);
             }
-            return *s;
+            return Some(*s);
         }
-        let Some(identity) = self.repo.identities().get(identity).cloned() else {
-            return usize::MAX;
-        };
+        let identity = self.repo.identities().get(identity).cloned()?;
         let s = self.new_subject(key, identity, false, node_addrs, ports);
         if let Some(Some(state)) = self.subjects.get_mut(s) {
             add_user(&mut state.users, endpoint);
         }
-        s
+        Some(s)
     }
 
     fn new_subject(
