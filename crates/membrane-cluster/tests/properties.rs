@@ -73,6 +73,19 @@ where
     }
 }
 
+/// `run` with proptest's deterministic generator: the same cases on every run.
+fn run_deterministic<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    use proptest::test_runner::{RngAlgorithm, TestRng};
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut runner = TestRunner::new_with_rng(config(), rng);
+    if let Err(e) = runner.run(&strategy, test) {
+        panic!("{e}");
+    }
+}
+
 /// For the metamorphic properties (b, c, d): a random subset of the fixed probes, to keep the
 /// run short; every probe still gets its turn over the 256 cases.
 fn probe_subset() -> impl Strategy<Value = Vec<usize>> {
@@ -176,7 +189,10 @@ fn check_against_reference(
 #[test]
 fn lookup_agrees_with_brute_force() {
     let stats = std::cell::RefCell::new(Stats::default());
-    run(
+    // A fixed sequence of cases: how often a verdict class occurs varies by an order of
+    // magnitude between random seeds (DNS refusals need a DNS rule, a DNS flow and a name it
+    // does not match), so the coverage check below must not depend on the seed.
+    run_deterministic(
         (
             cluster(),
             policies(),
