@@ -2,7 +2,8 @@
 //! operations an agent performs (one policy, one pod), so every figure has a baseline from
 //! the same run on the same machine.
 
-use crate::printer::read_path;
+use crate::input::read_path;
+use crate::printers::{json, text};
 use membrane_cluster::runner::run_scenario;
 use membrane_cluster::scenario::parse_scenario;
 use membrane_cluster::world::{World, endpoint_spec};
@@ -13,15 +14,51 @@ use membrane_policy::yaml::Embedding;
 use std::path::PathBuf;
 use std::time::Instant;
 
-pub fn run_bench(
-    paths: &[PathBuf],
-    iterations: u32,
-    reps: u32,
-    pod_memory: bool,
-    json: bool,
-) -> u8 {
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Scenario files to evaluate repeatedly.
+    pub files: Vec<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    pub iterations: u32,
+    /// Repetitions of each incremental operation (the median is reported).
+    #[arg(long, default_value_t = 25)]
+    pub reps: u32,
+    /// Skip measuring the engine's memory per pod (it adds 400,000 pods).
+    #[arg(long)]
+    pub no_pod_memory: bool,
+    /// Print the figures as one JSON object (keys: files, flows, iterations, phases_ms.*,
+    /// incremental.*).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The figures, as the printers render them (milliseconds are means per run).
+pub struct BenchReport {
+    pub files: usize,
+    pub flows: usize,
+    pub iterations: u32,
+    pub reps: u32,
+    pub yaml_ms: f64,
+    pub decode_ms: f64,
+    pub repository_ms: f64,
+    pub flows_ms: f64,
+    pub whole_ms: f64,
+    pub incremental: Option<Incremental>,
+    pub peak_rss_mb: Option<f64>,
+    pub bytes_per_pod: Option<f64>,
+}
+
+pub fn run(args: BenchArgs) -> u8 {
+    let BenchArgs {
+        files: paths,
+        iterations,
+        reps,
+        no_pod_memory,
+        json,
+    } = args;
+    let pod_memory = !no_pod_memory;
     let mut texts = Vec::new();
-    for p in paths {
+    for p in &paths {
         match read_path(p) {
             Ok(t) => texts.push(t),
             Err(e) => {
@@ -73,109 +110,41 @@ pub fn run_bench(
         .last_mut()
         .filter(|_| pod_memory)
         .and_then(|w| bytes_per_pod(&mut w.engine, &w.scenario.endpoints));
+    let report = BenchReport {
+        files: texts.len(),
+        flows: flows / iterations as usize,
+        iterations,
+        reps,
+        yaml_ms: ms(yaml),
+        decode_ms: ms(parse),
+        repository_ms: ms(build),
+        flows_ms: ms(flows_t),
+        whole_ms: whole,
+        incremental,
+        peak_rss_mb,
+        bytes_per_pod: per_pod,
+    };
     if json {
-        let inc = incremental.as_ref().map(|i| {
-            serde_json::json!({
-                "repetitions": reps,
-                "resolve_untouched_ms": i.resolve_untouched_ms,
-                "add_policy_ms": i.add_policy_ms,
-                "remove_policy_ms": i.remove_policy_ms,
-                "add_pod_ms": i.add_pod_ms,
-                "new_pod_policy_ms": i.new_pod_policy_ms,
-                "add_pod_snapshot_held_ms": i.add_pod_snapshot_held_ms,
-                "remove_pod_ms": i.remove_pod_ms,
-                "entries_added_by_policy": i.policy_entries,
-                "subjects_changed_by_pod": i.pod_subjects,
-            })
-        });
-        let out = serde_json::json!({
-            "files": texts.len(),
-            "flows": flows / iterations as usize,
-            "iterations": iterations,
-            "phases_ms": {
-                "yaml_parse": ms(yaml),
-                "scenario_decode": ms(parse),
-                "repository": ms(build),
-                "resolve_and_flows": ms(flows_t),
-                "whole_engine": whole,
-            },
-            "whole_vs_yaml": whole / ms(yaml).max(1e-9),
-            "incremental": inc,
-            "memory": {
-                "peak_rss_mb": peak_rss_mb,
-                "engine_bytes_per_pod": per_pod,
-            },
-        });
-        println!("{out}");
-        return 0;
-    }
-    println!(
-        "{} files, {} flows per run, mean of {iterations} runs:",
-        texts.len(),
-        flows / iterations as usize
-    );
-    println!("  yaml parse only (baseline)     {:9.3} ms", ms(yaml));
-    println!("  scenario decode                {:9.3} ms", ms(parse));
-    println!("  policies + identities + repo   {:9.3} ms", ms(build));
-    println!("  resolve + every flow           {:9.3} ms", ms(flows_t));
-    println!(
-        "  whole engine                   {:9.3} ms  ({:.1}x the yaml baseline)",
-        whole,
-        whole / ms(yaml).max(1e-9)
-    );
-    if let Some(mb) = peak_rss_mb {
-        println!("  peak resident memory           {mb:9.1} MB");
-    }
-    if let Some(b) = per_pod {
-        println!("  engine memory per pod          {b:9.0} bytes (labels included)");
-    }
-    if let Some(i) = incremental {
-        println!("incremental (last file, median of {reps}):");
-        println!(
-            "  the policies no flow touched   {:9.3} ms",
-            i.resolve_untouched_ms
-        );
-        println!(
-            "  add one CNP                    {:9.3} ms  ({} map entries added)",
-            i.add_policy_ms, i.policy_entries
-        );
-        println!(
-            "  remove it                      {:9.3} ms",
-            i.remove_policy_ms
-        );
-        println!(
-            "  add one pod, new identity      {:9.3} ms  ({} policies changed)",
-            i.add_pod_ms, i.pod_subjects
-        );
-        println!(
-            "  its own policy                 {:9.3} ms",
-            i.new_pod_policy_ms
-        );
-        println!(
-            "  add one pod, snapshot held     {:9.3} ms",
-            i.add_pod_snapshot_held_ms
-        );
-        println!(
-            "  remove it                      {:9.3} ms",
-            i.remove_pod_ms
-        );
+        println!("{}", json::bench(&report));
+    } else {
+        text::bench(&report);
     }
     0
 }
 
-struct Incremental {
+pub struct Incremental {
     /// Computing the policies the flows did not need (an agent computes every one).
-    resolve_untouched_ms: f64,
-    add_policy_ms: f64,
-    remove_policy_ms: f64,
-    add_pod_ms: f64,
+    pub resolve_untouched_ms: f64,
+    pub add_policy_ms: f64,
+    pub remove_policy_ms: f64,
+    pub add_pod_ms: f64,
     /// The new pod's own policy, computed for its node's agent.
-    new_pod_policy_ms: f64,
+    pub new_pod_policy_ms: f64,
     /// Adding a pod while a reader holds the previous snapshot (copy on write).
-    add_pod_snapshot_held_ms: f64,
-    remove_pod_ms: f64,
-    policy_entries: usize,
-    pod_subjects: usize,
+    pub add_pod_snapshot_held_ms: f64,
+    pub remove_pod_ms: f64,
+    pub policy_entries: usize,
+    pub pod_subjects: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

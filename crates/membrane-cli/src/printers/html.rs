@@ -2,7 +2,7 @@
 //! with the matrix (rendered by the script from the embedded data), the policies (what each
 //! selects, valid or not and why) and the lint findings.
 
-use crate::matrix_cmd::{
+use super::{
     LEGEND, cell_lines, cell_policies, cell_reason, kind_str, party_kind_text, party_ports_text,
     relevant, symbol,
 };
@@ -344,7 +344,7 @@ const JS: &str = r#"
 })();
 "#;
 
-pub fn render(loaded: &Loaded, m: &Matrix) -> String {
+pub fn matrix(loaded: &Loaded, m: &Matrix) -> String {
     let mut h = String::new();
     let world = &loaded.world;
     let invalid = world

@@ -3,7 +3,7 @@
 //! `run` builds a lab per scenario file, probes every flow and tears it down; `up`, `probe`,
 //! `observe` and `down` do the same steps one at a time on a named lab.
 
-use crate::Output;
+use crate::printers::{Output, json, text};
 use membrane_datapath::compile::compile_node;
 use membrane_datapath::events::{PcapTail, drop_event, flow_json};
 use membrane_datapath::lab::{self, Helper, Lab, LabOptions, STATE_ROOT};
@@ -217,20 +217,8 @@ fn print_reports(reports: &[FileReport], output: Output) -> u8 {
     let (passed, failed, skipped) = summary(reports);
     let mut out = std::io::stdout().lock();
     match output {
-        Output::Json => {
-            let v = serde_json::json!({
-                "files": reports.iter().map(FileReport::json).collect::<Vec<_>>(),
-                "passed": passed, "failed": failed, "skipped": skipped,
-            });
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&v).unwrap_or_default()
-            );
-        }
-        Output::Text => {
-            let _ = writeln!(out, "{passed} passed, {failed} failed, {skipped} skipped");
-        }
+        Output::Json => json::lab_summary(&mut out, reports, passed, failed, skipped),
+        Output::Text => text::test_summary(&mut out, passed, failed, skipped),
     }
     // As `membrane test`: 2 when a file could not be read or parsed, 1 when a flow failed.
     if reports

@@ -1,0 +1,11 @@
+//! One module per command: its clap arguments and its `run`, which returns the exit code.
+//! A command computes its report; the modules of `crate::printers` render it.
+
+pub mod bench;
+pub mod check;
+pub mod explain;
+pub mod lab;
+pub mod lint;
+pub mod matrix;
+pub mod test;
+pub mod validate;
