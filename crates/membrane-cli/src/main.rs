@@ -9,14 +9,14 @@ mod input;
 mod printers;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, check, explain, lab, lint, matrix, test, validate};
+use commands::{bench, check, explain, lab, lint, matrix, snapshot, test, validate};
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "membrane",
     version,
-    about = "Cilium network policy, checked and explained offline"
+    about = "Cilium network policy, checked and explained offline or against a live cluster"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +41,9 @@ enum Command {
     Lint(lint::LintArgs),
     /// Who can talk to whom: workloads × workloads for each port and protocol in play.
     Matrix(matrix::MatrixArgs),
+    /// Write a live cluster's policies, workloads and services as a manifests directory that
+    /// `membrane check DIR` analyses offline with the same verdicts.
+    Snapshot(snapshot::SnapshotArgs),
     /// Real enforcement in network namespaces with nftables (root only).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Lint(args) => lint::run(args),
         Command::Matrix(args) => matrix::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Bench(args) => bench::run(args),
     };

@@ -17,7 +17,7 @@ use membrane_policy::model::FileId;
 use membrane_policy::policy_set::{decode_documents, parse_resources};
 use membrane_policy::translate::Secrets;
 use membrane_policy::yaml::{Embedding, Node, Span};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 pub const TEST_API_VERSION: &str = "membrane.dev/v1alpha1";
@@ -82,6 +82,8 @@ pub struct Loaded {
     pub expectations: Vec<Expectation>,
     /// Objects without a namespace that landed in `default`.
     pub defaulted_namespace: Vec<(FileId, Span, String)>,
+    /// Listed pods that are not running (`status.phase` other than Running): not endpoints.
+    pub pods_not_running: usize,
 }
 
 impl Loaded {
@@ -167,6 +169,36 @@ struct Builder {
     secrets: Secrets,
     defaulted: Vec<(FileId, Span, String)>,
     diagnostics: Vec<(FileId, Diagnostic)>,
+    /// Pods a cluster listed that are not running (no endpoint, as in Cilium).
+    pods_not_running: usize,
+    /// (namespace, kind, name) of a workload whose pods were listed → its `workloads` index.
+    pod_workloads: HashMap<(String, String, String), usize>,
+    /// Names flows may use for a workload of listed pods → its first pod's endpoint.
+    aliases: Vec<(String, String)>,
+    /// EndpointSlices: (namespace, service name) → ready addresses.
+    slices: BTreeMap<(String, String), Vec<IpAddr>>,
+}
+
+/// The workload that owns a pod, from its controller reference: a ReplicaSet made by a
+/// Deployment (its name is the Deployment's plus `-<pod-template-hash>`) stands for the
+/// Deployment; StatefulSets, DaemonSets and Jobs are named as they are.
+fn owning_workload(node: &Node) -> Option<(String, String)> {
+    let owners = path(node, &["metadata", "ownerReferences"]).and_then(Node::as_seq)?;
+    let owner = owners
+        .iter()
+        .find(|o| s(o.get("controller")).as_deref() == Some("true"))
+        .or_else(|| owners.first())?;
+    let kind = s(owner.get("kind"))?;
+    let name = s(owner.get("name"))?;
+    if kind == "ReplicaSet" {
+        let hash = s(path(node, &["metadata", "labels", "pod-template-hash"]));
+        if let Some(base) =
+            hash.and_then(|h| name.strip_suffix(&format!("-{h}")).map(str::to_string))
+        {
+            return Some(("Deployment".into(), base));
+        }
+    }
+    Some((kind, name))
 }
 
 impl Builder {
@@ -277,6 +309,13 @@ impl Builder {
                 });
             }
             "Pod" => {
+                // A listed pod that is not running has no endpoint (hand-written pods have no
+                // status and are placed like workloads).
+                let phase = s(path(node, &["status", "phase"]));
+                if phase.as_deref().is_some_and(|p| p != "Running") {
+                    self.pods_not_running += 1;
+                    return;
+                }
                 let namespace = self.namespace_of(file, node, kind);
                 let spec = node.get("spec");
                 let ip = s(path(node, &["status", "podIP"])).and_then(|t| t.parse().ok());
@@ -295,15 +334,55 @@ impl Builder {
                 };
                 let placed = false;
                 self.add_endpoint(ep, placed);
-                self.workloads.push(Workload {
-                    kind: kind.into(),
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    replicas: 1,
-                    endpoint: format!("{namespace}/{name}"),
-                    file,
-                    span: node.span,
-                });
+                let endpoint = format!("{namespace}/{name}");
+                let (workload_kind, workload_name) =
+                    owning_workload(node).unwrap_or_else(|| (kind.to_string(), name.clone()));
+                let key = (
+                    namespace.clone(),
+                    workload_kind.clone(),
+                    workload_name.clone(),
+                );
+                if let Some(&w) = self.pod_workloads.get(&key) {
+                    self.workloads[w].replicas += 1;
+                } else {
+                    if workload_name != name {
+                        self.aliases
+                            .push((format!("{namespace}/{workload_name}"), endpoint.clone()));
+                    }
+                    self.pod_workloads.insert(key, self.workloads.len());
+                    self.workloads.push(Workload {
+                        kind: workload_kind,
+                        namespace: namespace.clone(),
+                        name: workload_name,
+                        replicas: 1,
+                        endpoint,
+                        file,
+                        span: node.span,
+                    });
+                }
+            }
+            "EndpointSlice" => {
+                let namespace = self.namespace_of(file, node, kind);
+                let Some(service) = s(path(
+                    node,
+                    &["metadata", "labels", "kubernetes.io/service-name"],
+                )) else {
+                    return;
+                };
+                let ready =
+                    |e: &Node| s(path(e, &["conditions", "ready"])).as_deref() != Some("false");
+                let addrs = node
+                    .get("endpoints")
+                    .and_then(Node::as_seq)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter(|e| ready(e))
+                    .flat_map(|e| e.get("addresses").and_then(Node::as_seq).unwrap_or(&[]))
+                    .filter_map(|a| a.scalar_text()?.parse::<IpAddr>().ok());
+                self.slices
+                    .entry((namespace, service))
+                    .or_default()
+                    .extend(addrs);
             }
             "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
                 let t = PodTemplate {
@@ -660,6 +739,44 @@ fn is_scenario(root: &Node) -> bool {
     root.get("kind").is_none() && (root.get("flows").is_some() || root.get("endpoints").is_some())
 }
 
+/// The object a policy resource is in the API server: kind, namespace (namespaced kinds land
+/// in `default` without one) and name.
+fn object_key(r: &Resource) -> Option<(&'static str, String, String)> {
+    let name_of =
+        |m: &membrane_policy::api::ObjectMeta| m.name.as_ref().map(|n| n.value.to_string());
+    let ns_of = |m: &membrane_policy::api::ObjectMeta| {
+        m.namespace
+            .as_ref()
+            .map_or_else(|| "default".to_string(), |n| n.value.to_string())
+    };
+    match r {
+        Resource::Cilium(p) => {
+            let ns = if p.kind == membrane_policy::api::PolicyKind::CiliumNetworkPolicy {
+                ns_of(&p.meta)
+            } else {
+                String::new()
+            };
+            Some((p.kind.as_str(), ns, name_of(&p.meta)?))
+        }
+        Resource::Kube(p) => Some(("NetworkPolicy", ns_of(&p.meta), name_of(&p.meta)?)),
+        Resource::CidrGroup(g) => Some(("CiliumCIDRGroup", String::new(), name_of(&g.meta)?)),
+        Resource::Other { .. } => None,
+    }
+}
+
+/// What the API server holds after applying the objects in order: a later object of the
+/// same kind, namespace and name replaces the earlier one (lint MEM019 reports it).
+fn last_applied(resources: Vec<(FileId, Resource)>) -> Vec<(FileId, Resource)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<(FileId, Resource)> = resources
+        .into_iter()
+        .rev()
+        .filter(|(_, r)| object_key(r).is_none_or(|k| seen.insert(k)))
+        .collect();
+    kept.reverse();
+    kept
+}
+
 /// Loads files of manifests (or one scenario file) into a world.
 pub fn load(files: Vec<SourceFile>) -> Loaded {
     let mut b = Builder::default();
@@ -727,6 +844,9 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
             }
         }
     }
+    if scenario_base.is_none() {
+        resources = last_applied(resources);
+    }
     let scenario = match scenario_base {
         Some(mut sc) => {
             sc.policies.clear();
@@ -776,12 +896,24 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                         name: svc.name.clone(),
                         labels: svc.labels.clone(),
                         selector: svc.selector.clone(),
+                        // Cilium takes a selector-less Service's backends from its slices.
+                        addresses: if svc.selector.is_empty() {
+                            b.slices
+                                .get(&(svc.namespace.clone(), svc.name.clone()))
+                                .cloned()
+                                .unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
                     })
                     .collect(),
             }
         }
     };
-    let world = World::from_parts(scenario, resources, vec![]);
+    let mut world = World::from_parts(scenario, resources, vec![]);
+    for (alias, endpoint) in std::mem::take(&mut b.aliases) {
+        world.add_alias(alias, &endpoint);
+    }
     let mut diagnostics = b.diagnostics;
     for p in &world.policy_set.policies {
         diagnostics.extend(p.diagnostics.iter().map(|d| (p.origin.file, d.clone())));
@@ -794,5 +926,6 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         services: b.services,
         expectations: b.expectations,
         defaulted_namespace: b.defaulted,
+        pods_not_running: b.pods_not_running,
     }
 }

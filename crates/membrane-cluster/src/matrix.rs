@@ -278,12 +278,10 @@ fn parties(loaded: &Loaded) -> (Vec<MatrixParty>, Option<MatrixParty>) {
             if !seen.insert(w.endpoint.clone()) {
                 continue;
             }
-            out.push(make(
-                i,
-                PartyKind::Workload,
-                Some(w.kind.clone()),
-                w.replicas,
-            ));
+            let mut party = make(i, PartyKind::Workload, Some(w.kind.clone()), w.replicas);
+            // A workload read from a cluster is named as it is, not as its first pod.
+            party.name = format!("{}/{}", w.namespace, w.name);
+            out.push(party);
         }
         for (i, ep) in eps.iter().enumerate() {
             if ep.entity.as_deref() == Some("ingress") && seen.insert(ep.name.clone()) {

@@ -134,6 +134,8 @@ pub struct ServiceSpec {
     pub name: String,
     pub labels: Vec<(String, String)>,
     pub selector: Vec<(String, String)>,
+    /// A selector-less Service's backend addresses (its EndpointSlices).
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Scenario features membrane knows (`requires:`).

@@ -125,6 +125,14 @@ impl World {
         }
     }
 
+    /// Lets flows name an endpoint by another name (a workload's `namespace/name` for the
+    /// first of its pods). An existing name is never shadowed.
+    pub fn add_alias(&mut self, alias: String, endpoint: &str) {
+        if let Some(&i) = self.endpoint_by_name.get(endpoint) {
+            self.endpoint_by_name.entry(alias).or_insert(i);
+        }
+    }
+
     fn state(&self) -> &Snapshot {
         self.engine.state()
     }
@@ -243,7 +251,7 @@ pub fn load_engine(scenario: &Scenario, policy_set: &PolicySet, options: &Option
             name: svc.name.clone(),
             labels: svc.labels.clone(),
             selector: svc.selector.clone(),
-            addresses: Vec::new(),
+            addresses: svc.addresses.clone(),
         });
     }
     engine.reserve_endpoints(scenario.endpoints.len());

@@ -32,6 +32,14 @@ pub enum ClusterError {
         code: u16,
         message: String,
     },
+    #[error(
+        "the cluster's answer listing {resource} was cut off ({reason}): retry; a proxy or load balancer between here and {server} may be dropping long answers"
+    )]
+    Truncated {
+        server: String,
+        resource: String,
+        reason: String,
+    },
     #[error("the cluster's answer listing {resource} is not a Kubernetes list: {message}")]
     Protocol { resource: String, message: String },
 }
@@ -88,7 +96,14 @@ impl Target<'_> {
             },
             other => {
                 let chain = chain(&other);
-                if chain.iter().any(|m| is_timeout(m)) {
+                let reason = chain.last().cloned().unwrap_or_default();
+                if chain.iter().any(|m| is_cut_off(m)) {
+                    ClusterError::Truncated {
+                        server: self.server.to_string(),
+                        resource: self.resource(),
+                        reason,
+                    }
+                } else if chain.iter().any(|m| is_timeout(m)) {
                     ClusterError::Timeout {
                         server: self.server.to_string(),
                         resource: self.resource(),
@@ -97,7 +112,7 @@ impl Target<'_> {
                 } else {
                     ClusterError::Unreachable {
                         server: self.server.to_string(),
-                        reason: chain.last().cloned().unwrap_or_default(),
+                        reason,
                     }
                 }
             }
@@ -114,6 +129,13 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
         cur = e.source();
     }
     out
+}
+
+/// hyper's words for an answer that ended before its promised length.
+fn is_cut_off(message: &str) -> bool {
+    message.contains("before message length reached")
+        || message.contains("connection closed before message completed")
+        || message.contains("incomplete message")
 }
 
 fn is_timeout(message: &str) -> bool {

@@ -25,4 +25,4 @@ pub mod fake;
 
 pub use connect::{ClusterOptions, connect};
 pub use error::ClusterError;
-pub use read::{ClusterRead, ObjectError, Progress, read_cluster};
+pub use read::{ClusterRead, ObjectError, Progress, read_cluster, read_cluster_blocking};

@@ -293,3 +293,18 @@ pub async fn read_cluster(
     }
     Ok(read)
 }
+
+/// Connects and reads on a runtime of its own, for callers without one (the CLI).
+pub fn read_cluster_blocking(
+    options: &crate::ClusterOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ClusterRead, ClusterError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterError::Kubeconfig(format!("cannot start the client: {e}")))?;
+    runtime.block_on(async {
+        let conn = crate::connect(options).await?;
+        read_cluster(&conn, options.namespace.as_deref(), progress).await
+    })
+}

@@ -7,5 +7,6 @@ pub mod explain;
 pub mod lab;
 pub mod lint;
 pub mod matrix;
+pub mod snapshot;
 pub mod test;
 pub mod validate;

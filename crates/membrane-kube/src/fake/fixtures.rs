@@ -84,7 +84,6 @@ struct NodeSlot {
 struct Builder {
     out: Vec<Value>,
     nodes: Vec<NodeSlot>,
-    next_node: usize,
     pods: Vec<Value>,
     namespaces: BTreeMap<String, Option<Value>>,
     next_cluster_ip: u32,
@@ -100,14 +99,11 @@ impl Builder {
                 index: 0,
             });
         }
-        let i = match wanted.and_then(|w| self.nodes.iter().position(|n| n.name == w)) {
-            Some(i) => i,
-            None => {
-                let i = self.next_node % self.nodes.len();
-                self.next_node += 1;
-                i
-            }
-        };
+        // Pods without a nodeName go to the first node, where the offline loader places
+        // them, so a fixture and its manifests agree on which node is local to a pod.
+        let i = wanted
+            .and_then(|w| self.nodes.iter().position(|n| n.name == w))
+            .unwrap_or(0);
         let slot = &mut self.nodes[i];
         let ip = format!("10.244.{}.{}", slot.index + 1, slot.next_host);
         slot.next_host += 1;
@@ -297,7 +293,6 @@ pub fn cluster_objects(manifests: Vec<Value>) -> Vec<Value> {
     let mut b = Builder {
         out: Vec::new(),
         nodes: Vec::new(),
-        next_node: 0,
         pods: Vec::new(),
         namespaces: BTreeMap::new(),
         next_cluster_ip: 1,

@@ -1,0 +1,46 @@
+//! Serves manifests as a cluster would, from the in-process fake apiserver, until killed:
+//! `cargo run -p membrane-kube --features fake --example fake_apiserver -- DIR [ADDR]`.
+//! Prints a kubeconfig for it on standard output.
+#![forbid(unsafe_code)]
+
+use membrane_kube::fake::{FakeApiServer, cluster_objects, default_served_kinds, yaml_to_json};
+use std::path::Path;
+
+fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        out.push(dir.to_path_buf());
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+fn main() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = args.first().ok_or("usage: fake_apiserver DIR [ADDR]")?;
+    let mut files = Vec::new();
+    yaml_files(Path::new(dir), &mut files);
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        docs.extend(yaml_to_json(&text).map_err(|e| format!("{}:{e}", f.display()))?);
+    }
+    let bind = args.get(1).map_or("127.0.0.1:0", String::as_str);
+    let server = FakeApiServer::start_on(
+        bind.parse().map_err(|e| format!("{bind}: {e}"))?,
+        default_served_kinds(),
+    )
+    .map_err(|e| e.to_string())?;
+    server.apply_all(cluster_objects(docs))?;
+    print!("{}", server.kubeconfig("membrane-fake-token"));
+    loop {
+        std::thread::park();
+    }
+}
