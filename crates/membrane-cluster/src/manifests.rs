@@ -82,6 +82,26 @@ pub struct Loaded {
     pub expectations: Vec<Expectation>,
     /// Objects without a namespace that landed in `default`.
     pub defaulted_namespace: Vec<(FileId, Span, String)>,
+    /// What loading parsed, kept for the passes that read the manifests as written (lint).
+    pub index: ParsedIndex,
+}
+
+/// The YAML and resources `load` parsed, so that nothing parses a file twice.
+#[derive(Debug, Default)]
+pub struct ParsedIndex {
+    /// Per file (indexed by `FileId`), its YAML documents: for a scenario file the documents of
+    /// its `policies`. Empty when the text does not parse. Lint finds key positions in them.
+    pub documents: Vec<Vec<Node>>,
+    /// Every decoded resource with its file, in file and document order, kinds the engine does
+    /// not read (`Resource::Other`) included. The world's policies are translated from these.
+    pub resources: Vec<(FileId, Resource)>,
+}
+
+impl ParsedIndex {
+    /// The YAML documents of a file (none for an unknown file).
+    pub fn documents(&self, file: FileId) -> &[Node] {
+        self.documents.get(file as usize).map_or(&[], Vec::as_slice)
+    }
 }
 
 impl Loaded {
@@ -663,7 +683,7 @@ fn is_scenario(root: &Node) -> bool {
 /// Loads files of manifests (or one scenario file) into a world.
 pub fn load(files: Vec<SourceFile>) -> Loaded {
     let mut b = Builder::default();
-    let mut resources: Vec<(FileId, Resource)> = Vec::new();
+    let mut index = ParsedIndex::default();
     let mut scenario_base: Option<Scenario> = None;
     for (i, f) in files.iter().enumerate() {
         let file = i as FileId;
@@ -675,8 +695,22 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                 let root = docs.remove(0);
                 match crate::scenario::decode_scenario_owned(root, &f.text) {
                     Ok(sc) => {
-                        let (res, diags) = parse_resources(&sc.policies, sc.policies_embedding);
-                        resources.extend(res.into_iter().map(|r| (file, r)));
+                        // The policies are parsed here rather than by `parse_resources` so
+                        // that their documents can be kept; an error is reported as it does.
+                        let emb = sc.policies_embedding;
+                        let (res, diags, policy_docs) =
+                            match membrane_policy::yaml::parse_documents(&sc.policies, emb) {
+                                Ok(pd) => {
+                                    let (res, diags) = decode_documents(&pd);
+                                    (res, diags, pd)
+                                }
+                                Err(_) => {
+                                    let (res, diags) = parse_resources(&sc.policies, emb);
+                                    (res, diags, Vec::new())
+                                }
+                            };
+                        index.documents.push(policy_docs);
+                        index.resources.extend(res.into_iter().map(|r| (file, r)));
                         b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
                         for flow in &sc.flows {
                             b.expectations.push(Expectation {
@@ -687,45 +721,56 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                         }
                         scenario_base = Some(sc);
                     }
-                    Err(diags) => b.diagnostics.extend(diags.into_iter().map(|d| (file, d))),
+                    Err(diags) => {
+                        index.documents.push(Vec::new());
+                        b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
+                    }
                 }
                 continue;
             }
         }
-        let (res, diags) = match parsed {
-            Ok(docs) => decode_documents(&docs),
-            Err(_) => parse_resources(&f.text, Embedding::default()),
+        let (res, diags, docs) = match parsed {
+            Ok(docs) => {
+                let (res, diags) = decode_documents(&docs);
+                (res, diags, docs)
+            }
+            Err(_) => {
+                let (res, diags) = parse_resources(&f.text, Embedding::default());
+                (res, diags, Vec::new())
+            }
         };
+        index.documents.push(docs);
         b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
-        for r in res {
+        for r in &res {
             match r {
                 Resource::Other {
                     api_version,
                     kind,
                     node,
-                } => b.object(file, &api_version, &kind, &node),
+                } => b.object(file, api_version, kind, node),
                 other => {
-                    if let Resource::Cilium(p) = &other {
+                    if let Resource::Cilium(p) = other {
                         if p.kind == membrane_policy::api::PolicyKind::CiliumNetworkPolicy
                             && p.meta.namespace.is_none()
                         {
                             b.namespaces.entry("default".into()).or_default();
                         }
                     }
-                    if let Resource::Kube(p) = &other {
+                    if let Resource::Kube(p) = other {
                         if let Some(ns) = &p.meta.namespace {
                             b.namespaces.entry(ns.value.clone()).or_default();
                         }
                     }
-                    if let Resource::Cilium(p) = &other {
+                    if let Resource::Cilium(p) = other {
                         if let Some(ns) = &p.meta.namespace {
                             b.namespaces.entry(ns.value.clone()).or_default();
                         }
                     }
-                    resources.push((file, other));
                 }
             }
         }
+        // Kept whole (the engine skips `Other`): lint reads every object as written.
+        index.resources.extend(res.into_iter().map(|r| (file, r)));
     }
     let scenario = match scenario_base {
         Some(mut sc) => {
@@ -781,7 +826,7 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
             }
         }
     };
-    let world = World::from_parts(scenario, resources, vec![]);
+    let world = World::from_resources(scenario, &index.resources, vec![]);
     let mut diagnostics = b.diagnostics;
     for p in &world.policy_set.policies {
         diagnostics.extend(p.diagnostics.iter().map(|d| (p.origin.file, d.clone())));
@@ -794,5 +839,6 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         services: b.services,
         expectations: b.expectations,
         defaulted_namespace: b.defaulted,
+        index,
     }
 }

@@ -13,24 +13,23 @@ use membrane_policy::engine::DirectionRef;
 use membrane_policy::identity::IdentityId;
 use membrane_policy::labels::{LabelSet, Selector};
 use membrane_policy::model::{self, Direction, Entry, FileId, Peers};
-use membrane_policy::policy_set::{decode_documents, parse_resources};
 use membrane_policy::resolve::{DirectionPolicy, peer_selects};
 use membrane_policy::translate::Translated;
-use membrane_policy::yaml::{Embedding, Node, Span, Value, parse_documents};
+use membrane_policy::yaml::{Node, Span, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// A policy resource as written, next to what the engine made of it.
 pub(super) struct PolicyView<'a> {
     pub(super) t: &'a Translated,
-    pub(super) raw: RawPolicy,
+    pub(super) raw: RawPolicy<'a>,
     pub(super) file: FileId,
 }
 
-/// A policy resource as decoded from its YAML.
-pub(super) enum RawPolicy {
-    Cilium(Box<CiliumPolicy>),
-    Kube(Box<KubePolicy>),
+/// A policy resource as decoded from its YAML (borrowed from the loader's index).
+pub(super) enum RawPolicy<'a> {
+    Cilium(&'a CiliumPolicy),
+    Kube(&'a KubePolicy),
 }
 
 impl PolicyView<'_> {
@@ -203,8 +202,6 @@ pub(super) struct Object {
 pub(super) struct Cx<'a> {
     pub(super) loaded: &'a Loaded,
     pub(super) world: &'a World,
-    /// Per file, the YAML documents (policies of a scenario file), to find key positions.
-    pub(super) docs: Vec<Vec<Node>>,
     pub(super) policies: Vec<PolicyView<'a>>,
     pub(super) objects: Vec<Object>,
     pub(super) eps: Vec<Ep<'a>>,
@@ -252,57 +249,16 @@ const CLUSTER_SCOPED: &[&str] = &[
     "ConnectivityTest",
 ];
 
-/// Whether a YAML document is a scenario file rather than manifests.
-fn is_scenario(root: &Node) -> bool {
-    root.get("kind").is_none() && (root.get("flows").is_some() || root.get("endpoints").is_some())
-}
-
 impl<'a> Cx<'a> {
     pub(super) fn new(loaded: &'a Loaded) -> Self {
         let world = &loaded.world;
-        let mut docs = Vec::new();
-        let mut resources: Vec<(FileId, Resource)> = Vec::new();
-        for (i, f) in loaded.files.iter().enumerate() {
-            let file = i as FileId;
-            let plain = parse_documents(&f.text, Embedding::default()).ok();
-            let scenario_shaped = plain
-                .as_ref()
-                .is_some_and(|d| d.len() == 1 && is_scenario(&d[0]));
-            if scenario_shaped {
-                let decoded = match plain.as_deref() {
-                    Some([root]) => crate::scenario::decode_scenario(root, &f.text),
-                    _ => crate::scenario::parse_scenario(&f.text),
-                };
-                match decoded {
-                    Ok(sc) => {
-                        let (res, policy_docs) =
-                            match parse_documents(&sc.policies, sc.policies_embedding) {
-                                Ok(pd) => (decode_documents(&pd).0, pd),
-                                Err(_) => (
-                                    parse_resources(&sc.policies, sc.policies_embedding).0,
-                                    Vec::new(),
-                                ),
-                            };
-                        docs.push(policy_docs);
-                        resources.extend(res.into_iter().map(|r| (file, r)));
-                    }
-                    Err(_) => docs.push(vec![]),
-                }
-                continue;
-            }
-            let (res, _) = match &plain {
-                Some(pd) => decode_documents(pd),
-                None => parse_resources(&f.text, Embedding::default()),
-            };
-            docs.push(plain.unwrap_or_default());
-            resources.extend(res.into_iter().map(|r| (file, r)));
-        }
-
+        // The resources as `load` decoded them: the files are not parsed again.
         let mut objects = Vec::new();
         let mut raw_policies = Vec::new();
         let mut nodes_declared = false;
         let mut declared_addr = BTreeSet::new();
-        for (file, r) in resources {
+        for (file, r) in &loaded.index.resources {
+            let file = *file;
             let (kind, meta_ns, name) = match &r {
                 Resource::Cilium(p) => (
                     p.kind.as_str().to_string(),
@@ -446,7 +402,6 @@ impl<'a> Cx<'a> {
         Cx {
             loaded,
             world,
-            docs,
             policies,
             objects,
             eps,
@@ -488,8 +443,9 @@ impl<'a> Cx<'a> {
 
     /// The mapping node that starts at `span`.
     pub(super) fn map_at(&self, file: FileId, span: Span) -> Option<&Node> {
-        self.docs
-            .get(file as usize)?
+        self.loaded
+            .index
+            .documents(file)
             .iter()
             .find_map(|d| find_map(d, span))
     }
