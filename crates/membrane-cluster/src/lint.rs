@@ -31,6 +31,7 @@
 //! | MEM022 | l7-second-proxy-pass | info | HTTP rules on traffic from the gateway: requests are proxied a second time at the backend's node; refused requests get 403, not a drop. |
 //! | MEM023 | manifest-warning | warning | Other warnings from loading the manifests (gateway class, missing CIDR group, cloud groups, endPort below port, namespace on a CCNP). |
 
+// The checks, grouped by what they examine; `context` and `policy_view` hold what they share.
 mod cidr;
 mod context;
 mod default_deny;
@@ -38,6 +39,7 @@ mod dns;
 mod gateway;
 mod http;
 mod loading;
+mod policy_view;
 mod ports;
 mod selectors;
 mod shadowed;

@@ -1,7 +1,8 @@
 //! MEM010: CIDR selectors and `ipBlock`s that contain pod or node addresses, which Cilium
 //! never selects by address (they have identities of their own).
 
-use super::context::{Cx, PolicyView, RawPolicy, sections};
+use super::context::Cx;
+use super::policy_view::{PolicyView, RawPolicy, sections};
 use super::wording::{names_list, plural};
 use super::{CIDR_CLUSTER, Out, rule};
 use membrane_policy::api::{self, RuleSection};

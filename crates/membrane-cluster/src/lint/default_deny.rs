@@ -1,7 +1,8 @@
 //! MEM002, MEM004, MEM020: default deny, whether meant or not. These checks share the
 //! question of which directions a rule as written means to put into default deny.
 
-use super::context::{Cx, Ep, PolicyView, RawPolicy, direction_span, sections};
+use super::context::{Cx, Ep};
+use super::policy_view::{PolicyView, RawPolicy, direction_span, sections};
 use super::selectors::without_namespace;
 use super::wording::{names_list, plural};
 use super::{DENY_NOTHING, EMPTY_LIST, IMPLICIT_DENY, Out, rule};

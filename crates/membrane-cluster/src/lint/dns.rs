@@ -1,10 +1,11 @@
 //! MEM006, MEM007, MEM008, MEM018: DNS. Default-deny egress must still reach kube-dns, and
 //! `toFQDNs` only learns addresses from answers that went through the DNS proxy.
 
-use super::context::{
-    Cx, Ep, PolicyView, RawPolicy, direction_span, field_span, model_entry, sections,
-};
+use super::context::{Cx, Ep};
 use super::default_deny::deny_intent;
+use super::policy_view::{
+    PolicyView, RawPolicy, direction_span, field_span, model_entry, sections,
+};
 use super::{DNS_UDP_ONLY, DOUBLE_STAR, FQDN_NO_DNS, NO_DNS, Out, rule};
 use membrane_policy::api::{self, RuleSection};
 use membrane_policy::model::{self, Direction, FileId, PortValue};

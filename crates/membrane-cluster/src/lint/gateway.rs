@@ -1,7 +1,8 @@
 //! MEM021, MEM022, and MEM009 for Gateway backends: `fromEntities: [ingress]`, the identity of
 //! traffic proxied by Cilium's Ingress and Gateway API, checked against the HTTPRoutes.
 
-use super::context::{Cx, Ep, PolicyView, field_span};
+use super::context::{Cx, Ep};
+use super::policy_view::{PolicyView, field_span};
 use super::{GATEWAY_ENTITY, Out, PORT_MISMATCH, SECOND_PASS, rule};
 use membrane_policy::api::{self};
 use std::collections::BTreeSet;

@@ -1,7 +1,8 @@
 //! MEM005: HTTP rules, whose `path` and `method` are regexes matched against the whole string
 //! (not prefixes or globs, as they often look).
 
-use super::context::{Cx, PolicyView};
+use super::context::Cx;
+use super::policy_view::PolicyView;
 use super::{HTTP_ANCHORED, Out};
 use membrane_policy::api::{self, RuleSection};
 

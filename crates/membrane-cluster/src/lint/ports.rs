@@ -1,7 +1,8 @@
 //! MEM009, MEM013: L4 ports checked against the container ports of the pods a rule applies
 //! to, since policy is enforced after service translation (on the pod's port).
 
-use super::context::{Cx, Ep, PolicyView, RawPolicy, model_entry, sections};
+use super::context::{Cx, Ep};
+use super::policy_view::{PolicyView, RawPolicy, model_entry, sections};
 use super::wording::names_list;
 use super::{NAMED_PORT, Out, PORT_MISMATCH, rule};
 use membrane_policy::api::{self, RuleSection};

@@ -1,7 +1,8 @@
 //! MEM011, MEM014, MEM017: endpoint, pod and peer selectors: what they match in the loaded
 //! cluster, and the namespace Cilium injects (or does not) into them.
 
-use super::context::{Cx, PolicyView, RawPolicy, dir_prefix, model_entry, sections};
+use super::context::Cx;
+use super::policy_view::{PolicyView, RawPolicy, dir_prefix, model_entry, sections};
 use super::wording::{names_list, plural};
 use super::{KUBE_DNS_NS, NOTIN_NS, Out, SELECTS_NOTHING, rule};
 use membrane_policy::api::{KubePolicy, LabelSelector, PolicyKind, RuleSection};
