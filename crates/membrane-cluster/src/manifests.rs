@@ -84,6 +84,38 @@ pub struct Loaded {
     pub defaulted_namespace: Vec<(FileId, Span, String)>,
     /// Listed pods that are not running (`status.phase` other than Running): not endpoints.
     pub pods_not_running: usize,
+    /// What loading parsed, kept for the passes that read the manifests as written (lint).
+    pub index: ParsedIndex,
+}
+
+/// The YAML and resources `load` parsed, so that nothing parses a file twice.
+#[derive(Debug, Default)]
+pub struct ParsedIndex {
+    /// Per file (indexed by `FileId`), its YAML documents: for a scenario file the documents of
+    /// its `policies`. Empty when the text does not parse. Lint finds key positions in them.
+    pub documents: Vec<Vec<Node>>,
+    /// Every decoded resource with its file, in file and document order, kinds the engine does
+    /// not read (`Resource::Other`) included. The world's policies are translated from these.
+    pub resources: Vec<(FileId, Resource)>,
+    /// Per resource: a later object of the same kind, namespace and name replaces it, as the
+    /// API server keeps only the last one applied (manifests only; lint MEM019 reports it).
+    pub replaced: Vec<bool>,
+}
+
+impl ParsedIndex {
+    /// The YAML documents of a file (none for an unknown file).
+    pub fn documents(&self, file: FileId) -> &[Node] {
+        self.documents.get(file as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The resources in effect: those no later object replaces.
+    pub fn live(&self) -> impl Iterator<Item = &(FileId, Resource)> + Clone {
+        self.resources
+            .iter()
+            .zip(&self.replaced)
+            .filter(|(_, replaced)| !**replaced)
+            .map(|(r, _)| r)
+    }
 }
 
 impl Loaded {
@@ -764,23 +796,23 @@ fn object_key(r: &Resource) -> Option<(&'static str, String, String)> {
     }
 }
 
-/// What the API server holds after applying the objects in order: a later object of the
-/// same kind, namespace and name replaces the earlier one (lint MEM019 reports it).
-fn last_applied(resources: Vec<(FileId, Resource)>) -> Vec<(FileId, Resource)> {
+/// What the API server holds after applying the objects in order: per resource, whether a
+/// later object of the same kind, namespace and name replaces it.
+fn replaced_by_later(resources: &[(FileId, Resource)]) -> Vec<bool> {
     let mut seen = std::collections::HashSet::new();
-    let mut kept: Vec<(FileId, Resource)> = resources
-        .into_iter()
+    let mut replaced: Vec<bool> = resources
+        .iter()
         .rev()
-        .filter(|(_, r)| object_key(r).is_none_or(|k| seen.insert(k)))
+        .map(|(_, r)| object_key(r).is_some_and(|k| !seen.insert(k)))
         .collect();
-    kept.reverse();
-    kept
+    replaced.reverse();
+    replaced
 }
 
 /// Loads files of manifests (or one scenario file) into a world.
 pub fn load(files: Vec<SourceFile>) -> Loaded {
     let mut b = Builder::default();
-    let mut resources: Vec<(FileId, Resource)> = Vec::new();
+    let mut index = ParsedIndex::default();
     let mut scenario_base: Option<Scenario> = None;
     for (i, f) in files.iter().enumerate() {
         let file = i as FileId;
@@ -792,8 +824,22 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                 let root = docs.remove(0);
                 match crate::scenario::decode_scenario_owned(root, &f.text) {
                     Ok(sc) => {
-                        let (res, diags) = parse_resources(&sc.policies, sc.policies_embedding);
-                        resources.extend(res.into_iter().map(|r| (file, r)));
+                        // The policies are parsed here rather than by `parse_resources` so
+                        // that their documents can be kept; an error is reported as it does.
+                        let emb = sc.policies_embedding;
+                        let (res, diags, policy_docs) =
+                            match membrane_policy::yaml::parse_documents(&sc.policies, emb) {
+                                Ok(pd) => {
+                                    let (res, diags) = decode_documents(&pd);
+                                    (res, diags, pd)
+                                }
+                                Err(_) => {
+                                    let (res, diags) = parse_resources(&sc.policies, emb);
+                                    (res, diags, Vec::new())
+                                }
+                            };
+                        index.documents.push(policy_docs);
+                        index.resources.extend(res.into_iter().map(|r| (file, r)));
                         b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
                         for flow in &sc.flows {
                             b.expectations.push(Expectation {
@@ -804,49 +850,62 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                         }
                         scenario_base = Some(sc);
                     }
-                    Err(diags) => b.diagnostics.extend(diags.into_iter().map(|d| (file, d))),
+                    Err(diags) => {
+                        index.documents.push(Vec::new());
+                        b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
+                    }
                 }
                 continue;
             }
         }
-        let (res, diags) = match parsed {
-            Ok(docs) => decode_documents(&docs),
-            Err(_) => parse_resources(&f.text, Embedding::default()),
+        let (res, diags, docs) = match parsed {
+            Ok(docs) => {
+                let (res, diags) = decode_documents(&docs);
+                (res, diags, docs)
+            }
+            Err(_) => {
+                let (res, diags) = parse_resources(&f.text, Embedding::default());
+                (res, diags, Vec::new())
+            }
         };
+        index.documents.push(docs);
         b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
-        for r in res {
+        for r in &res {
             match r {
                 Resource::Other {
                     api_version,
                     kind,
                     node,
-                } => b.object(file, &api_version, &kind, &node),
+                } => b.object(file, api_version, kind, node),
                 other => {
-                    if let Resource::Cilium(p) = &other {
+                    if let Resource::Cilium(p) = other {
                         if p.kind == membrane_policy::api::PolicyKind::CiliumNetworkPolicy
                             && p.meta.namespace.is_none()
                         {
                             b.namespaces.entry("default".into()).or_default();
                         }
                     }
-                    if let Resource::Kube(p) = &other {
+                    if let Resource::Kube(p) = other {
                         if let Some(ns) = &p.meta.namespace {
                             b.namespaces.entry(ns.value.clone()).or_default();
                         }
                     }
-                    if let Resource::Cilium(p) = &other {
+                    if let Resource::Cilium(p) = other {
                         if let Some(ns) = &p.meta.namespace {
                             b.namespaces.entry(ns.value.clone()).or_default();
                         }
                     }
-                    resources.push((file, other));
                 }
             }
         }
+        // Kept whole (the engine skips `Other`): lint reads every object as written.
+        index.resources.extend(res.into_iter().map(|r| (file, r)));
     }
-    if scenario_base.is_none() {
-        resources = last_applied(resources);
-    }
+    index.replaced = if scenario_base.is_none() {
+        replaced_by_later(&index.resources)
+    } else {
+        vec![false; index.resources.len()]
+    };
     let scenario = match scenario_base {
         Some(mut sc) => {
             sc.policies.clear();
@@ -910,7 +969,7 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
             }
         }
     };
-    let mut world = World::from_parts(scenario, resources, vec![]);
+    let mut world = World::from_resources(scenario, index.live(), vec![]);
     for (alias, endpoint) in std::mem::take(&mut b.aliases) {
         world.add_alias(alias, &endpoint);
     }
@@ -927,5 +986,6 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         expectations: b.expectations,
         defaulted_namespace: b.defaulted,
         pods_not_running: b.pods_not_running,
+        index,
     }
 }

@@ -98,10 +98,24 @@ impl World {
     pub fn from_parts(
         scenario: Scenario,
         resources: Vec<(FileId, Resource)>,
-        mut diagnostics: Vec<Diagnostic>,
+        diagnostics: Vec<Diagnostic>,
     ) -> World {
+        World::from_resources(scenario, &resources, diagnostics)
+    }
+
+    /// Like [`World::from_parts`], leaving the resources to the caller (resources other than
+    /// policies and CIDR groups are skipped).
+    pub fn from_resources<'r, I>(
+        scenario: Scenario,
+        resources: I,
+        mut diagnostics: Vec<Diagnostic>,
+    ) -> World
+    where
+        I: IntoIterator<Item = &'r (FileId, Resource)>,
+        I::IntoIter: Clone,
+    {
         let options = scenario_options(&scenario);
-        let policy_set = PolicySet::build(&resources, &options, &scenario.secrets);
+        let policy_set = PolicySet::build(resources, &options, &scenario.secrets);
         diagnostics.extend(policy_set.diagnostics().map(|(_, d)| d.clone()));
         let engine = load_engine(&scenario, &policy_set, &options);
         let external_names = scenario

@@ -58,14 +58,17 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    pub fn build(
-        resources: &[(FileId, Resource)],
-        options: &Options,
-        secrets: &Secrets,
-    ) -> PolicySet {
+    /// Builds the set from resources (a slice, or any cloneable iterator of references, so a
+    /// caller can leave some out without copying them).
+    pub fn build<'r, I>(resources: I, options: &Options, secrets: &Secrets) -> PolicySet
+    where
+        I: IntoIterator<Item = &'r (FileId, Resource)>,
+        I::IntoIter: Clone,
+    {
+        let resources = resources.into_iter();
         let mut cidr_groups = Vec::new();
         let mut group_diags = Vec::new();
-        for (file, r) in resources {
+        for (file, r) in resources.clone() {
             if let Resource::CidrGroup(g) = r {
                 let mut cidrs = Vec::new();
                 let mut invalid = false;

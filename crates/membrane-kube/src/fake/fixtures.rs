@@ -310,10 +310,8 @@ pub fn cluster_objects(manifests: Vec<Value>) -> Vec<Value> {
         if let Some(ns) = meta(o, "namespace") {
             b.namespaces.entry(ns.to_string()).or_insert(None);
         }
-        if kind == "Namespace" {
-            if let Some(name) = meta(o, "name") {
-                b.namespaces.insert(name.to_string(), Some(o.clone()));
-            }
+        if let ("Namespace", Some(name)) = (kind.as_str(), meta(o, "name")) {
+            b.namespaces.insert(name.to_string(), Some(o.clone()));
         }
         if kind == "Node" {
             let address = o["status"]["addresses"]
