@@ -84,6 +84,9 @@ pub struct Loaded {
     pub defaulted_namespace: Vec<(FileId, Span, String)>,
     /// Listed pods that are not running (`status.phase` other than Running): not endpoints.
     pub pods_not_running: usize,
+    /// Every policy as written, replaced copies included, when some are replaced (else the
+    /// world's set is the same): what lint and the input's diagnostics read.
+    pub as_written: Option<membrane_policy::policy_set::PolicySet>,
     /// What loading parsed, kept for the passes that read the manifests as written (lint).
     pub index: ParsedIndex,
 }
@@ -973,8 +976,17 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
     for (alias, endpoint) in std::mem::take(&mut b.aliases) {
         world.add_alias(alias, &endpoint);
     }
+    // Replaced copies are not in the world, but they are in the files: lint and the input's
+    // diagnostics read every copy as written.
+    let as_written = index.replaced.iter().any(|r| *r).then(|| {
+        membrane_policy::policy_set::PolicySet::build(
+            &index.resources,
+            &world.options,
+            &world.scenario.secrets,
+        )
+    });
     let mut diagnostics = b.diagnostics;
-    for p in &world.policy_set.policies {
+    for p in &as_written.as_ref().unwrap_or(&world.policy_set).policies {
         diagnostics.extend(p.diagnostics.iter().map(|d| (p.origin.file, d.clone())));
     }
     Loaded {
@@ -987,5 +999,6 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         defaulted_namespace: b.defaulted,
         pods_not_running: b.pods_not_running,
         index,
+        as_written,
     }
 }

@@ -277,8 +277,11 @@ pub fn matrix(
         .filter(|p| !p.valid)
         .count();
     if invalid > 0 {
-        let text =
-            format!("{invalid} invalid policies are not enforced (`membrane validate` says why)");
+        let text = if invalid == 1 {
+            "1 invalid policy is not enforced (`membrane validate` says why)".to_string()
+        } else {
+            format!("{invalid} invalid policies are not enforced (`membrane validate` says why)")
+        };
         for line in wrap(&text, style.width, "  ") {
             writeln!(out, "{line}")?;
         }

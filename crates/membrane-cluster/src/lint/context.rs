@@ -109,7 +109,7 @@ impl<'a> Cx<'a> {
         let mut raw_policies = Vec::new();
         let mut nodes_declared = false;
         let mut declared_addr = BTreeSet::new();
-        for ((file, r), &replaced) in loaded.index.resources.iter().zip(&loaded.index.replaced) {
+        for (file, r) in &loaded.index.resources {
             let file = *file;
             let (kind, meta_ns, name) = match &r {
                 Resource::Cilium(p) => (
@@ -161,16 +161,16 @@ impl<'a> Cx<'a> {
                     span,
                 });
             }
-            // A replaced copy is not in the world (MEM019 reports it): the world's policies
-            // pair with the live ones only.
             match r {
-                Resource::Cilium(p) if !replaced => raw_policies.push((file, RawPolicy::Cilium(p))),
-                Resource::Kube(p) if !replaced => raw_policies.push((file, RawPolicy::Kube(p))),
+                Resource::Cilium(p) => raw_policies.push((file, RawPolicy::Cilium(p))),
+                Resource::Kube(p) => raw_policies.push((file, RawPolicy::Kube(p))),
                 _ => {}
             }
         }
         let mut policies = Vec::new();
-        for (t, (file, raw)) in world.policy_set.policies.iter().zip(raw_policies) {
+        // Every policy as written (a replaced copy too: its mistakes are in its file).
+        let written = loaded.as_written.as_ref().unwrap_or(&world.policy_set);
+        for (t, (file, raw)) in written.policies.iter().zip(raw_policies) {
             let span = match &raw {
                 RawPolicy::Cilium(p) => p.span,
                 RawPolicy::Kube(p) => p.span,
