@@ -426,7 +426,16 @@ fn a_cluster_without_cilium_is_read_with_a_note() {
         &std::fs::read_to_string(repo_root().join("examples/seed-demo/02-workloads.yaml")).unwrap(),
     )
     .unwrap();
-    let objects: Vec<_> = cluster_objects(docs);
+    // Without Cilium there are no CiliumIdentities or CiliumEndpoints either.
+    let objects: Vec<_> = cluster_objects(docs)
+        .into_iter()
+        .filter(|o| {
+            !o["apiVersion"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("cilium.io/")
+        })
+        .collect();
     server.apply_all(objects).unwrap();
     let kc = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(kc.path(), server.kubeconfig("t")).unwrap();
@@ -460,4 +469,100 @@ fn an_unreadable_object_is_named_and_the_rest_analysed() {
         "{err}"
     );
     assert!(stdout(&o).contains("11 of 22 expectations hold"));
+}
+
+#[test]
+fn the_clusters_own_identity_numbers_are_used_and_checked() {
+    let c = seed_demo_cluster("examples/seed-demo");
+    let args = |source: &[&str]| {
+        let mut a = vec!["explain"];
+        a.extend_from_slice(source);
+        a.extend([
+            "--from",
+            "backend/backend",
+            "--to",
+            "database/redis",
+            "--port",
+            "6379",
+        ]);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let kc = c.kc();
+    let run = |a: Vec<String>| membrane(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let live = stdout(&run(args(&["--kubeconfig", &kc])));
+    // The fixture's CiliumIdentities are numbered from 10,000, unlike membrane's own.
+    assert!(
+        live.contains("identities: backend/backend 10001, database/redis 10003"),
+        "{live}"
+    );
+    let offline = stdout(&run(args(&["examples/seed-demo"])));
+    assert!(
+        offline.contains("identities: backend/backend 257, database/redis 259"),
+        "{offline}"
+    );
+    let o = membrane(&[
+        "check",
+        "--output",
+        "json",
+        "--kubeconfig",
+        &kc,
+        "examples/seed-demo/tests.yaml",
+    ]);
+    assert!(!stdout(&o).contains("identity-mismatch"));
+
+    // A CiliumEndpoint that says the backend pod carries redis's identity: membrane derives
+    // another one from the pod's labels, and says so.
+    let pods = membrane(&["snapshot", "--kubeconfig", &kc, "-o", "/dev/null/x"]);
+    assert_eq!(
+        pods.status.code(),
+        Some(2),
+        "an unwritable directory is an error"
+    );
+    let cep = c
+        .server
+        .requests()
+        .iter()
+        .any(|r| r.starts_with("/apis/cilium.io/v2/ciliumendpoints"));
+    assert!(cep);
+    let snapshot = tempfile::tempdir().unwrap();
+    membrane(&[
+        "snapshot",
+        "--kubeconfig",
+        &kc,
+        "-o",
+        snapshot.path().to_str().unwrap(),
+    ]);
+    let ceps = std::fs::read_to_string(snapshot.path().join("08-ciliumendpoints.yaml")).unwrap();
+    let backend_pod = ceps
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("name: backend-"))
+        .map(|rest| format!("backend-{rest}"))
+        .unwrap();
+    c.server
+        .apply(
+            serde_json::json!({"apiVersion": "cilium.io/v2", "kind": "CiliumEndpoint",
+            "metadata": {"name": backend_pod, "namespace": "backend"},
+            "status": {"identity": {"id": 10003}}}),
+        )
+        .unwrap();
+    let o = membrane(&[
+        "check",
+        "--output",
+        "json",
+        "--kubeconfig",
+        &kc,
+        "examples/seed-demo/tests.yaml",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mismatch = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["code"] == "identity-mismatch")
+        .unwrap_or_else(|| panic!("{}", stdout(&o)));
+    let message = mismatch["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("pod backend/{backend_pod} carries identity 10003 in the cluster, but membrane derives identity 10001")),
+        "{message}"
+    );
 }

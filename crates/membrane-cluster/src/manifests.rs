@@ -212,6 +212,10 @@ struct Builder {
     aliases: Vec<(String, String)>,
     /// EndpointSlices: (namespace, service name) → ready addresses.
     slices: BTreeMap<(String, String), Vec<IpAddr>>,
+    /// CiliumIdentities: (number, security labels).
+    cluster_identities: Vec<(u32, Vec<(String, String)>)>,
+    /// CiliumEndpoints: the identity the cluster gave a pod, where it says so.
+    cilium_endpoints: Vec<(FileId, Span, String, u32)>,
 }
 
 /// The workload that owns a pod, from its controller reference: a ReplicaSet made by a
@@ -394,6 +398,25 @@ impl Builder {
                         file,
                         span: node.span,
                     });
+                }
+            }
+            "CiliumIdentity" if api_version.starts_with("cilium.io/") => {
+                if let Ok(id) = name.parse::<u32>() {
+                    let labels = labels_of(node.get("security-labels"));
+                    self.cluster_identities.push((id, labels));
+                }
+            }
+            "CiliumEndpoint" if api_version.starts_with("cilium.io/") => {
+                let namespace = self.namespace_of(file, node, kind);
+                if let Some(id) =
+                    s(path(node, &["status", "identity", "id"])).and_then(|t| t.parse::<u32>().ok())
+                {
+                    self.cilium_endpoints.push((
+                        file,
+                        node.span,
+                        format!("{namespace}/{name}"),
+                        id,
+                    ));
                 }
             }
             "EndpointSlice" => {
@@ -950,6 +973,7 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                 flows: b.expectations.iter().map(|e| e.flow.clone()).collect(),
                 routes,
                 agent: vec![],
+                cluster_identities: std::mem::take(&mut b.cluster_identities),
                 services: b
                     .services
                     .iter()
@@ -975,6 +999,30 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
     let mut world = World::from_resources(scenario, index.live(), vec![]);
     for (alias, endpoint) in std::mem::take(&mut b.aliases) {
         world.add_alias(alias, &endpoint);
+    }
+    // Where the cluster says which identity a pod carries, membrane's derivation must agree:
+    // a difference means its labels are read differently, so selectors may match differently.
+    for (file, span, pod, cluster_id) in &b.cilium_endpoints {
+        let Some(party) = world.party(pod) else {
+            continue;
+        };
+        let derived = world.identity_of(party, None, false);
+        if derived != *cluster_id {
+            let labels = world
+                .identities()
+                .get(derived)
+                .map(|i| i.name())
+                .unwrap_or_default();
+            b.diagnostics.push((
+                *file,
+                Diagnostic::warning(
+                    "identity-mismatch",
+                    format!("pod {pod} carries identity {cluster_id} in the cluster, but membrane derives identity {derived} from its labels ({labels})"),
+                    Some(*span),
+                )
+                .with_help("the cluster's CiliumIdentity for this pod has other labels than membrane computes: check the agent's label filter (--label-prefix-file) and the namespace's labels"),
+            ));
+        }
     }
     // Replaced copies are not in the world, but they are in the files: lint and the input's
     // diagnostics read every copy as written.

@@ -110,6 +110,9 @@ pub struct Scenario {
     pub services: Vec<ServiceSpec>,
     /// Agent flags (membrane's extension of the format: `agent: {enable-policy: always}`).
     pub agent: Vec<(String, String)>,
+    /// Identity numbers a cluster already gave label sets (its CiliumIdentities): (number,
+    /// security labels as `source:key` → value).
+    pub cluster_identities: Vec<(u32, Vec<(String, String)>)>,
 }
 
 /// The agent flags a scenario may set, with their allowed values.
@@ -436,6 +439,7 @@ fn decode(
         routes: Vec::new(),
         services: Vec::new(),
         agent,
+        cluster_identities: Vec::new(),
     })
 }
 

@@ -268,6 +268,16 @@ pub fn load_engine(scenario: &Scenario, policy_set: &PolicySet, options: &Option
             addresses: svc.addresses.clone(),
         });
     }
+    for (id, labels) in &scenario.cluster_identities {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| {
+                let (source, key) = k.split_once(':').unwrap_or(("unspec", k.as_str()));
+                Label::new(source, key, v)
+            })
+            .collect();
+        engine.assign_identity(LabelSet::new(labels), *id);
+    }
     engine.reserve_endpoints(scenario.endpoints.len());
     for ep in &scenario.endpoints {
         engine.add_endpoint(endpoint_spec(ep));

@@ -110,6 +110,10 @@ pub struct IdentityTable {
     by_id: BTreeMap<IdentityId, Identity>,
     by_labels: HashMap<LabelSet, IdentityId>,
     by_addr: HashMap<(IpAddr, Option<String>), IdentityId>,
+    /// Numbers a cluster already gave label sets (its CiliumIdentities): a pod with those
+    /// labels gets that number, and fresh allocations skip them.
+    assigned: HashMap<LabelSet, IdentityId>,
+    assigned_ids: std::collections::HashSet<IdentityId>,
     next_cluster: IdentityId,
     next_local: IdentityId,
 }
@@ -120,6 +124,8 @@ impl Default for IdentityTable {
             by_id: BTreeMap::new(),
             by_labels: HashMap::new(),
             by_addr: HashMap::new(),
+            assigned: HashMap::new(),
+            assigned_ids: std::collections::HashSet::new(),
             next_cluster: FIRST_CLUSTER_ID,
             next_local: FIRST_LOCAL_ID,
         };
@@ -190,13 +196,33 @@ impl IdentityTable {
         Some(identity)
     }
 
+    /// Gives `labels` the number a cluster already gave them (a CiliumIdentity), for when a
+    /// pod with them arrives. Refused (false) for numbers outside the cluster-local range or
+    /// already in use, and for label sets that already have an identity.
+    pub fn assign(&mut self, labels: LabelSet, id: IdentityId) -> bool {
+        let in_range = (FIRST_CLUSTER_ID..FIRST_LOCAL_ID).contains(&id);
+        if !in_range
+            || self.by_id.contains_key(&id)
+            || self.assigned_ids.contains(&id)
+            || self.by_labels.contains_key(&labels)
+            || self.assigned.contains_key(&labels)
+        {
+            return false;
+        }
+        self.assigned_ids.insert(id);
+        self.assigned.insert(labels, id);
+        true
+    }
+
     /// The identity of a pod's label set.
     pub fn pod(&mut self, labels: LabelSet) -> IdentityId {
         if let Some(id) = self.by_labels.get(&labels) {
             return *id;
         }
-        let id = self.next_cluster;
-        self.next_cluster += 1;
+        let id = match self.assigned.get(&labels) {
+            Some(id) => *id,
+            None => self.next_free_cluster_id(),
+        };
         self.insert(Identity {
             id,
             labels,
@@ -204,6 +230,16 @@ impl IdentityTable {
             addr: None,
             fqdn_names: vec![],
         })
+    }
+
+    fn next_free_cluster_id(&mut self) -> IdentityId {
+        loop {
+            let id = self.next_cluster;
+            self.next_cluster += 1;
+            if !self.assigned_ids.contains(&id) && !self.by_id.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     /// A reserved identity plus extra labels (e.g. a host endpoint's node labels); the id
@@ -278,6 +314,29 @@ impl IdentityTable {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn a_cluster_number_is_used_for_its_labels_and_skipped_by_fresh_allocations() {
+        let mut t = IdentityTable::default();
+        let web = LabelSet::new(vec![Label::k8s("app", "web")]);
+        let db = LabelSet::new(vec![Label::k8s("app", "db")]);
+        assert!(t.assign(web.clone(), 256));
+        assert!(!t.assign(db.clone(), 256), "a number is given once");
+        assert!(
+            !t.assign(db.clone(), 5),
+            "reserved numbers are not the cluster's to give"
+        );
+        // A fresh label set does not take the assigned number.
+        assert_eq!(t.pod(db.clone()), 257);
+        assert_eq!(t.pod(web.clone()), 256);
+        assert!(!t.assign(db, 300), "labels that have an identity keep it");
+        // Released and back: the cluster's number again, never another set's.
+        assert!(t.release(256).is_some());
+        let other = LabelSet::new(vec![Label::k8s("app", "other")]);
+        assert_eq!(t.pod(other), 258);
+        assert_eq!(t.pod(web), 256);
+    }
+
     use super::*;
 
     #[test]

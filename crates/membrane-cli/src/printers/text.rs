@@ -190,6 +190,18 @@ pub fn explain(r: &ExplainReport) {
     for l in evaluation_lines(r.loaded, r.flow, r.evaluation) {
         println!("  {l}");
     }
+    // The security identities both sides carry (a cluster's own numbers when it has Cilium).
+    let world = &r.loaded.world;
+    let ids: Vec<String> = std::iter::once(&r.flow.from)
+        .chain(r.flow.to.as_ref())
+        .filter_map(|name| {
+            let party = world.party(name)?;
+            Some(format!("{name} {}", world.identity_of(party, None, false)))
+        })
+        .collect();
+    if !ids.is_empty() {
+        println!("  identities: {}", ids.join(", "));
+    }
 }
 
 // ---------------------------------------------------------------------------------------

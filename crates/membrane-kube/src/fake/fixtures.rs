@@ -375,9 +375,11 @@ pub fn cluster_objects(manifests: Vec<Value>) -> Vec<Value> {
         .filter(|o| o["kind"] == "Service")
         .filter_map(|s| b.endpoint_slice(s))
         .collect();
+    let identities = cilium_identities(&b.out, &b.pods);
     let mut out = b.out;
     out.extend(b.pods);
     out.extend(slices);
+    out.extend(identities);
     out.into_iter()
         .map(|mut o| {
             if let Some(m) = o.as_object_mut() {
@@ -387,6 +389,91 @@ pub fn cluster_objects(manifests: Vec<Value>) -> Vec<Value> {
             o
         })
         .collect()
+}
+
+/// Labels Cilium leaves out of identities by default (those the fixtures' controllers add).
+const NOT_IDENTITY: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "pod-template-generation",
+];
+
+/// The CiliumIdentities Cilium's operator would have created for these pods, numbered from
+/// 10,000 (so that they differ from the numbers membrane would pick itself): a pod's labels
+/// with the `k8s:` source, its namespace and the namespace's labels, its service account and
+/// the cluster name.
+fn cilium_identities(objects: &[Value], pods: &[Value]) -> Vec<Value> {
+    let namespace_labels = |ns: &str| -> Vec<(String, String)> {
+        objects
+            .iter()
+            .find(|o| o["kind"] == "Namespace" && meta(o, "name") == Some(ns))
+            .and_then(|o| o["metadata"]["labels"].as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut sets: Vec<Map<String, Value>> = Vec::new();
+    let mut pod_sets = Vec::new();
+    for pod in pods {
+        if pod["spec"]["hostNetwork"] == true {
+            continue;
+        }
+        let ns = meta(pod, "namespace").unwrap_or("default");
+        let mut labels = Map::new();
+        if let Some(m) = pod["metadata"]["labels"].as_object() {
+            for (k, v) in m
+                .iter()
+                .filter(|(k, _)| !NOT_IDENTITY.contains(&k.as_str()))
+            {
+                labels.insert(format!("k8s:{k}"), v.clone());
+            }
+        }
+        for (k, v) in namespace_labels(ns) {
+            labels.insert(format!("k8s:io.cilium.k8s.namespace.labels.{k}"), json!(v));
+        }
+        let account = pod["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
+        labels.insert("k8s:io.cilium.k8s.policy.cluster".into(), json!("default"));
+        labels.insert(
+            "k8s:io.cilium.k8s.policy.serviceaccount".into(),
+            json!(account),
+        );
+        labels.insert("k8s:io.kubernetes.pod.namespace".into(), json!(ns));
+        if !sets.contains(&labels) {
+            sets.push(labels.clone());
+        }
+        pod_sets.push(labels);
+    }
+    let mut out: Vec<Value> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, labels)| {
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumIdentity",
+                "metadata": {"name": (10_000 + i).to_string()},
+                "security-labels": labels})
+        })
+        .collect();
+    // Each pod's CiliumEndpoint names the identity it carries.
+    for (pod, labels) in pods
+        .iter()
+        .filter(|p| p["spec"]["hostNetwork"] != true)
+        .zip(&pod_sets)
+    {
+        let Some(i) = sets.iter().position(|s| s == labels) else {
+            continue;
+        };
+        out.push(json!({"apiVersion": "cilium.io/v2", "kind": "CiliumEndpoint",
+            "metadata": {"name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"]},
+            "status": {"id": 100 + i, "identity": {"id": 10_000 + i},
+                "networking": {"addressing": [{"ipv4": pod["status"]["podIP"]}],
+                    "node": pod["status"]["hostIP"]}}}));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -337,6 +337,13 @@ impl Engine {
         changes
     }
 
+    /// Gives pods with `labels` the identity number a cluster already gave them (its
+    /// CiliumIdentity), so membrane shows and keys its maps by the cluster's own numbers. Call
+    /// before the pods are added; false when the number or the labels are taken.
+    pub fn assign_identity(&mut self, labels: LabelSet, id: IdentityId) -> bool {
+        self.write().repo.identities_mut().assign(labels, id)
+    }
+
     /// Sets a namespace's labels (part of its pods' identities).
     pub fn upsert_namespace(&mut self, name: &str, labels: Vec<(String, String)>) -> ChangeSet {
         let s = self.write();
