@@ -9,7 +9,7 @@ pub enum ClusterError {
     Kubeconfig(String),
     #[error("cannot reach the cluster at {server}: {reason}")]
     Unreachable { server: String, reason: String },
-    #[error("the cluster at {server} did not answer within {}s (listing {resource}); raise --timeout or check the connection", timeout.as_secs())]
+    #[error("the cluster at {server} did not answer within {}s (listing {resource}); raise --request-timeout or check the connection", timeout.as_secs())]
     Timeout {
         server: String,
         resource: String,
