@@ -845,44 +845,45 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         // One YAML parse per file: the tree is decoded either as a scenario or as resources
         // (a syntax error is reported by `parse_resources`).
         let mut parsed = membrane_policy::yaml::parse_documents(&f.text, Embedding::default());
-        if let Ok(docs) = &mut parsed {
-            if docs.len() == 1 && is_scenario(&docs[0]) {
-                let root = docs.remove(0);
-                match crate::scenario::decode_scenario_owned(root, &f.text) {
-                    Ok(sc) => {
-                        // The policies are parsed here rather than by `parse_resources` so
-                        // that their documents can be kept; an error is reported as it does.
-                        let emb = sc.policies_embedding;
-                        let (res, diags, policy_docs) =
-                            match membrane_policy::yaml::parse_documents(&sc.policies, emb) {
-                                Ok(pd) => {
-                                    let (res, diags) = decode_documents(&pd);
-                                    (res, diags, pd)
-                                }
-                                Err(_) => {
-                                    let (res, diags) = parse_resources(&sc.policies, emb);
-                                    (res, diags, Vec::new())
-                                }
-                            };
-                        index.documents.push(policy_docs);
-                        index.resources.extend(res.into_iter().map(|r| (file, r)));
-                        b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
-                        for flow in &sc.flows {
-                            b.expectations.push(Expectation {
-                                test: sc.name.clone(),
-                                flow: flow.clone(),
-                                file,
-                            });
-                        }
-                        scenario_base = Some(sc);
+        if let Ok(docs) = &mut parsed
+            && docs.len() == 1
+            && is_scenario(&docs[0])
+        {
+            let root = docs.remove(0);
+            match crate::scenario::decode_scenario_owned(root, &f.text) {
+                Ok(sc) => {
+                    // The policies are parsed here rather than by `parse_resources` so
+                    // that their documents can be kept; an error is reported as it does.
+                    let emb = sc.policies_embedding;
+                    let (res, diags, policy_docs) =
+                        match membrane_policy::yaml::parse_documents(&sc.policies, emb) {
+                            Ok(pd) => {
+                                let (res, diags) = decode_documents(&pd);
+                                (res, diags, pd)
+                            }
+                            Err(_) => {
+                                let (res, diags) = parse_resources(&sc.policies, emb);
+                                (res, diags, Vec::new())
+                            }
+                        };
+                    index.documents.push(policy_docs);
+                    index.resources.extend(res.into_iter().map(|r| (file, r)));
+                    b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
+                    for flow in &sc.flows {
+                        b.expectations.push(Expectation {
+                            test: sc.name.clone(),
+                            flow: flow.clone(),
+                            file,
+                        });
                     }
-                    Err(diags) => {
-                        index.documents.push(Vec::new());
-                        b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
-                    }
+                    scenario_base = Some(sc);
                 }
-                continue;
+                Err(diags) => {
+                    index.documents.push(Vec::new());
+                    b.diagnostics.extend(diags.into_iter().map(|d| (file, d)));
+                }
             }
+            continue;
         }
         let (res, diags, docs) = match parsed {
             Ok(docs) => {
@@ -904,22 +905,21 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
                     node,
                 } => b.object(file, api_version, kind, node),
                 other => {
-                    if let Resource::Cilium(p) = other {
-                        if p.kind == membrane_policy::api::PolicyKind::CiliumNetworkPolicy
-                            && p.meta.namespace.is_none()
-                        {
-                            b.namespaces.entry("default".into()).or_default();
-                        }
+                    if let Resource::Cilium(p) = other
+                        && p.kind == membrane_policy::api::PolicyKind::CiliumNetworkPolicy
+                        && p.meta.namespace.is_none()
+                    {
+                        b.namespaces.entry("default".into()).or_default();
                     }
-                    if let Resource::Kube(p) = other {
-                        if let Some(ns) = &p.meta.namespace {
-                            b.namespaces.entry(ns.value.clone()).or_default();
-                        }
+                    if let Resource::Kube(p) = other
+                        && let Some(ns) = &p.meta.namespace
+                    {
+                        b.namespaces.entry(ns.value.clone()).or_default();
                     }
-                    if let Resource::Cilium(p) = other {
-                        if let Some(ns) = &p.meta.namespace {
-                            b.namespaces.entry(ns.value.clone()).or_default();
-                        }
+                    if let Resource::Cilium(p) = other
+                        && let Some(ns) = &p.meta.namespace
+                    {
+                        b.namespaces.entry(ns.value.clone()).or_default();
                     }
                 }
             }

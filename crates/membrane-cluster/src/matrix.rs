@@ -372,13 +372,13 @@ fn ports_in_play(world: &World, parties: &[MatrixParty]) -> Vec<MatrixPort> {
     let mut named: HashMap<&str, BTreeSet<(Protocol, u16)>> = HashMap::new();
     for ep in &world.scenario.endpoints {
         for p in &ep.ports {
-            if let Some(proto) = protocol_of(&p.protocol) {
-                if !p.name.is_empty() {
-                    named
-                        .entry(p.name.as_str())
-                        .or_default()
-                        .insert((proto, p.port));
-                }
+            if let Some(proto) = protocol_of(&p.protocol)
+                && !p.name.is_empty()
+            {
+                named
+                    .entry(p.name.as_str())
+                    .or_default()
+                    .insert((proto, p.port));
             }
         }
     }

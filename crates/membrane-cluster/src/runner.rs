@@ -259,11 +259,12 @@ fn run_flow(world: &World, index: usize, flow: &FlowSpec) -> FlowResult {
             r.gateway = gateway.map(Box::new);
             r.decision = decision.map(Box::new);
             r.passed = verdict == flow.expect;
-            if r.passed && verdict == Verdict::Deny {
-                if let Some(problem) = check_drop(flow, r.decision.as_deref()) {
-                    r.passed = false;
-                    r.problem = Some(problem);
-                }
+            if r.passed
+                && verdict == Verdict::Deny
+                && let Some(problem) = check_drop(flow, r.decision.as_deref())
+            {
+                r.passed = false;
+                r.problem = Some(problem);
             }
             if r.passed && !flow.inject_headers.is_empty() {
                 let injected: Vec<(String, String)> = r
@@ -299,13 +300,13 @@ fn check_drop(flow: &FlowSpec, decision: Option<&FlowDecision>) -> Option<String
         return None;
     };
     let side = decision.blocking_side()?;
-    if let Some(want) = flow.drop {
-        if want != side.direction {
-            return Some(format!(
-                "dropped at {} but expected at {}",
-                side.direction, want
-            ));
-        }
+    if let Some(want) = flow.drop
+        && want != side.direction
+    {
+        return Some(format!(
+            "dropped at {} but expected at {}",
+            side.direction, want
+        ));
     }
     match flow.reason.as_deref() {
         None | Some("any") => None,

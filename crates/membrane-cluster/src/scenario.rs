@@ -247,15 +247,13 @@ pub fn decode_scenario(root: &Node, text: &str) -> Result<Scenario, Vec<Diagnost
 /// it is decoded, so the tree and the decoded cluster do not both stay whole in memory.
 pub fn decode_scenario_owned(mut root: Node, text: &str) -> Result<Scenario, Vec<Diagnostic>> {
     let mut taken = None;
-    if let Value::Map(entries) = &mut root.value {
-        if let Some((_, v)) = entries
+    if let Value::Map(entries) = &mut root.value
+        && let Some((_, v)) = entries
             .iter_mut()
             .find(|(k, _)| k.scalar_text() == Some("endpoints"))
-        {
-            if let Value::Seq(items) = &mut v.value {
-                taken = Some(std::mem::take(items));
-            }
-        }
+        && let Value::Seq(items) = &mut v.value
+    {
+        taken = Some(std::mem::take(items));
     }
     let mut d = Decoder::default();
     let scenario = decode(&mut d, &root, text, taken);
@@ -299,13 +297,13 @@ fn decode(
         })
         .collect();
     let mut cluster_name = "default".to_string();
-    if let Some(n) = f.get("cluster") {
-        if let Some(mut c) = d.fields(n, "cluster") {
-            if let Some(s) = c.get("name").and_then(|n| d.string(n, "cluster.name")) {
-                cluster_name = s.value;
-            }
-            c.finish(d, "cluster", &["name"]);
+    if let Some(n) = f.get("cluster")
+        && let Some(mut c) = d.fields(n, "cluster")
+    {
+        if let Some(s) = c.get("name").and_then(|n| d.string(n, "cluster.name")) {
+            cluster_name = s.value;
         }
+        c.finish(d, "cluster", &["name"]);
     }
     let namespaces = f
         .get("namespaces")
@@ -388,11 +386,11 @@ fn decode(
     }
     let mut policies = String::new();
     let mut policies_embedding = Embedding::default();
-    if let Some(n) = f.get("policies") {
-        if let Some(s) = d.string(n, "policies") {
-            policies = s.value;
-            policies_embedding = block_embedding(text, n.span);
-        }
+    if let Some(n) = f.get("policies")
+        && let Some(s) = d.string(n, "policies")
+    {
+        policies = s.value;
+        policies_embedding = block_embedding(text, n.span);
     }
     let mut agent = Vec::new();
     if let Some(n) = f.get("agent") {
@@ -618,44 +616,44 @@ pub fn decode_flow(d: &mut Decoder, n: &Node) -> Option<FlowSpec> {
         .and_then(|n| d.string(n, "protocol"))
         .map(|s| s.value);
     let mut icmp = None;
-    if let Some(n) = f.get("icmp") {
-        if let Some(mut i) = d.fields(n, "icmp") {
-            let v6 = i
-                .get("family")
-                .and_then(|n| d.string(n, "family"))
-                .is_some_and(|s| s.value == "IPv6");
-            let t = i
-                .get("type")
-                .and_then(|n| d.int(n, "type"))
-                .map_or(8, |t| t.value.clamp(0, 255) as u8);
-            i.finish(d, "icmp", &["family", "type"]);
-            icmp = Some((v6, t));
-        }
+    if let Some(n) = f.get("icmp")
+        && let Some(mut i) = d.fields(n, "icmp")
+    {
+        let v6 = i
+            .get("family")
+            .and_then(|n| d.string(n, "family"))
+            .is_some_and(|s| s.value == "IPv6");
+        let t = i
+            .get("type")
+            .and_then(|n| d.int(n, "type"))
+            .map_or(8, |t| t.value.clamp(0, 255) as u8);
+        i.finish(d, "icmp", &["family", "type"]);
+        icmp = Some((v6, t));
     }
     let http = f.get("http").and_then(|n| decode_http(d, n));
     let mut tls = None;
-    if let Some(n) = f.get("tls") {
-        if let Some(mut t) = d.fields(n, "tls") {
-            let sni = t
-                .get("sni")
-                .and_then(|n| d.string(n, "sni"))
-                .map(|s| s.value)
-                .unwrap_or_default();
-            let path = t
-                .get("path")
-                .and_then(|n| d.string(n, "path"))
-                .map(|s| s.value);
-            let intercept = t
-                .get("intercept")
-                .and_then(|n| d.bool(n, "intercept"))
-                .unwrap_or(false);
-            t.finish(d, "tls", &["sni", "path", "intercept"]);
-            tls = Some(TlsSpec {
-                sni,
-                path,
-                intercept,
-            });
-        }
+    if let Some(n) = f.get("tls")
+        && let Some(mut t) = d.fields(n, "tls")
+    {
+        let sni = t
+            .get("sni")
+            .and_then(|n| d.string(n, "sni"))
+            .map(|s| s.value)
+            .unwrap_or_default();
+        let path = t
+            .get("path")
+            .and_then(|n| d.string(n, "path"))
+            .map(|s| s.value);
+        let intercept = t
+            .get("intercept")
+            .and_then(|n| d.bool(n, "intercept"))
+            .unwrap_or(false);
+        t.finish(d, "tls", &["sni", "path", "intercept"]);
+        tls = Some(TlsSpec {
+            sni,
+            path,
+            intercept,
+        });
     }
     let dns = f
         .get("dns")

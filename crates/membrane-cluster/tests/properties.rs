@@ -561,14 +561,14 @@ fn neutered(deny: &Policy) -> Policy {
     let mut p = deny.clone();
     for r in &mut p.rules {
         for section in [Section::IngressDeny, Section::EgressDeny] {
-            if let Some(entries) = &mut r.sections[section.index()] {
-                if !entries.is_empty() {
-                    *entries = vec![Entry {
-                        peer: Peer::Wildcard,
-                        ports: None,
-                        icmps: None,
-                    }];
-                }
+            if let Some(entries) = &mut r.sections[section.index()]
+                && !entries.is_empty()
+            {
+                *entries = vec![Entry {
+                    peer: Peer::Wildcard,
+                    ports: None,
+                    icmps: None,
+                }];
             }
         }
     }
@@ -1164,16 +1164,15 @@ fn incremental_engine_matches_cold_build() {
             }
             let cold_state = cold.state();
             for id in cold_state.identities().iter().filter(|i| i.addr.is_some()) {
-                if let Some(a) = id.addr {
-                    if id.fqdn_names.is_empty()
-                        && matches!(
-                            cold_state.address_party(a),
-                            membrane_policy::engine::Party::World { .. }
-                        )
-                    {
-                        let c = e.add_world_address(a);
-                        follow(&mut e, c);
-                    }
+                if let Some(a) = id.addr
+                    && id.fqdn_names.is_empty()
+                    && matches!(
+                        cold_state.address_party(a),
+                        membrane_policy::engine::Party::World { .. }
+                    )
+                {
+                    let c = e.add_world_address(a);
+                    follow(&mut e, c);
                 }
             }
             if !valid.is_empty() {

@@ -969,10 +969,10 @@ pub fn with_proxies(mut rs: Ruleset) -> Ruleset {
                 for r in &mut c.rules {
                     if r == "accept" {
                         *r = "return".into();
-                    } else if let Some(head) = r.strip_suffix(" accept") {
-                        if !head.starts_with("ct state") {
-                            *r = format!("{head} return");
-                        }
+                    } else if let Some(head) = r.strip_suffix(" accept")
+                        && !head.starts_with("ct state")
+                    {
+                        *r = format!("{head} return");
                     }
                 }
             }

@@ -147,10 +147,10 @@ pub fn list_labs(root: &Path) -> BTreeSet<String> {
     if let Ok(list) = run(Command::new("ip").args(["netns", "list"]), None) {
         for l in list.lines() {
             let n = l.split_whitespace().next().unwrap_or("");
-            if let Some(rest) = n.strip_prefix("mb.") {
-                if let Some((lab, _)) = rest.rsplit_once('.') {
-                    out.insert(lab.to_string());
-                }
+            if let Some(rest) = n.strip_prefix("mb.")
+                && let Some((lab, _)) = rest.rsplit_once('.')
+            {
+                out.insert(lab.to_string());
             }
         }
     }

@@ -256,10 +256,10 @@ impl Table {
 
     fn check_verdict(&self, v: &str) -> Result<(), String> {
         let target = v.strip_prefix("jump ").or_else(|| v.strip_prefix("goto "));
-        if let Some(c) = target {
-            if !self.chains.contains_key(c) {
-                return Err(format!("`{v}`: no such chain"));
-            }
+        if let Some(c) = target
+            && !self.chains.contains_key(c)
+        {
+            return Err(format!("`{v}`: no such chain"));
         }
         Ok(())
     }
@@ -298,10 +298,10 @@ impl Table {
 
     fn add_rule(&mut self, chain: &str, rule: &str) -> Result<(), String> {
         for word in rule.split_whitespace() {
-            if let Some(m) = word.strip_prefix('@') {
-                if !self.maps.contains_key(m) {
-                    return Err(format!("rule `{rule}`: no map {m}"));
-                }
+            if let Some(m) = word.strip_prefix('@')
+                && !self.maps.contains_key(m)
+            {
+                return Err(format!("rule `{rule}`: no map {m}"));
             }
         }
         for v in ["jump ", "goto "] {
@@ -614,10 +614,10 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
         }
         _ => {}
     }
-    if let Some(v) = r.strip_prefix("jump ").or_else(|| r.strip_prefix("goto ")) {
-        if !v.contains(' ') {
-            return Ok(Rule::Verdict(r.into()));
-        }
+    if let Some(v) = r.strip_prefix("jump ").or_else(|| r.strip_prefix("goto "))
+        && !v.contains(' ')
+    {
+        return Ok(Rule::Verdict(r.into()));
     }
     if let Some(rest) = r.strip_prefix("counter log prefix \"") {
         let (prefix, tail) = rest.split_once('"').ok_or("unterminated prefix")?;
@@ -631,10 +631,10 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
             then: then.to_string(),
         });
     }
-    if let Some(rest) = r.strip_prefix("counter return comment \"") {
-        if rest.ends_with('"') {
-            return Ok(Rule::Verdict("return".into()));
-        }
+    if let Some(rest) = r.strip_prefix("counter return comment \"")
+        && rest.ends_with('"')
+    {
+        return Ok(Rule::Verdict("return".into()));
     }
     if let Some((expr, map)) = r.split_once(" vmap @") {
         let (guard_ports, expr) = match expr.strip_prefix("meta l4proto { tcp, udp, sctp } ") {

@@ -236,10 +236,10 @@ fn plan_flow(
 ) -> Result<(), String> {
     let e = evaluate_flow(world, f)?;
     p.engine = Some(e.verdict);
-    if let Some(why) = l7_dependence(f, &e) {
-        if !proxies {
-            return Err(why);
-        }
+    if let Some(why) = l7_dependence(f, &e)
+        && !proxies
+    {
+        return Err(why);
     }
     let from = world.party(&f.from).ok_or("unknown source")?;
     let (from_ns, src) = place(topo, from, &f.from)?;
@@ -274,10 +274,10 @@ fn plan_flow(
     {
         p.steps
             .push(lookup(to_name, Some(dst), DnsPurpose::Lookup)?);
-        if let (Some(l), Some(server)) = (&e.lookup, dns) {
-            if l.verdict != Verdict::DnsOk {
-                p.engine_drop = blocking(topo, l, from, server);
-            }
+        if let (Some(l), Some(server)) = (&e.lookup, dns)
+            && l.verdict != Verdict::DnsOk
+        {
+            p.engine_drop = blocking(topo, l, from, server);
         }
     }
     let (proto, icmp_type) = proto_of(f)?;
@@ -372,10 +372,11 @@ fn plan_flow(
             port,
         });
     }
-    if p.engine_drop.is_none() && !p.gateway {
-        if let Some(d) = &e.decision {
-            p.engine_drop = blocking(topo, d, from, to);
-        }
+    if p.engine_drop.is_none()
+        && !p.gateway
+        && let Some(d) = &e.decision
+    {
+        p.engine_drop = blocking(topo, d, from, to);
     }
     Ok(())
 }
@@ -894,12 +895,11 @@ fn probe_flow(
                             return o;
                         }
                     }
-                    if let Some(a) = expect_addr {
-                        if !reply.addrs.contains(a) {
-                            o.problem =
-                                Some(format!("DNS {name} answered {:?}, not {a}", reply.addrs));
-                            return o;
-                        }
+                    if let Some(a) = expect_addr
+                        && !reply.addrs.contains(a)
+                    {
+                        o.problem = Some(format!("DNS {name} answered {:?}, not {a}", reply.addrs));
+                        return o;
                     }
                     if *purpose == DnsPurpose::Lookup {
                         // With proxies, the DNS proxy's helper writes the learned FQDN
@@ -973,27 +973,27 @@ fn probe_flow(
     if lab != p.expect {
         problems.push(format!("expected {}, the lab did {lab}", p.expect));
     }
-    if let Some(engine) = p.engine {
-        if engine != lab {
-            problems.push(format!("the engine says {engine}, the lab did {lab}"));
-        }
+    if let Some(engine) = p.engine
+        && engine != lab
+    {
+        problems.push(format!("the engine says {engine}, the lab did {lab}"));
     }
     if let Some(ev) = &o.drop {
-        if let Some((d, reason, key)) = &p.engine_drop {
-            if *d != ev.direction || *reason != ev.reason || *key != ev.endpoint {
-                problems.push(format!(
-                    "the lab dropped at {} {} ({}), the engine at {d} {key} ({reason})",
-                    ev.direction, ev.endpoint, ev.reason
-                ));
-            }
+        if let Some((d, reason, key)) = &p.engine_drop
+            && (*d != ev.direction || *reason != ev.reason || *key != ev.endpoint)
+        {
+            problems.push(format!(
+                "the lab dropped at {} {} ({}), the engine at {d} {key} ({reason})",
+                ev.direction, ev.endpoint, ev.reason
+            ));
         }
-        if let Some(d) = p.declared_drop {
-            if d != ev.direction {
-                problems.push(format!(
-                    "the flow says the drop is at {d}, the lab dropped at {}",
-                    ev.direction
-                ));
-            }
+        if let Some(d) = p.declared_drop
+            && d != ev.direction
+        {
+            problems.push(format!(
+                "the flow says the drop is at {d}, the lab dropped at {}",
+                ev.direction
+            ));
         }
     }
     o.passed = problems.is_empty();

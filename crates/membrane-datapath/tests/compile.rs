@@ -162,10 +162,10 @@ fn datapath(
     if let Some(n) = sn {
         passes.push((n, matches!(s, NsRef::Node(_))));
     }
-    if let Some(n) = dn {
-        if sn != Some(n) {
-            passes.push((n, false));
-        }
+    if let Some(n) = dn
+        && sn != Some(n)
+    {
+        passes.push((n, false));
     }
     let mut proxies = Vec::new();
     for (n, local_out) in passes {

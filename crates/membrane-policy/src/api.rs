@@ -475,27 +475,27 @@ pub fn decode_rule(d: &mut Decoder, node: &Node) -> Option<Rule> {
         .and_then(|n| d.list(n, "labels", decode_rule_label))
         .unwrap_or_default();
     let (mut edd_in, mut edd_eg) = (None, None);
-    if let Some(n) = f.get("enableDefaultDeny") {
-        if let Some(mut e) = d.fields(n, "enableDefaultDeny") {
-            edd_in = e
-                .get("ingress")
-                .and_then(|n| d.bool(n, "enableDefaultDeny.ingress"));
-            edd_eg = e
-                .get("egress")
-                .and_then(|n| d.bool(n, "enableDefaultDeny.egress"));
-            e.finish(d, "enableDefaultDeny", &["ingress", "egress"]);
-        }
+    if let Some(n) = f.get("enableDefaultDeny")
+        && let Some(mut e) = d.fields(n, "enableDefaultDeny")
+    {
+        edd_in = e
+            .get("ingress")
+            .and_then(|n| d.bool(n, "enableDefaultDeny.ingress"));
+        edd_eg = e
+            .get("egress")
+            .and_then(|n| d.bool(n, "enableDefaultDeny.egress"));
+        e.finish(d, "enableDefaultDeny", &["ingress", "egress"]);
     }
     let description = f
         .get("description")
         .and_then(|n| d.string(n, "description"))
         .map(|s| s.value);
     let mut log = None;
-    if let Some(n) = f.get("log") {
-        if let Some(mut l) = d.fields(n, "log") {
-            log = l.get("value").and_then(|n| d.string(n, "log.value"));
-            l.finish(d, "log", &["value"]);
-        }
+    if let Some(n) = f.get("log")
+        && let Some(mut l) = d.fields(n, "log")
+    {
+        log = l.get("value").and_then(|n| d.string(n, "log.value"));
+        l.finish(d, "log", &["value"]);
     }
     let span = f.span;
     f.finish(d, "a policy rule", RULE_FIELDS);
@@ -645,26 +645,25 @@ fn decode_peer_rule(d: &mut Decoder, node: &Node, section: RuleSection) -> Optio
         .get("icmps")
         .and_then(|n| d.list(n, "icmps", decode_icmp_rule));
     let mut authentication = None;
-    if !deny {
-        if let Some(n) = f.get("authentication") {
-            if let Some(mut a) = d.fields(n, "authentication") {
-                authentication = a
-                    .get("mode")
-                    .and_then(|n| d.string(n, "authentication.mode"));
-                a.finish(d, "authentication", &["mode"]);
-                if let Some(m) = &authentication {
-                    if !matches!(
-                        m.value.as_str(),
-                        "disabled" | "required" | "test-always-fail"
-                    ) {
-                        d.error_help(
-                            format!("unsupported authentication mode `{}`", m.value),
-                            m.span,
-                            "use one of disabled, required, test-always-fail",
-                        );
-                    }
-                }
-            }
+    if !deny
+        && let Some(n) = f.get("authentication")
+        && let Some(mut a) = d.fields(n, "authentication")
+    {
+        authentication = a
+            .get("mode")
+            .and_then(|n| d.string(n, "authentication.mode"));
+        a.finish(d, "authentication", &["mode"]);
+        if let Some(m) = &authentication
+            && !matches!(
+                m.value.as_str(),
+                "disabled" | "required" | "test-always-fail"
+            )
+        {
+            d.error_help(
+                format!("unsupported authentication mode `{}`", m.value),
+                m.span,
+                "use one of disabled, required, test-always-fail",
+            );
         }
     }
     let span = f.span;
@@ -882,23 +881,23 @@ fn decode_tls(d: &mut Decoder, node: &Node, what: &str) -> Option<TlsContext> {
 fn decode_listener(d: &mut Decoder, node: &Node) -> Option<Listener> {
     let mut f = d.fields(node, "listener")?;
     let name = f.get("name").and_then(|n| d.string(n, "listener.name"));
-    if let Some(n) = f.get("envoyConfig") {
-        if let Some(mut e) = d.fields(n, "envoyConfig") {
-            let _ = e.get("name").and_then(|n| d.string(n, "envoyConfig.name"));
-            if let Some(k) = e.get("kind").and_then(|n| d.string(n, "envoyConfig.kind")) {
-                if !matches!(
-                    k.value.as_str(),
-                    "CiliumEnvoyConfig" | "CiliumClusterwideEnvoyConfig"
-                ) {
-                    d.error_help(
-                        format!("unsupported envoyConfig kind `{}`", k.value),
-                        k.span,
-                        "use CiliumEnvoyConfig or CiliumClusterwideEnvoyConfig",
-                    );
-                }
-            }
-            e.finish(d, "envoyConfig", &["kind", "name"]);
+    if let Some(n) = f.get("envoyConfig")
+        && let Some(mut e) = d.fields(n, "envoyConfig")
+    {
+        let _ = e.get("name").and_then(|n| d.string(n, "envoyConfig.name"));
+        if let Some(k) = e.get("kind").and_then(|n| d.string(n, "envoyConfig.kind"))
+            && !matches!(
+                k.value.as_str(),
+                "CiliumEnvoyConfig" | "CiliumClusterwideEnvoyConfig"
+            )
+        {
+            d.error_help(
+                format!("unsupported envoyConfig kind `{}`", k.value),
+                k.span,
+                "use CiliumEnvoyConfig or CiliumClusterwideEnvoyConfig",
+            );
         }
+        e.finish(d, "envoyConfig", &["kind", "name"]);
     }
     let _ = f
         .get("priority")
@@ -1128,24 +1127,24 @@ fn decode_knp_peer(d: &mut Decoder, node: &Node) -> Option<KnpPeer> {
         .get("namespaceSelector")
         .and_then(|n| decode_selector(d, n, "namespaceSelector"));
     let mut ip_block = None;
-    if let Some(n) = f.get("ipBlock") {
-        if let Some(mut b) = d.fields(n, "ipBlock") {
-            let cidr = b.get("cidr").and_then(|n| d.string(n, "ipBlock.cidr"));
-            let except = b
-                .get("except")
-                .and_then(|n| d.string_list(n, "ipBlock.except"))
-                .unwrap_or_default();
-            b.finish(d, "ipBlock", &["cidr", "except"]);
-            match cidr {
-                Some(cidr) => {
-                    ip_block = Some(IpBlock {
-                        cidr,
-                        except,
-                        span: n.span,
-                    })
-                }
-                None => d.error("ipBlock needs a `cidr`", n.span),
+    if let Some(n) = f.get("ipBlock")
+        && let Some(mut b) = d.fields(n, "ipBlock")
+    {
+        let cidr = b.get("cidr").and_then(|n| d.string(n, "ipBlock.cidr"));
+        let except = b
+            .get("except")
+            .and_then(|n| d.string_list(n, "ipBlock.except"))
+            .unwrap_or_default();
+        b.finish(d, "ipBlock", &["cidr", "except"]);
+        match cidr {
+            Some(cidr) => {
+                ip_block = Some(IpBlock {
+                    cidr,
+                    except,
+                    span: n.span,
+                })
             }
+            None => d.error("ipBlock needs a `cidr`", n.span),
         }
     }
     let span = f.span;
@@ -1190,14 +1189,14 @@ fn decode_cidr_group(d: &mut Decoder, mut top: Fields<'_>, span: Span) -> CidrGr
         .map(|n| decode_meta(d, n))
         .unwrap_or_default();
     let mut external_cidrs = Vec::new();
-    if let Some(spec) = top.get("spec") {
-        if let Some(mut s) = d.fields(spec, "CiliumCIDRGroup spec") {
-            external_cidrs = s
-                .get("externalCIDRs")
-                .and_then(|n| d.string_list(n, "externalCIDRs"))
-                .unwrap_or_default();
-            s.finish(d, "CiliumCIDRGroup spec", &["externalCIDRs"]);
-        }
+    if let Some(spec) = top.get("spec")
+        && let Some(mut s) = d.fields(spec, "CiliumCIDRGroup spec")
+    {
+        external_cidrs = s
+            .get("externalCIDRs")
+            .and_then(|n| d.string_list(n, "externalCIDRs"))
+            .unwrap_or_default();
+        s.finish(d, "CiliumCIDRGroup spec", &["externalCIDRs"]);
     }
     top.ignore(&["status"]);
     top.finish(
@@ -1305,15 +1304,16 @@ pub fn decode_resources(d: &mut Decoder, node: &Node, out: &mut Vec<Resource>) {
             }
         }
         other => {
-            if let Some(s) = crate::diag::did_you_mean(other, POLICY_KINDS) {
-                if s != other && other.contains("Policy") {
-                    d.error_help(
-                        format!("unknown kind `{other}`"),
-                        node.get("kind").map(|n| n.span).unwrap_or(span),
-                        format!("did you mean `{s}`?"),
-                    );
-                    return;
-                }
+            if let Some(s) = crate::diag::did_you_mean(other, POLICY_KINDS)
+                && s != other
+                && other.contains("Policy")
+            {
+                d.error_help(
+                    format!("unknown kind `{other}`"),
+                    node.get("kind").map(|n| n.span).unwrap_or(span),
+                    format!("did you mean `{s}`?"),
+                );
+                return;
             }
             out.push(Resource::Other {
                 api_version,

@@ -121,10 +121,9 @@ impl Decoder {
             text,
             kind: ScalarKind::Plain,
         } = &node.value
+            && let Ok(n) = text.parse::<i64>()
         {
-            if let Ok(n) = text.parse::<i64>() {
-                return Some(Spanned::new(n, node.span));
-            }
+            return Some(Spanned::new(n, node.span));
         }
         let shown = node
             .scalar_text()
@@ -145,10 +144,9 @@ impl Decoder {
             text,
             kind: ScalarKind::Plain,
         } = &node.value
+            && let Some(b) = crate::yaml::parse_bool(text)
         {
-            if let Some(b) = crate::yaml::parse_bool(text) {
-                return Some(b);
-            }
+            return Some(b);
         }
         let shown = node
             .scalar_text()

@@ -115,18 +115,18 @@ pub struct SelectorKey {
 impl SelectorKey {
     /// `k8s:app` → source k8s; `app` and `any:app` → any source.
     pub fn parse(text: &str) -> Self {
-        if let Some((source, key)) = text.split_once(':') {
-            if KNOWN_SOURCES.contains(&source) {
-                let source = if source == SOURCE_ANY {
-                    None
-                } else {
-                    Some(source.to_string())
-                };
-                return SelectorKey {
-                    source,
-                    key: key.to_string(),
-                };
-            }
+        if let Some((source, key)) = text.split_once(':')
+            && KNOWN_SOURCES.contains(&source)
+        {
+            let source = if source == SOURCE_ANY {
+                None
+            } else {
+                Some(source.to_string())
+            };
+            return SelectorKey {
+                source,
+                key: key.to_string(),
+            };
         }
         SelectorKey {
             source: None,

@@ -295,13 +295,13 @@ fn translate_rule(
             }
         }
     }
-    if let Some(log) = &raw.log {
-        if log.value.chars().count() > 32 || log.value.chars().any(|c| c.is_control()) {
-            errs.reject(
-                "log value must be at most 32 printable characters",
-                log.span,
-            );
-        }
+    if let Some(log) = &raw.log
+        && (log.value.chars().count() > 32 || log.value.chars().any(|c| c.is_control()))
+    {
+        errs.reject(
+            "log value must be at most 32 printable characters",
+            log.span,
+        );
     }
     let non_default = cx.options.non_default_deny_policies;
     Some(Rule {
@@ -897,11 +897,11 @@ fn translate_cidr_rule(
                 "add the CiliumCIDRGroup manifest next to the policy",
             ),
         }
-    } else if let Some(sel) = &rule.group_selector {
-        if let Some(s) = convert_selector(sel, errs) {
-            for group in pc.cx.cidr_groups.iter().filter(|g| s.matches(&g.labels)) {
-                nets.extend(group.cidrs.iter().copied());
-            }
+    } else if let Some(sel) = &rule.group_selector
+        && let Some(s) = convert_selector(sel, errs)
+    {
+        for group in pc.cx.cidr_groups.iter().filter(|g| s.matches(&g.labels)) {
+            nets.extend(group.cidrs.iter().copied());
         }
     }
     let except: Vec<IpNet> = except.into_iter().map(|(n, _)| n).collect();

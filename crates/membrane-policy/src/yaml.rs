@@ -279,10 +279,10 @@ pub fn parse_documents_reference(text: &str, embedding: Embedding) -> Result<Vec
                 None
             }
             Event::DocumentEnd => {
-                if let Some(doc) = root.take() {
-                    if !doc.is_null() {
-                        docs.push(doc);
-                    }
+                if let Some(doc) = root.take()
+                    && !doc.is_null()
+                {
+                    docs.push(doc);
                 }
                 None
             }
@@ -428,10 +428,10 @@ pub fn parse_documents_reference(text: &str, embedding: Embedding) -> Result<Vec
             },
         }
     }
-    if let Some(doc) = root.take() {
-        if !doc.is_null() {
-            docs.push(doc);
-        }
+    if let Some(doc) = root.take()
+        && !doc.is_null()
+    {
+        docs.push(doc);
     }
     Ok(docs)
 }

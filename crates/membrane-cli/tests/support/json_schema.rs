@@ -198,10 +198,10 @@ impl Schema {
                 errs.push(format!("{at}: {n} > maximum {max}"));
             }
         }
-        if let (Some(s), Some(min)) = (v.as_str(), obj.get("minLength").and_then(Value::as_u64)) {
-            if (s.chars().count() as u64) < min {
-                errs.push(format!("{at}: shorter than {min}"));
-            }
+        if let (Some(s), Some(min)) = (v.as_str(), obj.get("minLength").and_then(Value::as_u64))
+            && (s.chars().count() as u64) < min
+        {
+            errs.push(format!("{at}: shorter than {min}"));
         }
         if let Some(any) = obj.get("anyOf").and_then(Value::as_array) {
             let mut all = Vec::new();

@@ -35,10 +35,10 @@ pub(super) fn deny_intent(rule: &api::Rule) -> Vec<Direction> {
         (RuleSection::Ingress, Direction::Ingress),
         (RuleSection::Egress, Direction::Egress),
     ] {
-        if let Some(list) = rule.section(section) {
-            if list.is_empty() || list.iter().all(allows_nothing) {
-                out.push(d);
-            }
+        if let Some(list) = rule.section(section)
+            && (list.is_empty() || list.iter().all(allows_nothing))
+        {
+            out.push(d);
         }
     }
     out

@@ -44,17 +44,17 @@ fn path_problem(
             format!("write `/{p}`"),
         ));
     }
-    if let Some(base) = p.strip_suffix("/*") {
-        if !base.ends_with('.') {
-            return Some((
-                format!(
-                    "path `{path}` is a regex, not a glob: `/*` means \"zero or more slashes\", so it matches `{base}` and `{base}/` but not `{base}/x`"
-                ),
-                format!(
-                    "write `{base}/.*` for everything under `{base}/`, or `{base}(/.*)?` to include `{base}` itself"
-                ),
-            ));
-        }
+    if let Some(base) = p.strip_suffix("/*")
+        && !base.ends_with('.')
+    {
+        return Some((
+            format!(
+                "path `{path}` is a regex, not a glob: `/*` means \"zero or more slashes\", so it matches `{base}` and `{base}/` but not `{base}/x`"
+            ),
+            format!(
+                "write `{base}/.*` for everything under `{base}/`, or `{base}(/.*)?` to include `{base}` itself"
+            ),
+        ));
     }
     let bytes: Vec<char> = p.chars().collect();
     for (i, c) in bytes.iter().enumerate() {
@@ -164,21 +164,21 @@ pub(super) fn http_regexes(cx: &Cx<'_>, p: &PolicyView<'_>, out: &mut Out) {
         .map(|r| r.path.as_str())
         .collect();
     for h in rules {
-        if let Some(path) = &h.path {
-            if let Some((message, help)) = path_problem(&path.value, &siblings, &prefixes) {
-                out.push(HTTP_ANCHORED, p.file, Some(path.span), message, Some(help));
-            }
+        if let Some(path) = &h.path
+            && let Some((message, help)) = path_problem(&path.value, &siblings, &prefixes)
+        {
+            out.push(HTTP_ANCHORED, p.file, Some(path.span), message, Some(help));
         }
-        if let Some(method) = &h.method {
-            if let Some((message, help)) = method_problem(&method.value) {
-                out.push(
-                    HTTP_ANCHORED,
-                    p.file,
-                    Some(method.span),
-                    message,
-                    Some(help),
-                );
-            }
+        if let Some(method) = &h.method
+            && let Some((message, help)) = method_problem(&method.value)
+        {
+            out.push(
+                HTTP_ANCHORED,
+                p.file,
+                Some(method.span),
+                message,
+                Some(help),
+            );
         }
     }
 }

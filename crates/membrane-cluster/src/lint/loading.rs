@@ -32,10 +32,10 @@ pub(super) fn engine_diagnostics(cx: &Cx<'_>, out: &mut Out) {
             .clone()
             .or_else(|| rule(id).map(|r| r.help.to_string()));
         out.push(id, *file, d.span, message, help);
-        if id == MANIFEST_WARNING {
-            if let Some(last) = out.findings.last_mut() {
-                last.severity = d.severity;
-            }
+        if id == MANIFEST_WARNING
+            && let Some(last) = out.findings.last_mut()
+        {
+            last.severity = d.severity;
         }
     }
 }

@@ -93,20 +93,19 @@ impl Snapshot {
 
     /// The party behind an address: an endpoint, a node, or the world.
     pub fn address_party(&self, ip: IpAddr) -> Party {
-        if let Some(i) = self.endpoint_by_ip(ip) {
-            if let Some(p) = self.endpoint_party(i) {
-                return p;
-            }
+        if let Some(i) = self.endpoint_by_ip(ip)
+            && let Some(p) = self.endpoint_party(i)
+        {
+            return p;
         }
         if let Some(i) = self
             .nodes
             .iter()
             .enumerate()
             .position(|(i, n)| n.ip == ip && !self.node_gone[i])
+            && let Some(p) = self.node_party(i)
         {
-            if let Some(p) = self.node_party(i) {
-                return p;
-            }
+            return p;
         }
         Party::World {
             addr: ip,
@@ -211,20 +210,20 @@ impl Snapshot {
         learned: bool,
     ) -> FlowDecision {
         let is_dns = matches!(req, L7Request::Dns { .. });
-        if let (Party::Node { node: a, .. }, Party::Node { node: b, .. }) = (from, to) {
-            if a == b {
-                // A node (or a hostNetwork pod on it) to one of its own addresses: the packet
-                // goes over `lo`. Cilium enforces host policies in the programs attached to
-                // cilium_host/cilium_net (host ↔ local pods) and the native devices (host ↔
-                // everything else); loopback traffic passes none of them, so the host
-                // firewall never sees it. Neither side is enforced.
-                let side = |d| SideDecision::unmanaged(d, L7Outcome::HostLoopback);
-                return verdict::combine(
-                    side(Direction::Egress),
-                    Some(side(Direction::Ingress)),
-                    is_dns,
-                );
-            }
+        if let (Party::Node { node: a, .. }, Party::Node { node: b, .. }) = (from, to)
+            && a == b
+        {
+            // A node (or a hostNetwork pod on it) to one of its own addresses: the packet
+            // goes over `lo`. Cilium enforces host policies in the programs attached to
+            // cilium_host/cilium_net (host ↔ local pods) and the native devices (host ↔
+            // everything else); loopback traffic passes none of them, so the host
+            // firewall never sees it. Neither side is enforced.
+            let side = |d| SideDecision::unmanaged(d, L7Outcome::HostLoopback);
+            return verdict::combine(
+                side(Direction::Egress),
+                Some(side(Direction::Ingress)),
+                is_dns,
+            );
         }
         let egress = self.side(from, to, Direction::Egress, protocol, port, req, learned);
         let ingress = self.side(to, from, Direction::Ingress, protocol, port, req, learned);

@@ -754,10 +754,10 @@ impl Snapshot {
                 ports_changed |= self.repo.add_named_port(&p.name, p.protocol, p.port);
             }
         }
-        if !spec.host_network {
-            if let Some(ip) = spec.ip {
-                self.endpoint_by_ip.insert(ip, id);
-            }
+        if !spec.host_network
+            && let Some(ip) = spec.ip
+        {
+            self.endpoint_by_ip.insert(ip, id);
         }
         let subject = if spec.host_network || identity == 0 {
             None
@@ -1237,10 +1237,10 @@ impl Snapshot {
         }
         // Endpoints placed on a node that did not exist yet.
         for e in self.endpoints.iter_mut().flatten() {
-            if e.node.is_none() {
-                if let Some(n) = self.node_by_name.get(&e.spec.node).copied() {
-                    Arc::make_mut(e).node = Some(n);
-                }
+            if e.node.is_none()
+                && let Some(n) = self.node_by_name.get(&e.spec.node).copied()
+            {
+                Arc::make_mut(e).node = Some(n);
             }
         }
         changes

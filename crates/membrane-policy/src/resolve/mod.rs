@@ -1086,18 +1086,18 @@ impl Repository {
             Some(ids) => ids.to_vec(),
         };
         // The local host's address is the subject's node: CIDR selection of `host` depends on it.
-        if self.options.cidr_match_nodes {
-            if let Peers::Selectors(list) = &entry.peers {
-                let host_in_cidr = list.iter().any(|s| match s {
-                    PeerSelector::Cidr { net, except } => subject
-                        .local_node_addrs
-                        .iter()
-                        .any(|a| net.contains(a) && !except.iter().any(|e| e.contains(a))),
-                    _ => false,
-                });
-                if host_in_cidr && !ids.contains(&HOST) {
-                    ids.push(HOST);
-                }
+        if self.options.cidr_match_nodes
+            && let Peers::Selectors(list) = &entry.peers
+        {
+            let host_in_cidr = list.iter().any(|s| match s {
+                PeerSelector::Cidr { net, except } => subject
+                    .local_node_addrs
+                    .iter()
+                    .any(|a| net.contains(a) && !except.iter().any(|e| e.contains(a))),
+                _ => false,
+            });
+            if host_in_cidr && !ids.contains(&HOST) {
+                ids.push(HOST);
             }
         }
         if narrow {

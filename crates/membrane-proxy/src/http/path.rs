@@ -179,22 +179,20 @@ fn canonicalize(input: &[u8]) -> Result<Vec<u8>, InvalidPath> {
     // At the start of each segment (just after a slash), look for `.` and `..` segments.
     let mut segment_start = true;
     while i < input.len() {
-        if segment_start {
-            if let Some(n1) = dot_at(input, i) {
-                let after1 = i + n1;
-                if let Some(next) = segment_end(input, after1) {
-                    // `.` segment: drop it (and its slash).
-                    i = next;
-                    continue;
-                }
-                if let Some(n2) = dot_at(input, after1) {
-                    if let Some(next) = segment_end(input, after1 + n2) {
-                        // `..` segment: back up over the previous segment, never above `/`.
-                        back_up_to_previous_slash(&mut out);
-                        i = next;
-                        continue;
-                    }
-                }
+        if segment_start && let Some(n1) = dot_at(input, i) {
+            let after1 = i + n1;
+            if let Some(next) = segment_end(input, after1) {
+                // `.` segment: drop it (and its slash).
+                i = next;
+                continue;
+            }
+            if let Some(n2) = dot_at(input, after1)
+                && let Some(next) = segment_end(input, after1 + n2)
+            {
+                // `..` segment: back up over the previous segment, never above `/`.
+                back_up_to_previous_slash(&mut out);
+                i = next;
+                continue;
             }
         }
         let b = input[i];
