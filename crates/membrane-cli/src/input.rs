@@ -163,6 +163,11 @@ pub fn read_cluster(options: &ClusterOptions) -> Result<ClusterRead, String> {
     Ok(read)
 }
 
+/// The files given beside a cluster (files, directories, `-`), read once.
+pub fn local_files(paths: &[PathBuf]) -> Result<Vec<SourceFile>, String> {
+    read_files(&collect_files(paths)?, StdinWording::Bare)
+}
+
 /// The cluster's objects as source texts named `cluster:<context>/<file>`.
 pub fn cluster_files(read: &ClusterRead) -> Vec<SourceFile> {
     read.files()

@@ -566,3 +566,101 @@ fn the_clusters_own_identity_numbers_are_used_and_checked() {
         "{message}"
     );
 }
+
+#[test]
+fn check_watch_follows_the_cluster_and_reports_again_when_an_outcome_changes() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let c = seed_demo_cluster("examples/seed-demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_membrane"))
+        .args([
+            "check",
+            "--watch",
+            "--kubeconfig",
+            &c.kc(),
+            "examples/seed-demo/tests.yaml",
+        ])
+        .current_dir(repo_root())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |want: &dyn Fn(&str) -> bool| -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if want(&line) => return Some(line),
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    let first = wait_for(&|l: &str| l.ends_with("expectations hold"));
+    assert_eq!(first.as_deref(), Some("11 of 22 expectations hold"));
+
+    // Apply the corrected policies to the cluster, as `kubectl apply -f` would.
+    let mut files = Vec::new();
+    yaml_files(
+        &repo_root().join("examples/seed-demo-fixed/policies"),
+        &mut files,
+    );
+    for f in files {
+        for mut doc in yaml_to_json(&std::fs::read_to_string(&f).unwrap()).unwrap() {
+            if doc["metadata"]["namespace"].is_null()
+                && doc["kind"] != "CiliumClusterwideNetworkPolicy"
+            {
+                doc["metadata"]["namespace"] = "default".into();
+            }
+            c.server.apply(doc).unwrap();
+        }
+    }
+    let changed = wait_for(&|l: &str| l.starts_with("== the cluster changed"));
+    let again = wait_for(&|l: &str| l.ends_with("expectations hold"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(changed.is_some(), "no second report");
+    let offline = membrane(&[
+        "check",
+        "examples/seed-demo",
+        "examples/seed-demo-fixed/policies",
+    ]);
+    let expected = stdout_last_line(&offline);
+    assert_eq!(again.as_deref(), Some(expected.as_str()));
+    assert_ne!(expected, "11 of 22 expectations hold");
+    // The reflectors listed, then watched.
+    assert!(
+        c.server
+            .requests()
+            .iter()
+            .any(|r| r.contains("ciliumnetworkpolicies?") && r.contains("watch=true"))
+    );
+}
+
+fn stdout_last_line(o: &Output) -> String {
+    stdout(o).lines().last().unwrap_or("").to_string()
+}
+
+#[test]
+fn check_watch_needs_a_cluster() {
+    let o = membrane(&["check", "--watch", "examples/seed-demo"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--watch follows a cluster"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -10,6 +10,7 @@
 //! - [`clean`]: each object checked against its typed schema and reduced to what the analysis
 //!   uses (status, managedFields and anything secret-bearing dropped).
 //! - [`emit`]: JSON values written as YAML.
+//! - [`follow`]: reflectors that keep the cluster's objects current, for commands that follow it.
 //! - `fake` (feature `fake`): an in-process apiserver speaking the real wire protocol.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod clean;
 pub mod connect;
 pub mod emit;
 pub mod error;
+pub mod follow;
 pub mod read;
 
 #[cfg(feature = "fake")]

@@ -84,6 +84,31 @@ impl ClusterRead {
             .collect()
     }
 
+    /// Cleans listed items of one kind into `objects`, counting what is not kept.
+    pub(crate) fn add_items(
+        &mut self,
+        kind: &'static Kind,
+        api_version: &str,
+        items: &[Value],
+        objects: &mut Vec<Value>,
+    ) {
+        for item in items {
+            match clean(kind, api_version, item) {
+                Ok(Cleaned::Keep(v)) => objects.push(v),
+                Ok(Cleaned::NotAnEndpoint) => self.pods_not_running += 1,
+                Err(reason) => {
+                    let (namespace, name) = namespace_and_name(item);
+                    self.object_errors.push(ObjectError {
+                        kind: kind.kind.to_string(),
+                        namespace,
+                        name,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
     pub fn count(&self, kind: &str) -> usize {
         self.kinds
             .iter()
@@ -144,7 +169,9 @@ impl Connection {
 }
 
 /// Which version of each kind the cluster serves (absent: not served).
-async fn discover(conn: &Connection) -> Result<BTreeMap<&'static str, String>, ClusterError> {
+pub(crate) async fn discover(
+    conn: &Connection,
+) -> Result<BTreeMap<&'static str, String>, ClusterError> {
     let mut served = BTreeMap::new();
     let groups: BTreeSet<&str> = KINDS.iter().map(|k| k.group).collect();
     let group_list: k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroupList = conn
@@ -259,21 +286,7 @@ pub async fn read_cluster(
             let items = page.items.unwrap_or_default();
             listed += items.len();
             total += items.len();
-            for item in &items {
-                match clean(kind, api_version, item) {
-                    Ok(Cleaned::Keep(v)) => objects.push(v),
-                    Ok(Cleaned::NotAnEndpoint) => read.pods_not_running += 1,
-                    Err(reason) => {
-                        let (namespace, name) = namespace_and_name(item);
-                        read.object_errors.push(ObjectError {
-                            kind: kind.kind.to_string(),
-                            namespace,
-                            name,
-                            reason,
-                        });
-                    }
-                }
-            }
+            read.add_items(kind, api_version, &items, &mut objects);
             progress(Progress {
                 kind: kind.kind,
                 listed,

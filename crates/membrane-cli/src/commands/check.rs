@@ -1,9 +1,9 @@
 //! `membrane check`: every expectation of the manifests checked, the ones that do not hold
 //! explained.
 
-use crate::input::InputArgs;
+use crate::input::{self, InputArgs, InputSource};
 use crate::printers::{self, Output, json, text};
-use membrane_cluster::manifests::{Expectation, Loaded};
+use membrane_cluster::manifests::{Expectation, Loaded, load};
 use membrane_cluster::runner::{Evaluation, evaluate_flow};
 use membrane_policy::translate::Translated;
 
@@ -13,6 +13,11 @@ pub struct CheckArgs {
     pub input: InputArgs,
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
+    /// Follow the cluster (with --kubeconfig, --context or --cluster): check again after every
+    /// change and print the report again whenever an expectation's outcome changes. Runs
+    /// until interrupted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// The expectations checked, as the printers render them.
@@ -32,6 +37,9 @@ impl CheckReport<'_> {
 }
 
 pub fn run(args: CheckArgs) -> u8 {
+    if args.watch {
+        return watch(&args);
+    }
     let loaded = match args.input.source().load() {
         Ok(l) => l,
         Err(e) => {
@@ -39,6 +47,14 @@ pub fn run(args: CheckArgs) -> u8 {
             return 2;
         }
     };
+    check(&loaded, args.output).0
+}
+
+/// What an expectation came to, to tell whether a new report says anything new.
+type Outcomes = Vec<(String, bool)>;
+
+/// Checks and prints one loaded input: the exit code and each expectation's outcome.
+fn check(loaded: &Loaded, output: Output) -> (u8, Outcomes) {
     if loaded.diagnostics.iter().any(|(_, d)| d.code == "yaml") {
         for (f, d) in loaded.diagnostics.iter().filter(|(_, d)| d.code == "yaml") {
             eprint!(
@@ -50,7 +66,7 @@ pub fn run(args: CheckArgs) -> u8 {
                 )
             );
         }
-        return 2;
+        return (2, Vec::new());
     }
     let results: Vec<_> = loaded
         .expectations
@@ -61,8 +77,17 @@ pub fn run(args: CheckArgs) -> u8 {
         .iter()
         .filter(|(e, r)| CheckReport::holds(e, r))
         .count();
+    let outcomes = results
+        .iter()
+        .map(|(e, r)| {
+            let got = r
+                .as_ref()
+                .map_or_else(|e| e.clone(), |x| x.verdict.to_string());
+            (got, CheckReport::holds(e, r))
+        })
+        .collect();
     let report = CheckReport {
-        loaded: &loaded,
+        loaded,
         total: results.len(),
         held,
         results,
@@ -74,9 +99,75 @@ pub fn run(args: CheckArgs) -> u8 {
             .filter(|p| !p.valid)
             .collect(),
     };
-    match args.output {
+    match output {
         Output::Json => println!("{}", json::check(&report)),
         Output::Text => text::check(&mut std::io::stdout().lock(), &report),
     }
-    u8::from(report.held != report.total)
+    (u8::from(report.held != report.total), outcomes)
+}
+
+/// `check --watch`: the cluster through reflectors, checked again after each change.
+fn watch(args: &CheckArgs) -> u8 {
+    let InputSource::Cluster { options, paths } = args.input.source() else {
+        eprintln!("error: --watch follows a cluster: give --kubeconfig, --context or --cluster");
+        return 2;
+    };
+    let local = match input::local_files(&paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let mut last: Option<Outcomes> = None;
+    let mut changes = 0u64;
+    let result = membrane_kube::follow::follow_blocking(&options, |read| {
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("warning: {e} (retrying)");
+                return true;
+            }
+        };
+        let mut files = input::cluster_files(&read);
+        files.extend(local.iter().cloned());
+        let loaded = load(files);
+        let (_, outcomes) = check_quietly(&loaded);
+        if last.as_ref() != Some(&outcomes) {
+            if last.is_some() {
+                changes += 1;
+                if args.output == Output::Text {
+                    println!("\n== the cluster changed ({changes}): checked again ==");
+                }
+            }
+            check(&loaded, args.output);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            last = Some(outcomes);
+        }
+        true
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+/// The outcomes alone, without printing.
+fn check_quietly(loaded: &Loaded) -> (usize, Outcomes) {
+    let outcomes: Outcomes = loaded
+        .expectations
+        .iter()
+        .map(|exp| {
+            let r = evaluate_flow(&loaded.world, &exp.flow);
+            let got = r
+                .as_ref()
+                .map_or_else(|e| e.clone(), |x| x.verdict.to_string());
+            (got, CheckReport::holds(exp, &r))
+        })
+        .collect();
+    (outcomes.iter().filter(|(_, h)| *h).count(), outcomes)
 }

@@ -22,6 +22,9 @@ struct Shared {
     /// The store's resourceVersion after each write, for watches to wake on.
     changed: watch::Sender<u64>,
     bookmark_interval: Mutex<Duration>,
+    /// Watches end after this long even when the client asked for longer (as an apiserver
+    /// restart or a load balancer's idle timeout ends them), so clients must resume.
+    watch_limit: Mutex<Option<Duration>>,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl FakeApiServer {
             }),
             changed,
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
+            watch_limit: Mutex::new(None),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -160,6 +164,15 @@ impl FakeApiServer {
             .bookmark_interval
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = every;
+    }
+
+    /// Ends every watch after `limit` (None: when the client's timeoutSeconds says).
+    pub fn limit_watches(&self, limit: Option<Duration>) {
+        *self
+            .shared
+            .watch_limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = limit;
     }
 
     /// The path and query of every request so far.
@@ -521,9 +534,14 @@ fn watch_stream(
 ) -> Response<Body> {
     let from = query_param(query, "resourceVersion").unwrap_or_default();
     let bookmarks = query_param(query, "allowWatchBookmarks").as_deref() == Some("true");
-    let timeout = query_param(query, "timeoutSeconds")
+    let asked = query_param(query, "timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs);
+    let limit = *shared.watch_limit.lock().unwrap_or_else(|e| e.into_inner());
+    let timeout = match (asked, limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     let mut changed = shared.changed.subscribe();
     tokio::spawn(async move {
