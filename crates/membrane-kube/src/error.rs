@@ -9,7 +9,7 @@ pub enum ClusterError {
     Kubeconfig(String),
     #[error("cannot reach the cluster at {server}: {reason}")]
     Unreachable { server: String, reason: String },
-    #[error("the cluster at {server} did not answer within {}s (listing {resource}); raise --request-timeout or check the connection", timeout.as_secs())]
+    #[error("the cluster at {server} did not answer within {} (listing {resource}); raise --request-timeout or check the connection", seconds(*timeout))]
     Timeout {
         server: String,
         resource: String,
@@ -42,6 +42,15 @@ pub enum ClusterError {
     },
     #[error("the cluster's answer listing {resource} is not a Kubernetes list: {message}")]
     Protocol { resource: String, message: String },
+}
+
+/// `30s`, or `500ms` below a second.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 fn scope(namespace: Option<&str>) -> String {
