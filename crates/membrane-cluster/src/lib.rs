@@ -4,6 +4,7 @@
 
 pub mod decision_json;
 pub mod lint;
+pub mod live;
 pub mod manifests;
 pub mod matrix;
 pub mod runner;

@@ -133,11 +133,11 @@ impl Loaded {
     }
 }
 
-fn s(node: Option<&Node>) -> Option<String> {
+pub(crate) fn s(node: Option<&Node>) -> Option<String> {
     node.and_then(Node::scalar_text).map(str::to_string)
 }
 
-fn labels_of(node: Option<&Node>) -> Vec<(String, String)> {
+pub(crate) fn labels_of(node: Option<&Node>) -> Vec<(String, String)> {
     node.and_then(Node::as_map)
         .map(|m| {
             m.iter()
@@ -152,7 +152,7 @@ fn labels_of(node: Option<&Node>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn path<'n>(node: &'n Node, keys: &[&str]) -> Option<&'n Node> {
+pub(crate) fn path<'n>(node: &'n Node, keys: &[&str]) -> Option<&'n Node> {
     let mut cur = node;
     for k in keys {
         cur = cur.get(k)?;
@@ -165,7 +165,7 @@ struct PodTemplate<'n> {
     spec: Option<&'n Node>,
 }
 
-fn container_ports(spec: Option<&Node>) -> Vec<ContainerPort> {
+pub(crate) fn container_ports(spec: Option<&Node>) -> Vec<ContainerPort> {
     let mut out = Vec::new();
     for key in ["containers", "initContainers"] {
         for c in spec

@@ -83,6 +83,13 @@ impl ChangeSet {
         self.subjects = out;
     }
 
+    /// This change followed by a later one, as one change set (the later revision).
+    pub fn then(&mut self, later: ChangeSet) {
+        self.revision = later.revision;
+        self.merge(later);
+        self.normalize();
+    }
+
     /// Map entries added and removed over every subject.
     pub fn entry_count(&self) -> (usize, usize) {
         self.subjects.iter().fold((0, 0), |(a, r), c| {
