@@ -9,7 +9,7 @@ mod input;
 mod printers;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, check, explain, lab, lint, matrix, snapshot, test, validate};
+use commands::{agent, bench, check, explain, lab, lint, matrix, snapshot, test, validate};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -44,6 +44,9 @@ enum Command {
     /// Write a live cluster's policies, workloads and services as a manifests directory that
     /// `membrane check DIR` analyses offline with the same verdicts.
     Snapshot(snapshot::SnapshotArgs),
+    /// Enforce one node's pods with nftables, following the cluster (or a manifests
+    /// directory): only deltas, in single transactions; the table outlives the agent.
+    Agent(agent::AgentArgs),
     /// Real enforcement in network namespaces with nftables (root only).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Lint(args) => lint::run(args),
         Command::Matrix(args) => matrix::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Bench(args) => bench::run(args),
     };

@@ -20,6 +20,7 @@ pub mod connect;
 pub mod emit;
 pub mod error;
 pub mod follow;
+pub mod json;
 pub mod read;
 
 #[cfg(feature = "fake")]

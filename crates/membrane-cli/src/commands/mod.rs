@@ -1,6 +1,7 @@
 //! One module per command: its clap arguments and its `run`, which returns the exit code.
 //! A command computes its report; the modules of `crate::printers` render it.
 
+pub mod agent;
 pub mod bench;
 pub mod check;
 pub mod explain;

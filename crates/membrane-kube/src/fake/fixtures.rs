@@ -5,50 +5,9 @@
 //! phase, EndpointSlices for Services, and the namespaces' `kubernetes.io/metadata.name` label.
 //! A cluster's own CoreDNS (`kube-system`, `k8s-app: kube-dns`) is added when absent.
 
-use membrane_policy::yaml::{Embedding, Node, ScalarKind, Value as YamlValue, parse_documents};
+pub use crate::json::yaml_to_json;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-
-/// YAML text as JSON values, one per document (YAML 1.2 core schema for plain scalars).
-pub fn yaml_to_json(text: &str) -> Result<Vec<Value>, String> {
-    let docs = parse_documents(text, Embedding::default())
-        .map_err(|e| format!("{}:{}: {}", e.span.line, e.span.col, e.message))?;
-    Ok(docs
-        .iter()
-        .filter(|d| !d.is_null())
-        .map(node_to_json)
-        .collect())
-}
-
-fn node_to_json(node: &Node) -> Value {
-    match &node.value {
-        YamlValue::Null => Value::Null,
-        YamlValue::Scalar { text, kind } => {
-            if *kind == ScalarKind::Quoted {
-                return Value::String(text.to_string());
-            }
-            match node.type_name() {
-                "boolean" => Value::Bool(membrane_policy::yaml::parse_bool(text).unwrap_or(false)),
-                "integer" => text
-                    .parse::<i64>()
-                    .map_or_else(|_| json!(text.as_str()), |n| json!(n)),
-                "number" => text
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                    .map_or_else(|| json!(text.as_str()), Value::Number),
-                _ => Value::String(text.to_string()),
-            }
-        }
-        YamlValue::Seq(items) => Value::Array(items.iter().map(node_to_json).collect()),
-        YamlValue::Map(pairs) => Value::Object(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.scalar_text().unwrap_or("").to_string(), node_to_json(v)))
-                .collect(),
-        ),
-    }
-}
 
 /// FNV-1a, as Kubernetes hashes pod templates, rendered in its "safe" alphabet.
 fn safe_hash(seed: &str, len: usize) -> String {

@@ -579,6 +579,14 @@ impl Snapshot {
         self.endpoints.iter().flatten().count()
     }
 
+    /// The ids of the endpoints that exist, in order.
+    pub fn endpoint_ids(&self) -> impl Iterator<Item = EndpointId> + '_ {
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|_| i))
+    }
+
     /// The endpoint (not hostNetwork) with this address.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<EndpointId> {
         self.endpoint_by_ip.first(ip)

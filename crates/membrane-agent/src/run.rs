@@ -1,0 +1,185 @@
+//! The agent's loop: events in, this node's ruleset out, one transaction per batch.
+
+use crate::enforce::{EnforceError, Enforcer, Mode};
+use crate::node_view::node_input;
+use crate::source::{ClusterSource, DirSource, Event};
+use membrane_cluster::live::LiveCluster;
+use membrane_datapath::compile::{compile_node, with_proxies};
+use membrane_policy::options::Options;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub enum Source {
+    Dir(PathBuf),
+    Cluster(membrane_kube::ClusterOptions),
+}
+
+pub struct AgentOptions {
+    pub node: String,
+    pub source: Source,
+    pub mode: Mode,
+    /// Stop after the first enforced state.
+    pub once: bool,
+    /// How often a directory is read again.
+    pub poll: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Enforce(#[from] EnforceError),
+    #[error("{0}")]
+    Source(String),
+}
+
+/// One log line: what happened, for people or (`--log-format json`) machines.
+pub struct LogLine<'a> {
+    pub level: &'a str,
+    pub message: String,
+    pub fields: Vec<(&'a str, String)>,
+}
+
+enum Events {
+    Dir(DirSource),
+    Cluster(ClusterSource),
+}
+
+impl Events {
+    /// The next batch: everything pending, after waiting up to `wait` for the first.
+    fn next(&mut self, wait: Duration) -> Result<(Vec<Event>, Vec<String>), AgentError> {
+        match self {
+            Events::Dir(d) => {
+                let (events, errors) = d.poll().map_err(|e| AgentError::Source(e.to_string()))?;
+                if events.is_empty() && errors.is_empty() {
+                    std::thread::sleep(wait);
+                }
+                Ok((events, errors))
+            }
+            Events::Cluster(c) => {
+                let mut events = Vec::new();
+                match c.events.recv_timeout(wait) {
+                    Ok(e) => events.push(e),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        return Ok((events, Vec::new()));
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(AgentError::Source("the watches stopped".into()));
+                    }
+                }
+                // A burst (a rollout, a relist) is one transaction: drain what follows closely.
+                let quiet = Duration::from_millis(20);
+                while let Ok(e) = c.events.recv_timeout(quiet) {
+                    events.push(e);
+                }
+                Ok((events, Vec::new()))
+            }
+        }
+    }
+}
+
+/// Runs the agent until the source ends (or once, with `once`).
+pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(), AgentError> {
+    let mut enforcer = Enforcer::start(options.mode)?;
+    if let Some(t) = enforcer.inherited() {
+        log(LogLine {
+            level: "info",
+            message:
+                "found the table of an earlier agent: it stays in force and is updated in place"
+                    .into(),
+            fields: vec![
+                ("chains", t.chains.len().to_string()),
+                ("maps", t.maps.len().to_string()),
+            ],
+        });
+    }
+    let mut events = match &options.source {
+        Source::Dir(d) => Events::Dir(DirSource::new(d)),
+        Source::Cluster(c) => Events::Cluster(ClusterSource::start(c).map_err(AgentError::Source)?),
+    };
+    let mut live = LiveCluster::new(Options::default());
+    let mut waiting_for_node = false;
+    loop {
+        let (batch, errors) = events.next(options.poll)?;
+        for e in errors {
+            log(LogLine {
+                level: "warn",
+                message: format!("{e}: the last good state stays in force"),
+                fields: vec![],
+            });
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let received = Instant::now();
+        let count = batch.len();
+        for e in batch {
+            let outcome = match &e {
+                Event::Apply(o) => live.apply(o).map(drop),
+                Event::Delete {
+                    kind,
+                    namespace,
+                    name,
+                } => {
+                    live.delete(kind, namespace.as_deref(), name);
+                    Ok(())
+                }
+            };
+            if let Err(err) = outcome {
+                log(LogLine {
+                    level: "warn",
+                    message: format!("skipped: {err}"),
+                    fields: vec![],
+                });
+            }
+        }
+        let Some(input) = node_input(live.engine().state(), &options.node) else {
+            if !waiting_for_node {
+                log(LogLine {
+                    level: "warn",
+                    message: format!(
+                        "node {} is not in the cluster (yet): nothing enforced until its Node object arrives",
+                        options.node
+                    ),
+                    fields: vec![],
+                });
+                waiting_for_node = true;
+            }
+            continue;
+        };
+        waiting_for_node = false;
+        let ruleset = with_proxies(compile_node(&input));
+        match enforcer.apply(&ruleset)? {
+            Some(script) => {
+                if options.mode == Mode::DryRun {
+                    println!("{script}");
+                }
+                log(LogLine {
+                    level: "info",
+                    message: if options.mode == Mode::DryRun {
+                        "printed the transaction (dry run)".into()
+                    } else {
+                        "enforced in one transaction".into()
+                    },
+                    fields: vec![
+                        ("events", count.to_string()),
+                        ("endpoints", input.endpoints.len().to_string()),
+                        ("transaction", enforcer.transactions.to_string()),
+                        ("lines", script.lines().count().to_string()),
+                        (
+                            "latency_ms",
+                            format!("{:.2}", received.elapsed().as_secs_f64() * 1e3),
+                        ),
+                    ],
+                });
+            }
+            None => log(LogLine {
+                level: "debug",
+                message: "no change for this node".into(),
+                fields: vec![("events", count.to_string())],
+            }),
+        }
+        if options.once {
+            return Ok(());
+        }
+    }
+}

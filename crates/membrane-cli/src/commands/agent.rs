@@ -1,0 +1,91 @@
+//! `membrane agent`: this node's pods kept under their current policy, from the cluster's
+//! watches or a manifests directory, by nftables deltas (see `membrane_agent`).
+
+use crate::input::ClusterArgs;
+use membrane_agent::enforce::Mode;
+use membrane_agent::run::{AgentOptions, LogLine, Source, run as run_agent};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The node whose pods this agent enforces (its Node object's name).
+    #[arg(long)]
+    pub node: String,
+    /// Follow a manifests directory instead of a cluster (as `membrane snapshot` writes it:
+    /// pods with their addresses); it is read again when it changes.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "context"])]
+    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Print each nftables transaction instead of applying it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Exit after the first enforced state (for scripts and tests).
+    #[arg(long)]
+    pub once: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn print(format: LogFormat, line: LogLine<'_>) {
+    match format {
+        LogFormat::Text => {
+            let fields: Vec<String> = line
+                .fields
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            eprintln!("{}: {} {}", line.level, line.message, fields.join(" "));
+        }
+        LogFormat::Json => {
+            let mut v = serde_json::json!({"level": line.level, "message": line.message});
+            for (k, f) in line.fields {
+                v[k] = serde_json::Value::String(f);
+            }
+            eprintln!("{v}");
+        }
+    }
+}
+
+pub fn run(args: AgentArgs) -> u8 {
+    let source = match (&args.from, args.cluster.options()) {
+        (Some(dir), _) => Source::Dir(dir.clone()),
+        (None, Some(options)) => Source::Cluster(options),
+        (None, None) => {
+            // In a pod: the service account's in-cluster config comes with a later release;
+            // until then the agent needs a kubeconfig or a directory.
+            let mut c = args.cluster.clone();
+            c.cluster = true;
+            match c.options() {
+                Some(o) => Source::Cluster(o),
+                None => return 2,
+            }
+        }
+    };
+    let options = AgentOptions {
+        node: args.node.clone(),
+        source,
+        mode: if args.dry_run {
+            Mode::DryRun
+        } else {
+            Mode::Apply
+        },
+        once: args.once,
+        poll: Duration::from_millis(200),
+    };
+    let format = args.log_format;
+    match run_agent(&options, &mut |l| print(format, l)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}

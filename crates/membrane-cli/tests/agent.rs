@@ -1,0 +1,290 @@
+//! `membrane agent` on one node: dry run anywhere; as root, real nftables in a network
+//! namespace of the test's own: the first transaction, a restart that finds the table and
+//! updates it in place (same table, same maps), following a directory, a killed agent leaving
+//! its policy in force, and a clear refusal without nft.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use membrane_kube::fake::{cluster_objects, yaml_to_json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("tests.yaml") {
+            out.push(p);
+        }
+    }
+}
+
+/// The fixed seed demo as a cluster holds it, one file per object kind group: `cluster.yaml`
+/// (everything but policies) and `policies.yaml`.
+fn node_dir() -> tempfile::TempDir {
+    let mut files = Vec::new();
+    yaml_files(&repo_root().join("examples/seed-demo-fixed"), &mut files);
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        docs.extend(yaml_to_json(&std::fs::read_to_string(f).unwrap()).unwrap());
+    }
+    let objects = cluster_objects(docs);
+    let (policies, rest): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| {
+        o["kind"]
+            .as_str()
+            .is_some_and(|k| k.contains("NetworkPolicy"))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        membrane_kube::emit::documents(&rest),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies.yaml"),
+        membrane_kube::emit::documents(&policies),
+    )
+    .unwrap();
+    dir
+}
+
+fn membrane(args: &[&str], netns: Option<&str>) -> Output {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_membrane")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_membrane")),
+    };
+    cmd.args(args).output().expect("run membrane")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn dry_run_prints_this_nodes_transaction() {
+    let dir = node_dir();
+    let o = membrane(
+        &[
+            "agent",
+            "--node",
+            "node-1",
+            "--from",
+            dir.path().to_str().unwrap(),
+            "--dry-run",
+            "--once",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("table inet membrane {"), "{out}");
+    // The pods of node-1 have chains; the cluster's identity numbers key the ipcache.
+    assert!(
+        out.contains("jump p0_egr") && out.contains(": 10001"),
+        "{out}"
+    );
+    assert!(text(&o.stderr).contains("printed the transaction (dry run)"));
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn root_or_skip(test: &str) -> bool {
+    if is_root() && Command::new("nft").arg("--version").output().is_ok() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: CI must run the agent tests as root with nftables installed");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: SKIPPED: the agent needs root and nftables"
+    );
+    false
+}
+
+/// A network namespace for one test, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("mbr-agent-{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let o = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        Netns(name)
+    }
+
+    fn nft(&self, args: &[&str]) -> String {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft"])
+            .args(args)
+            .output()
+            .unwrap();
+        text(&o.stdout)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// The handles of the table and of a map, as `nft -a` shows them.
+fn handles(ns: &Netns) -> (String, String) {
+    let listing = ns.nft(&["-a", "list", "table", "inet", "membrane"]);
+    let handle = |line: &str| {
+        line.rsplit("# handle ")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let table = listing
+        .lines()
+        .find(|l| l.starts_with("table inet membrane"))
+        .map(handle);
+    let map = listing
+        .lines()
+        .find(|l| l.trim_start().starts_with("map ip2id"))
+        .map(handle);
+    (table.unwrap_or_default(), map.unwrap_or_default())
+}
+
+#[test]
+fn a_restarted_agent_updates_the_table_it_finds_in_place() {
+    if !root_or_skip("a_restarted_agent_updates_the_table_it_finds_in_place") {
+        return;
+    }
+    let dir = node_dir();
+    let ns = Netns::new("restart");
+    let d = dir.path().to_str().unwrap();
+    let o = membrane(
+        &["agent", "--node", "node-1", "--from", d, "--once"],
+        Some(&ns.0),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let first = handles(&ns);
+    assert!(
+        !first.0.is_empty() && !first.1.is_empty(),
+        "{}",
+        ns.nft(&["list", "ruleset"])
+    );
+    let before = ns.nft(&["list", "table", "inet", "membrane"]);
+
+    // Without its policies, the next agent finds the table, and changes it in place.
+    std::fs::write(dir.path().join("policies.yaml"), "").unwrap();
+    let o = membrane(
+        &["agent", "--node", "node-1", "--from", d, "--once"],
+        Some(&ns.0),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("found the table of an earlier agent"),
+        "{}",
+        text(&o.stderr)
+    );
+    let after = ns.nft(&["list", "table", "inet", "membrane"]);
+    assert_ne!(before, after, "the policies are gone from the table");
+    assert_eq!(
+        handles(&ns),
+        first,
+        "same table and maps: updated in place, not recreated"
+    );
+}
+
+#[test]
+fn a_following_agent_applies_changes_and_a_killed_one_leaves_its_policy() {
+    if !root_or_skip("a_following_agent_applies_changes_and_a_killed_one_leaves_its_policy") {
+        return;
+    }
+    let dir = node_dir();
+    let policies = std::fs::read_to_string(dir.path().join("policies.yaml")).unwrap();
+    std::fs::write(dir.path().join("policies.yaml"), "").unwrap();
+    let ns = Netns::new("follow");
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_membrane")])
+        .args([
+            "agent",
+            "--node",
+            "node-1",
+            "--from",
+            dir.path().to_str().unwrap(),
+        ])
+        .args(["--log-format", "json"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_until = |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = ns.nft(&["list", "table", "inet", "membrane"]);
+            if ok(&t) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "{what}: {t}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let open = wait_until("the first state", &|t| t.contains("table inet membrane"));
+    // The fixed demo's policies arrive: the backend pod's ingress chain appears.
+    std::fs::write(dir.path().join("policies.yaml"), &policies).unwrap();
+    let enforced = wait_until("the policies", &|t| t != open && t.contains("_ing"));
+    // SIGKILL: nothing is cleaned up, the last policy stays in force.
+    let _ = Command::new("kill")
+        .args(["-9", &agent.id().to_string()])
+        .output();
+    let _ = agent.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ns.nft(&["list", "table", "inet", "membrane"]), enforced);
+}
+
+#[test]
+fn without_nft_the_agent_refuses_to_start() {
+    let dir = node_dir();
+    let o = Command::new(env!("CARGO_BIN_EXE_membrane"))
+        .args([
+            "agent",
+            "--node",
+            "node-1",
+            "--from",
+            dir.path().to_str().unwrap(),
+            "--once",
+        ])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("error: `nft` is not installed or not on PATH"),
+        "{err}"
+    );
+    assert!(err.contains("nftables"), "{err}");
+}

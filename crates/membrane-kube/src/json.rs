@@ -1,0 +1,46 @@
+//! YAML manifests as the JSON objects the API server would hold (for `--from DIR` sources and
+//! the fake's fixtures).
+
+use membrane_policy::yaml::{Embedding, Node, ScalarKind, Value as YamlValue, parse_documents};
+use serde_json::{Value, json};
+
+/// YAML text as JSON values, one per document (YAML 1.2 core schema for plain scalars).
+pub fn yaml_to_json(text: &str) -> Result<Vec<Value>, String> {
+    let docs = parse_documents(text, Embedding::default())
+        .map_err(|e| format!("{}:{}: {}", e.span.line, e.span.col, e.message))?;
+    Ok(docs
+        .iter()
+        .filter(|d| !d.is_null())
+        .map(node_to_json)
+        .collect())
+}
+
+fn node_to_json(node: &Node) -> Value {
+    match &node.value {
+        YamlValue::Null => Value::Null,
+        YamlValue::Scalar { text, kind } => {
+            if *kind == ScalarKind::Quoted {
+                return Value::String(text.to_string());
+            }
+            match node.type_name() {
+                "boolean" => Value::Bool(membrane_policy::yaml::parse_bool(text).unwrap_or(false)),
+                "integer" => text
+                    .parse::<i64>()
+                    .map_or_else(|_| json!(text.as_str()), |n| json!(n)),
+                "number" => text
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or_else(|| json!(text.as_str()), Value::Number),
+                _ => Value::String(text.to_string()),
+            }
+        }
+        YamlValue::Seq(items) => Value::Array(items.iter().map(node_to_json).collect()),
+        YamlValue::Map(pairs) => Value::Object(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.scalar_text().unwrap_or("").to_string(), node_to_json(v)))
+                .collect(),
+        ),
+    }
+}
