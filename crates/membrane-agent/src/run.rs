@@ -77,6 +77,13 @@ impl Events {
     }
 }
 
+/// Milliseconds since the Unix epoch (log timestamps, comparable across processes).
+pub fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
 /// Runs the agent until the source ends (or once, with `once`).
 pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(), AgentError> {
     let mut enforcer = Enforcer::start(options.mode)?;
@@ -161,6 +168,7 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                         "enforced in one transaction".into()
                     },
                     fields: vec![
+                        ("ts_ms", unix_ms().to_string()),
                         ("events", count.to_string()),
                         ("endpoints", input.endpoints.len().to_string()),
                         ("transaction", enforcer.transactions.to_string()),

@@ -288,3 +288,158 @@ fn without_nft_the_agent_refuses_to_start() {
     );
     assert!(err.contains("nftables"), "{err}");
 }
+
+/// A veth between the test's namespace and a node namespace, so the agent inside reaches the
+/// apiserver fake served on the host side.
+struct Link {
+    host: String,
+    host_addr: String,
+}
+
+impl Link {
+    fn new(ns: &Netns, octet: u8) -> Link {
+        let id = std::process::id() % 10_000;
+        let (host, peer) = (format!("mh{id}x{octet}"), format!("mn{id}x{octet}"));
+        let host_addr = format!("169.254.{octet}.1");
+        let run = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(o.status.success(), "ip {args:?}: {}", text(&o.stderr));
+        };
+        let _ = Command::new("ip").args(["link", "del", &host]).output();
+        run(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+        run(&["link", "set", &peer, "netns", &ns.0]);
+        run(&["addr", "add", &format!("{host_addr}/30"), "dev", &host]);
+        run(&["link", "set", &host, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.0, "ip"];
+            all.extend_from_slice(args);
+            run(&all);
+        };
+        inside(&[
+            "addr",
+            "add",
+            &format!("169.254.{octet}.2/30"),
+            "dev",
+            &peer,
+        ]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        Link { host, host_addr }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host])
+            .output();
+    }
+}
+
+#[test]
+fn an_agent_follows_the_cluster_through_its_watches() {
+    use membrane_kube::fake::{FakeApiServer, default_served_kinds};
+    if !root_or_skip("an_agent_follows_the_cluster_through_its_watches") {
+        return;
+    }
+    let ns = Netns::new("watch");
+    let link = Link::new(&ns, 77);
+    let server = FakeApiServer::start_on(
+        format!("{}:0", link.host_addr).parse().unwrap(),
+        default_served_kinds(),
+    )
+    .unwrap();
+    let mut files = Vec::new();
+    yaml_files(&repo_root().join("examples/seed-demo-fixed"), &mut files);
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        docs.extend(yaml_to_json(&std::fs::read_to_string(f).unwrap()).unwrap());
+    }
+    let (policies, rest): (Vec<_>, Vec<_>) = cluster_objects(docs).into_iter().partition(|o| {
+        o["kind"]
+            .as_str()
+            .is_some_and(|k| k.contains("NetworkPolicy"))
+    });
+    server.apply_all(rest).unwrap();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kubeconfig.path(), server.kubeconfig("agent-token")).unwrap();
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_membrane")])
+        .args([
+            "agent",
+            "--node",
+            "node-1",
+            "--kubeconfig",
+            kubeconfig.path().to_str().unwrap(),
+        ])
+        .args(["--log-format", "json"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = agent.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let next_enforced = || -> Option<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(v) = rx.recv_timeout(Duration::from_millis(200)) {
+                if v["message"] == "enforced in one transaction" {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    };
+    let first = next_enforced();
+    assert!(first.is_some(), "the first state was never enforced");
+    let without = ns.nft(&["list", "table", "inet", "membrane"]);
+    // Each policy applied to the cluster arrives through the watch and is enforced in place.
+    let mut latencies = Vec::new();
+    for p in &policies {
+        let sent = membrane_agent::run::unix_ms();
+        server.apply(p.clone()).unwrap();
+        let log =
+            next_enforced().unwrap_or_else(|| panic!("{} was not enforced", p["metadata"]["name"]));
+        let at: u128 = log["ts_ms"].as_str().unwrap().parse().unwrap();
+        latencies.push(at.saturating_sub(sent));
+    }
+    let with = ns.nft(&["list", "table", "inet", "membrane"]);
+    assert_ne!(with, without);
+    assert!(with.contains("_ing"), "{with}");
+    // Deleting them all returns the table to the state without policies.
+    for p in &policies {
+        server.delete(
+            p["apiVersion"].as_str().unwrap(),
+            p["kind"].as_str().unwrap(),
+            p["metadata"]["namespace"].as_str().unwrap_or(""),
+            p["metadata"]["name"].as_str().unwrap(),
+        );
+        let _ = next_enforced();
+    }
+    let back = ns.nft(&["list", "table", "inet", "membrane"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(back, without);
+    latencies.sort_unstable();
+    let _ = writeln!(
+        std::io::stderr(),
+        "agent event-to-enforced latency over {} policy applies: min {} ms, median {} ms, max {} ms",
+        latencies.len(),
+        latencies.first().unwrap_or(&0),
+        latencies.get(latencies.len() / 2).unwrap_or(&0),
+        latencies.last().unwrap_or(&0)
+    );
+}
