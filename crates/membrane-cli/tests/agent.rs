@@ -385,20 +385,20 @@ fn an_agent_follows_the_cluster_through_its_watches() {
             .lines()
             .map_while(Result::ok)
         {
-            if let Ok(v) = serde_json::from_str(&line) {
-                if tx.send(v).is_err() {
-                    break;
-                }
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
             }
         }
     });
     let next_enforced = || -> Option<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(v) = rx.recv_timeout(Duration::from_millis(200)) {
-                if v["message"] == "enforced in one transaction" {
-                    return Some(v);
-                }
+            if let Ok(v) = rx.recv_timeout(Duration::from_millis(200))
+                && v["message"] == "enforced in one transaction"
+            {
+                return Some(v);
             }
         }
         None
