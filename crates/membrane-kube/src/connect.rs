@@ -87,9 +87,47 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+/// Inside a pod without a kubeconfig, the pod's service account (as kubectl does).
+fn in_cluster(options: &ClusterOptions) -> Option<Result<Connection, ClusterError>> {
+    if options.kubeconfig.is_some()
+        || options.context.is_some()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_none()
+    {
+        return None;
+    }
+    let mut config = match kube::Config::incluster() {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(Err(ClusterError::Kubeconfig(format!(
+                "in-cluster configuration: {}",
+                innermost(&e)
+            ))));
+        }
+    };
+    config.connect_timeout = Some(options.timeout);
+    config.read_timeout = Some(options.timeout);
+    let server = config.cluster_url.to_string();
+    Some(
+        kube::Client::try_from(config)
+            .map(|client| Connection {
+                client,
+                server: server.trim_end_matches('/').to_string(),
+                context: "in-cluster".into(),
+                timeout: options.timeout,
+            })
+            .map_err(|e| ClusterError::Unreachable {
+                server,
+                reason: innermost(&e),
+            }),
+    )
+}
+
 /// Builds the client. No request is made yet: an unreachable server is found by the first one.
 pub async fn connect(options: &ClusterOptions) -> Result<Connection, ClusterError> {
-    let kubeconfig = read_kubeconfig(options)?;
+    let kubeconfig = match read_kubeconfig(options) {
+        Ok(k) => k,
+        Err(e) => return in_cluster(options).unwrap_or(Err(e)),
+    };
     let context = options
         .context
         .clone()
