@@ -9,10 +9,12 @@
 //! - [`source`]: object events (apply / delete), from kube-rs watchers or a directory.
 //! - [`node_view`]: the engine's state as this node's datapath input.
 //! - [`enforce`]: deltas applied in single nftables transactions; the table outlives the agent.
+//! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`run`]: the loop.
 #![forbid(unsafe_code)]
 
 pub mod enforce;
+pub mod metrics;
 pub mod node_view;
 pub mod run;
 pub mod source;

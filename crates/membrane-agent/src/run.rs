@@ -22,6 +22,8 @@ pub struct AgentOptions {
     pub once: bool,
     /// How often a directory is read again.
     pub poll: Duration,
+    /// Where the loop reports what it does (served by `metrics::serve`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +121,12 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         }
         let received = Instant::now();
         let count = batch.len();
+        let m = &options.metrics;
         for e in batch {
+            match &e {
+                Event::Apply(o) => m.event(o["kind"].as_str().unwrap_or(""), "apply"),
+                Event::Delete { kind, .. } => m.event(kind, "delete"),
+            }
             let outcome = match &e {
                 Event::Apply(o) => live.apply(o).map(drop),
                 Event::Delete {
@@ -155,8 +162,19 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         };
         waiting_for_node = false;
         let ruleset = with_proxies(compile_node(&input));
-        match enforcer.apply(&ruleset)? {
+        let applied = enforcer.apply(&ruleset);
+        if applied.is_err() {
+            m.transaction_errors.inc();
+        }
+        m.endpoints.set(input.endpoints.len() as i64);
+        m.identities
+            .set(live.engine().state().identities().len() as i64);
+        match applied? {
             Some(script) => {
+                m.transactions.inc();
+                m.revision.set(live.engine().state().revision() as i64);
+                m.enforce_latency.observe(received.elapsed().as_secs_f64());
+                m.set_ready();
                 if options.mode == Mode::DryRun {
                     println!("{script}");
                 }
@@ -180,11 +198,14 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                     ],
                 });
             }
-            None => log(LogLine {
-                level: "debug",
-                message: "no change for this node".into(),
-                fields: vec![("events", count.to_string())],
-            }),
+            None => {
+                m.set_ready();
+                log(LogLine {
+                    level: "debug",
+                    message: "no change for this node".into(),
+                    fields: vec![("events", count.to_string())],
+                })
+            }
         }
         if options.once {
             return Ok(());

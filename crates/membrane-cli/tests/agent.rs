@@ -443,3 +443,92 @@ fn an_agent_follows_the_cluster_through_its_watches() {
         latencies.last().unwrap_or(&0)
     );
 }
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+#[test]
+fn metrics_health_and_readiness() {
+    let dir = node_dir();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_membrane"))
+        .args([
+            "agent",
+            "--node",
+            "node-1",
+            "--from",
+            dir.path().to_str().unwrap(),
+        ])
+        .args([
+            "--dry-run",
+            "--log-format",
+            "json",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = agent.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+            v["addr"].as_str().map(str::to_string)
+        })
+        .unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(&addr, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, body) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("membrane_agent_transactions_total 1"),
+        "{body}"
+    );
+    assert!(body.contains("membrane_agent_endpoints 6"), "{body}");
+    assert!(
+        body.contains("membrane_agent_enforce_latency_seconds_count 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("membrane_agent_events_total{kind=\"Pod\",op=\"apply\"}"),
+        "{body}"
+    );
+    // A change to the directory is a second transaction.
+    std::fs::write(dir.path().join("policies.yaml"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(&addr, "/metrics")
+        .1
+        .contains("membrane_agent_transactions_total 2")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            http_get(&addr, "/metrics").1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -32,6 +32,9 @@ pub struct AgentArgs {
     pub once: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. 0.0.0.0:9963).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn print(format: LogFormat, line: LogLine<'_>) {
@@ -69,7 +72,25 @@ pub fn run(args: AgentArgs) -> u8 {
             }
         }
     };
+    let metrics = std::sync::Arc::new(membrane_agent::metrics::Metrics::new());
+    if let Some(addr) = args.metrics_addr {
+        match membrane_agent::metrics::serve(addr, metrics.clone()) {
+            Ok(bound) => print(
+                args.log_format,
+                LogLine {
+                    level: "info",
+                    message: "serving /metrics, /healthz and /readyz".into(),
+                    fields: vec![("addr", bound.to_string())],
+                },
+            ),
+            Err(e) => {
+                eprintln!("error: --metrics-addr {addr}: {e}");
+                return 2;
+            }
+        }
+    }
     let options = AgentOptions {
+        metrics,
         node: args.node.clone(),
         source,
         mode: if args.dry_run {

@@ -1,0 +1,169 @@
+//! What the agent exposes: Prometheus metrics (`/metrics`, an explicit prometheus-client
+//! registry), `/healthz` (the process answers) and `/readyz` (the first state is enforced).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// The engine's revision after the last enforced change.
+    pub revision: Gauge,
+    /// Pods this node enforces.
+    pub endpoints: Gauge,
+    /// Identities the engine knows.
+    pub identities: Gauge,
+    pub transactions: Counter,
+    pub transaction_errors: Counter,
+    /// Object events received, by kind and operation (`apply`, `delete`).
+    pub events: Family<Labels, Counter>,
+    /// From a batch of events received to its transaction applied, in seconds.
+    pub enforce_latency: Histogram,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("membrane_agent");
+        let revision = Gauge::default();
+        let endpoints = Gauge::default();
+        let identities = Gauge::default();
+        let transactions = Counter::default();
+        let transaction_errors = Counter::default();
+        let events = Family::<Labels, Counter>::default();
+        // 0.5 ms to 4 s.
+        let enforce_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "policy_revision",
+            "The engine's revision after the last enforced change",
+            revision.clone(),
+        );
+        registry.register("endpoints", "Pods this node enforces", endpoints.clone());
+        registry.register(
+            "identities",
+            "Security identities the engine knows",
+            identities.clone(),
+        );
+        registry.register(
+            "transactions",
+            "nftables transactions applied",
+            transactions.clone(),
+        );
+        registry.register(
+            "transaction_errors",
+            "nftables transactions refused (the previous policy stayed in force)",
+            transaction_errors.clone(),
+        );
+        registry.register(
+            "events",
+            "Object events received, by kind and operation",
+            events.clone(),
+        );
+        registry.register(
+            "enforce_latency_seconds",
+            "From a batch of events received to its transaction applied",
+            enforce_latency.clone(),
+        );
+        Metrics {
+            registry,
+            revision,
+            endpoints,
+            identities,
+            transactions,
+            transaction_errors,
+            events,
+            enforce_latency,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn event(&self, kind: &str, op: &str) {
+        self.events
+            .get_or_create(&vec![
+                ("kind".into(), kind.into()),
+                ("op".into(), op.into()),
+            ])
+            .inc();
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [0u8; 2048];
+    let mut request = Vec::new();
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" if metrics.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "the first state is not enforced yet\n".to_string(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Serves the endpoints on `addr` from a thread of their own; returns the bound address.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = answer(stream, &metrics);
+            }
+        })?;
+    Ok(bound)
+}
