@@ -203,7 +203,10 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 log(LogLine {
                     level: "debug",
                     message: "no change for this node".into(),
-                    fields: vec![("events", count.to_string())],
+                    fields: vec![
+                        ("ts_ms", unix_ms().to_string()),
+                        ("events", count.to_string()),
+                    ],
                 })
             }
         }

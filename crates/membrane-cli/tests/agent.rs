@@ -58,13 +58,19 @@ fn node_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The membrane binary run inside a network namespace. `nsenter` execs it in place (`ip netns
+/// exec` forks, and killing it would leave the agent running).
+fn in_netns_named(ns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_membrane"));
+    c
+}
+
 fn membrane(args: &[&str], netns: Option<&str>) -> Output {
     let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_membrane")]);
-            c
-        }
+        Some(ns) => in_netns_named(ns),
         None => Command::new(env!("CARGO_BIN_EXE_membrane")),
     };
     cmd.args(args).output().expect("run membrane")
@@ -123,6 +129,10 @@ fn root_or_skip(test: &str) -> bool {
         "{test}: SKIPPED: the agent needs root and nftables"
     );
     false
+}
+
+fn in_netns(ns: &Netns) -> Command {
+    in_netns_named(&ns.0)
 }
 
 /// A network namespace for one test, deleted when dropped.
@@ -228,8 +238,7 @@ fn a_following_agent_applies_changes_and_a_killed_one_leaves_its_policy() {
     let policies = std::fs::read_to_string(dir.path().join("policies.yaml")).unwrap();
     std::fs::write(dir.path().join("policies.yaml"), "").unwrap();
     let ns = Netns::new("follow");
-    let mut agent = Command::new("ip")
-        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_membrane")])
+    let mut agent = in_netns(&ns)
         .args([
             "agent",
             "--node",
@@ -364,8 +373,7 @@ fn an_agent_follows_the_cluster_through_its_watches() {
     server.apply_all(rest).unwrap();
     let kubeconfig = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(kubeconfig.path(), server.kubeconfig("agent-token")).unwrap();
-    let mut agent = Command::new("ip")
-        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_membrane")])
+    let mut agent = in_netns(&ns)
         .args([
             "agent",
             "--node",
@@ -531,4 +539,121 @@ fn metrics_health_and_readiness() {
     }
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+/// The churn figure (not a pass/fail test: run it with
+/// `cargo test --release -p membrane --test agent -- --ignored --nocapture churn`): a
+/// 1,000-pod cluster (100 Deployments × 10 pods on 3 nodes) served by the fake, the agent of
+/// node-0 following it, then 40 CiliumNetworkPolicies applied and deleted and 40 pods of
+/// node-0 started and stopped, one event at a time; each event's latency is from the fake's
+/// write to the agent's log line for the batch it was in (the agent waits 20 ms of quiet
+/// before a transaction, included).
+#[test]
+#[ignore = "a measurement: run it by name with --ignored"]
+fn churn() {
+    use membrane_kube::fake::{FakeApiServer, default_served_kinds, synthetic};
+    if !root_or_skip("churn") {
+        return;
+    }
+    let ns = Netns::new("churn");
+    let link = Link::new(&ns, 78);
+    let server = FakeApiServer::start_on(
+        format!("{}:0", link.host_addr).parse().unwrap(),
+        default_served_kinds(),
+    )
+    .unwrap();
+    let (policies, rest): (Vec<_>, Vec<_>) = cluster_objects(synthetic(100))
+        .into_iter()
+        .partition(|o| o["kind"] == "CiliumNetworkPolicy");
+    let pods = rest.iter().filter(|o| o["kind"] == "Pod").count();
+    server.apply_all(rest).unwrap();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kubeconfig.path(), server.kubeconfig("t")).unwrap();
+    let mut agent = in_netns(&ns)
+        .args([
+            "agent",
+            "--node",
+            "node-0",
+            "--kubeconfig",
+            kubeconfig.path().to_str().unwrap(),
+        ])
+        .args(["--log-format", "json"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = agent.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let handled = || -> Option<u128> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(v) = rx.recv_timeout(Duration::from_millis(200)) {
+                if let Some(ts) = v["ts_ms"].as_str() {
+                    return ts.parse().ok();
+                }
+                let _ = writeln!(std::io::stderr(), "agent: {v}");
+            }
+        }
+        None
+    };
+    assert!(handled().is_some(), "the first state");
+    let mut latencies: Vec<u128> = Vec::new();
+    let mut measure = |change: &dyn Fn()| {
+        let sent = membrane_agent::run::unix_ms();
+        change();
+        let at = handled().expect("the change was handled");
+        latencies.push(at.saturating_sub(sent));
+    };
+    for p in &policies {
+        measure(&|| {
+            server.apply(p.clone()).unwrap();
+        });
+    }
+    for p in &policies {
+        measure(&|| {
+            server.delete(
+                "cilium.io/v2",
+                "CiliumNetworkPolicy",
+                p["metadata"]["namespace"].as_str().unwrap(),
+                p["metadata"]["name"].as_str().unwrap(),
+            );
+        });
+    }
+    for i in 0..40u32 {
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("churn-{i}"), "namespace": "team-01",
+                "labels": {"app": "app-1", "tier": "t1"}},
+            "spec": {"nodeName": "node-0", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": format!("10.244.1.{}", 200 + i)}});
+        measure(&|| {
+            server.apply(pod.clone()).unwrap();
+        });
+        measure(&|| {
+            server.delete("v1", "Pod", "team-01", &format!("churn-{i}"));
+        });
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let _ = writeln!(
+        std::io::stderr(),
+        "churn on a {pods}-pod cluster: {} events, event-to-enforced p50 {} ms, p99 {} ms, max {} ms",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        latencies.last().unwrap_or(&0)
+    );
 }

@@ -435,6 +435,52 @@ fn cilium_identities(objects: &[Value], pods: &[Value]) -> Vec<Value> {
     out
 }
 
+/// A generated cluster's manifests (before [`cluster_objects`]): 20 namespaces, 3 nodes,
+/// `deployments` Deployments of 10 pods with a Service each, and `deployments × 2 / 5`
+/// CiliumNetworkPolicies pairing them at random (a fixed sequence, so every run is the same).
+pub fn synthetic(deployments: usize) -> Vec<serde_json::Value> {
+    let ns = |i: usize| format!("team-{:02}", i % 20);
+    let mut docs = Vec::new();
+    for i in 0..20 {
+        docs.push(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns(i), "labels": {"team": ns(i)}}}));
+    }
+    for i in 0..3 {
+        docs.push(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{i}")},
+            "status": {"addresses": [{"type": "InternalIP", "address": format!("192.168.0.{}", 10 + i)}]}}));
+    }
+    for d in 0..deployments {
+        docs.push(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": format!("app-{d}"), "namespace": ns(d)},
+            "spec": {"replicas": 10, "template": {
+                "metadata": {"labels": {"app": format!("app-{d}"), "tier": format!("t{}", d % 5)}},
+                "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]}}}}));
+        docs.push(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("app-{d}"), "namespace": ns(d)},
+            "spec": {"selector": {"app": format!("app-{d}")}, "ports": [{"port": 80, "targetPort": 8080}]}}));
+    }
+    // A fixed pseudo-random pairing, so that every run serves the same cluster.
+    let mut x: u64 = 7;
+    let mut next = |n: usize| {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 33) as usize % n.max(1)
+    };
+    for p in 0..deployments * 2 / 5 {
+        let (a, b) = (next(deployments), next(deployments));
+        docs.push(
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": format!("p-{p}"), "namespace": ns(p)},
+            "spec": {"endpointSelector": {"matchLabels": {"app": format!("app-{a}")}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": format!("app-{b}"),
+                    "k8s:io.kubernetes.pod.namespace": ns(b)}}],
+                    "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}}),
+        );
+    }
+    docs
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

@@ -11,6 +11,6 @@ mod fixtures;
 mod server;
 mod store;
 
-pub use fixtures::{cluster_objects, yaml_to_json};
+pub use fixtures::{cluster_objects, synthetic, yaml_to_json};
 pub use server::FakeApiServer;
 pub use store::{Fault, ServedKind, default_served_kinds};
