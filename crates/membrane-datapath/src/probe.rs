@@ -17,11 +17,12 @@
 
 use crate::events::{Collector, DropEvent};
 use crate::lab::{Lab, LabOptions};
+use crate::layout::REDIS_PORT;
+use crate::source::load_world;
 use crate::topology::{NsRef, Topology};
 use crate::wire::{self, Reply, Request};
-use membrane_cluster::manifests::{self, SourceFile};
 use membrane_cluster::runner::{Evaluation, describe_flow, evaluate_flow};
-use membrane_cluster::scenario::{FlowSpec, parse_scenario};
+use membrane_cluster::scenario::FlowSpec;
 use membrane_cluster::world::{Party, World};
 use membrane_policy::model::Direction;
 use membrane_policy::verdict::{FlowDecision, Verdict};
@@ -351,7 +352,7 @@ fn plan_flow(
             host: dst.to_string(),
             headers: vec![],
         });
-    } else if proto == 6 && port == crate::agent::REDIS_PORT && f.http.is_none() {
+    } else if proto == 6 && port == REDIS_PORT && f.http.is_none() {
         p.steps.push(Step::Redis {
             from: from_ns,
             src,
@@ -414,7 +415,7 @@ impl Agents {
 
     fn call(&self, ns: NsRef, req: &Request) -> Result<Reply, String> {
         let sock = self.sockets.get(&ns).ok_or("no agent")?;
-        let r = wire::call(sock, req, Duration::from_secs(15))?;
+        let r = wire::call(sock, req, Duration::from_secs(15)).map_err(|e| e.to_string())?;
         match &r.error {
             Some(e) => Err(e.clone()),
             None => Ok(r),
@@ -1138,109 +1139,6 @@ impl FileReport {
     }
 }
 
-/// The YAML files of a directory (recursively, sorted), or the path itself.
-pub fn source_files(path: &Path) -> Result<Vec<PathBuf>, String> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut stack = vec![path.to_path_buf()];
-    let mut found = Vec::new();
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(
-                p.extension().and_then(|x| x.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) {
-                found.push(p);
-            }
-        }
-    }
-    found.sort();
-    if found.is_empty() {
-        return Err(format!("{}: no YAML files", path.display()));
-    }
-    Ok(found)
-}
-
-/// One text for a scenario file or a manifests directory (its files as one multi-document
-/// stream), which [`load_world`] reads back: what the lab's proxies load.
-pub fn source_text(path: &Path) -> Result<String, String> {
-    if !path.is_dir() {
-        return std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()));
-    }
-    let mut out = String::new();
-    for f in source_files(path)? {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let body = text.trim_start();
-        let body = body.strip_prefix("---").unwrap_or(body);
-        out.push_str("---\n");
-        out.push_str(body);
-        if !out.ends_with('\n') {
-            out.push('\n');
-        }
-    }
-    Ok(out)
-}
-
-fn load_manifests(sources: Vec<SourceFile>) -> Result<World, String> {
-    let loaded = manifests::load(sources);
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|(_, d)| d.code == "yaml")
-        .map(|(f, d)| format!("{}: {}", loaded.file_name(*f), d.message))
-        .collect();
-    if !errors.is_empty() {
-        return Err(errors.join("\n"));
-    }
-    Ok(loaded.world)
-}
-
-/// Reads a scenario file, a manifests directory (`membrane check`'s input: its
-/// `ConnectivityTest` expectations are the flows) or a file of manifests into a world.
-pub fn load_world(path: &Path) -> Result<World, String> {
-    if path.is_dir() {
-        let mut sources = Vec::new();
-        for f in source_files(path)? {
-            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            sources.push(SourceFile {
-                name: f.display().to_string(),
-                text,
-            });
-        }
-        return load_manifests(sources);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let scenario = match parse_scenario(&text) {
-        Ok(s) => s,
-        Err(diags) => {
-            if text
-                .lines()
-                .any(|l| l.starts_with("apiVersion:") || l.starts_with("kind:"))
-            {
-                // Manifests (e.g. a directory's files as one stream, see `source_text`).
-                return load_manifests(vec![SourceFile {
-                    name: path.display().to_string(),
-                    text,
-                }]);
-            }
-            let msgs: Vec<String> = diags
-                .iter()
-                .map(|d| match d.span {
-                    Some(s) => format!("{}:{}:{}: {}", path.display(), s.line, s.col, d.message),
-                    None => format!("{}: {}", path.display(), d.message),
-                })
-                .collect();
-            return Err(msgs.join("\n"));
-        }
-    };
-    Ok(World::from_scenario(scenario, 0))
-}
-
 /// Probes the flows of a lab that is up.
 pub fn probe_lab(
     world: &World,
@@ -1267,7 +1165,7 @@ pub fn run_file(path: &Path, opts: &LabOptions, jobs: usize) -> FileReport {
     let world = match load_world(path) {
         Ok(w) => w,
         Err(e) => {
-            report.error = Some(e);
+            report.error = Some(e.to_string());
             return report;
         }
     };

@@ -1,4 +1,4 @@
-//! An interpreter for the nftables text [`crate::compile`] emits: it loads the full table and
+//! An interpreter for the nftables text [`crate::nft::compile`] emits: it loads the full table and
 //! applies update transactions the way `nft -f` does (checking what the kernel checks:
 //! references to missing chains or maps, deleting objects still in use, overlapping
 //! interval elements), and evaluates packets through the hooks.
@@ -144,7 +144,7 @@ fn split_elements(body: &str) -> Vec<String> {
 }
 
 impl Table {
-    /// Loads a full table as rendered by [`crate::compile::Ruleset::render`].
+    /// Loads a full table as rendered by [`crate::nft::compile::Ruleset::render`].
     pub fn load(text: &str) -> Result<Table, String> {
         let mut t = Table::default();
         let mut lines = text
@@ -350,7 +350,7 @@ impl Table {
         })
     }
 
-    /// Applies an `nft -f` transaction of the commands [`crate::compile::Ruleset::update_from`]
+    /// Applies an `nft -f` transaction of the commands [`crate::nft::compile::Ruleset::update_from`]
     /// writes. Like the kernel, a failing command leaves the table unchanged.
     pub fn apply(&mut self, transaction: &str) -> Result<(), String> {
         let mut next = self.clone();
