@@ -323,7 +323,7 @@ fn redis_probe(
     dst: Ipv4Addr,
     port: u16,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let wait = timeout.max(Duration::from_secs(2));
     let (mut r, ex) = tcp_exchange(
         (src, sport, dst, port),
@@ -378,14 +378,14 @@ fn tcp_exchange(
     payload: &[u8],
     wait: Duration,
     enough: impl Fn(&[u8]) -> bool,
-) -> Result<(Reply, Exchanged), String> {
+) -> Result<(Reply, Exchanged), NodeError> {
     use std::io::Read;
     let (r, s) = tcp_connect(src, sport, dst, port, timeout)?;
     let Some(mut s) = s else {
         return Ok((r, None));
     };
     s.write_all(payload)
-        .map_err(|e| format!("send to {dst}:{port}: {e}"))?;
+        .map_err(NodeError::io(format!("send to {dst}:{port}")))?;
     let deadline = Instant::now() + wait;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -463,7 +463,7 @@ fn http_probe(
     port: u16,
     req: (&str, &str, &str, &[(String, String)]),
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let (method, path, host, headers) = req;
     let mut text = request_text(method, path, host, headers);
     text.push_str("connection: close\r\n\r\n");
@@ -501,7 +501,7 @@ fn http_seq(
     port: u16,
     requests: &[HttpRequest],
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     use std::io::Read;
     let (mut r, s) = tcp_connect(src, 0, dst, port, timeout)?;
     let Some(mut s) = s else {
@@ -546,7 +546,7 @@ fn tls_probe(
     port: u16,
     sni: &str,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     // Allowed: the proxy splices to the agent, which waits for an HTTP head and says
     // nothing; denied: the proxy closes at once.
     let wait = Duration::from_millis(500);
@@ -737,19 +737,20 @@ fn handle(req: Request, seen: &SeenSet) -> Reply {
             Duration::from_millis(timeout_ms),
         )),
     };
+    // The agent's errors travel as text in the reply (the edge of the wire protocol).
     r.unwrap_or_else(|e| Reply {
-        error: Some(e),
+        error: Some(e.to_string()),
         ..Reply::default()
     })
 }
 
-fn bound(ty: Type, proto: Protocol, src: Ipv4Addr, port: u16) -> Result<Socket, String> {
-    let s = Socket::new(Domain::IPV4, ty, Some(proto)).map_err(|e| format!("socket: {e}"))?;
+fn bound(ty: Type, proto: Protocol, src: Ipv4Addr, port: u16) -> Result<Socket, NodeError> {
+    let s = Socket::new(Domain::IPV4, ty, Some(proto)).map_err(NodeError::io("socket"))?;
     // Chosen source ports are reused by later probes: never refuse them for a lingering
     // socket of an earlier probe.
     let _ = s.set_reuse_address(true);
     s.bind(&SockAddr::from(SocketAddrV4::new(src, port)))
-        .map_err(|e| format!("bind {src}: {e}"))?;
+        .map_err(NodeError::io(format!("bind {src}")))?;
     Ok(s)
 }
 
@@ -766,7 +767,7 @@ fn tcp_probe(
     dst: Ipv4Addr,
     port: u16,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     tcp_connect(src, sport, dst, port, timeout).map(|(r, _)| r)
 }
 
@@ -779,7 +780,7 @@ fn tcp_connect(
     dst: Ipv4Addr,
     port: u16,
     timeout: Duration,
-) -> Result<(Reply, Option<std::net::TcpStream>), String> {
+) -> Result<(Reply, Option<std::net::TcpStream>), NodeError> {
     let s = bound(Type::STREAM, Protocol::TCP, src, sport)?;
     let mut r = Reply {
         sport: local_port(&s),
@@ -809,14 +810,13 @@ fn udp_probe(
     port: u16,
     timeout: Duration,
     nonce: u64,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let s: UdpSocket = bound(Type::DGRAM, Protocol::UDP, src, sport)?.into();
     let sport = s.local_addr().map_or(0, |a| a.port());
-    s.connect((dst, port))
-        .map_err(|e| format!("connect: {e}"))?;
+    s.connect((dst, port)).map_err(NodeError::io("connect"))?;
     let mut payload = MAGIC.to_vec();
     payload.extend_from_slice(&nonce.to_be_bytes());
-    s.send(&payload).map_err(|e| format!("send: {e}"))?;
+    s.send(&payload).map_err(NodeError::io("send"))?;
     let deadline = Instant::now() + timeout;
     let mut r = Reply {
         sport,
@@ -877,7 +877,7 @@ pub fn sctp_init(sport: u16, dport: u16, tag: u32) -> Vec<u8> {
     p
 }
 
-fn sctp_probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, tag: u32) -> Result<Reply, String> {
+fn sctp_probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, tag: u32) -> Result<Reply, NodeError> {
     let s = bound(Type::RAW, Protocol::from(132), src, 0)?;
     // A source port from the tag: known to the lab for matching drops.
     let sport = 20000 + (tag % 40000) as u16;
@@ -885,7 +885,7 @@ fn sctp_probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, tag: u32) -> Result<Reply
         &sctp_init(sport, port, tag),
         &SockAddr::from(SocketAddrV4::new(dst, 0)),
     )
-    .map_err(|e| format!("send: {e}"))?;
+    .map_err(NodeError::io("send"))?;
     Ok(Reply {
         sport,
         ..Reply::default()
@@ -910,7 +910,7 @@ fn icmp_probe(
     icmp_type: u8,
     id: u16,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let mut s = bound(Type::RAW, Protocol::ICMPV4, src, 0)?;
     let mut p = vec![icmp_type, 0, 0, 0];
     p.extend_from_slice(&id.to_be_bytes());
@@ -920,7 +920,7 @@ fn icmp_probe(
     let c = inet_checksum(&p);
     p[2..4].copy_from_slice(&c.to_be_bytes());
     s.send_to(&p, &SockAddr::from(SocketAddrV4::new(dst, 0)))
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(NodeError::io("send"))?;
     let mut r = Reply {
         sport: id,
         ..Reply::default()
@@ -1009,14 +1009,13 @@ fn dns_probe(
     server: Ipv4Addr,
     name: &str,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let s: UdpSocket = bound(Type::DGRAM, Protocol::UDP, src, sport)?.into();
     let sport = s.local_addr().map_or(0, |a| a.port());
-    s.connect((server, 53))
-        .map_err(|e| format!("connect: {e}"))?;
+    s.connect((server, 53)).map_err(NodeError::io("connect"))?;
     let id = sport ^ 0x5a5a;
     s.send(&dns_query(id, name))
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(NodeError::io("send"))?;
     let deadline = Instant::now() + timeout;
     let mut r = Reply {
         sport,
@@ -1059,7 +1058,7 @@ fn conn_loop(src: Ipv4Addr, dst: Ipv4Addr, port: u16, d: Duration, timeout: Dura
             Ok(p) => p
                 .error
                 .unwrap_or_else(|| format!("timeout after {:?} (sport {})", t0.elapsed(), p.sport)),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         r.failed += 1;
         if r.errors.len() < 8 {
