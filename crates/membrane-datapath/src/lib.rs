@@ -181,6 +181,7 @@ mod tests {
                     "std::net::Tcp",
                     "UnixStream",
                     "crate::exec",
+                    "nft::apply",
                 ] {
                     if text
                         .lines()

@@ -132,7 +132,7 @@ pub struct LabOptions {
     /// Start a reaper that tears the lab down when this process dies.
     pub reaper: bool,
     /// Run the L7 proxies (experimental): the scenario file their policy is loaded from.
-    /// The rulesets then `tproxy` L7 entries to them (`compile::with_proxies`).
+    /// The rulesets then `tproxy` L7 entries to them (`nft::compile::with_proxies`).
     pub proxies: Option<PathBuf>,
 }
 
