@@ -15,7 +15,7 @@ use membrane_cluster::decision_json::{
 use membrane_cluster::scenario::parse_scenario;
 use membrane_cluster::world::World;
 use membrane_datapath::events::{DropEvent, flow_json};
-use membrane_datapath::proxy::{denial_json, dns_forwarded_json, forwarded_json};
+use membrane_datapath::node::proxy::{denial_json, dns_forwarded_json, forwarded_json};
 use membrane_datapath::topology::Topology;
 use membrane_policy::api::{PolicyKind, RuleSection};
 use membrane_policy::model::{Direction, Origin};

@@ -7,7 +7,7 @@
 //! `mbr <direction> <reason> <endpoint key> <name>`, says which side dropped and why; the
 //! payload gives the 5-tuple; the engine then names the policy that decided.
 
-use crate::compile::LOG_TAG;
+use crate::layout::LOG_TAG;
 use crate::topology::{NsRef, Topology};
 use membrane_cluster::decision_json::{FileNames, event_decision_json};
 use membrane_cluster::world::World;
@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn prefixes_round_trip() {
-        let p = crate::compile::log_prefix(Direction::Ingress, "deny-rule", "p3", "ns/echo");
+        let p = crate::nft::compile::log_prefix(Direction::Ingress, "deny-rule", "p3", "ns/echo");
         assert_eq!(
             parse_prefix(&p),
             Some((

@@ -17,11 +17,12 @@
 
 use crate::events::{Collector, DropEvent};
 use crate::lab::{Lab, LabOptions};
+use crate::layout::REDIS_PORT;
+use crate::source::load_world;
 use crate::topology::{NsRef, Topology};
-use crate::wire::{self, Reply, Request};
-use membrane_cluster::manifests::{self, SourceFile};
+use crate::wire::{self, Reply, Request, WireError};
 use membrane_cluster::runner::{Evaluation, describe_flow, evaluate_flow};
-use membrane_cluster::scenario::{FlowSpec, parse_scenario};
+use membrane_cluster::scenario::FlowSpec;
 use membrane_cluster::world::{Party, World};
 use membrane_policy::model::Direction;
 use membrane_policy::verdict::{FlowDecision, Verdict};
@@ -174,17 +175,60 @@ fn blocking(topo: &Topology, d: &FlowDecision, from: Party, to: Party) -> Option
     ))
 }
 
-fn proto_of(f: &FlowSpec) -> Result<(u8, u8), String> {
+/// Why a flow cannot be probed in the lab (its plan's `skip`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The engine could not evaluate the flow.
+    #[error("{0}")]
+    Engine(String),
+    /// The flow is decided at L7 and the lab runs no proxies: why.
+    #[error("{0}")]
+    NeedsProxies(String),
+    #[error("{0} is not in the lab (IPv6 or a duplicate address)")]
+    NotInLab(String),
+    #[error("unknown source")]
+    UnknownSource,
+    #[error("unknown destination")]
+    UnknownDestination,
+    #[error("no kube-dns endpoint")]
+    NoKubeDns,
+    #[error("a flow needs `to` or `dns`")]
+    NoDestination,
+    #[error("a TCP/UDP/SCTP flow needs a port")]
+    NoPort,
+    #[error("ICMPv6: the lab is IPv4 only")]
+    Icmpv6,
+    #[error("protocol {0} cannot be probed")]
+    Protocol(String),
+    #[error("a pod to itself: the lab has no other replica of it to send it to")]
+    PodToItself,
+}
+
+/// A probe request its agent did not carry out.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no agent in namespace {0:?}")]
+    NoAgent(NsRef),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The agent's own error (a socket it could not open, …).
+    #[error("{0}")]
+    Agent(String),
+    #[error("agent call ended without a reply")]
+    Ended,
+}
+
+fn proto_of(f: &FlowSpec) -> Result<(u8, u8), PlanError> {
     match f.protocol.as_deref().unwrap_or("TCP") {
         "TCP" => Ok((6, 0)),
         "UDP" => Ok((17, 0)),
         "SCTP" => Ok((132, 0)),
         "ICMP" => match f.icmp {
-            Some((true, _)) => Err("ICMPv6: the lab is IPv4 only".into()),
+            Some((true, _)) => Err(PlanError::Icmpv6),
             Some((false, t)) => Ok((1, t)),
             None => Ok((1, 8)),
         },
-        p => Err(format!("protocol {p} cannot be probed")),
+        p => Err(PlanError::Protocol(p.to_string())),
     }
 }
 
@@ -215,16 +259,16 @@ pub fn plan_with(world: &World, topo: &Topology, proxies: bool) -> Vec<FlowPlan>
                 loopback: false,
             };
             if let Err(e) = plan_flow(world, topo, f, &mut p, proxies) {
-                p.skip = Some(e);
+                p.skip = Some(e.to_string());
             }
             p
         })
         .collect()
 }
 
-fn place(topo: &Topology, party: Party, what: &str) -> Result<(NsRef, Ipv4Addr), String> {
+fn place(topo: &Topology, party: Party, what: &str) -> Result<(NsRef, Ipv4Addr), PlanError> {
     topo.place(party)
-        .ok_or_else(|| format!("{what} is not in the lab (IPv6 or a duplicate address)"))
+        .ok_or_else(|| PlanError::NotInLab(what.to_string()))
 }
 
 fn plan_flow(
@@ -233,19 +277,19 @@ fn plan_flow(
     f: &FlowSpec,
     p: &mut FlowPlan,
     proxies: bool,
-) -> Result<(), String> {
-    let e = evaluate_flow(world, f)?;
+) -> Result<(), PlanError> {
+    let e = evaluate_flow(world, f).map_err(PlanError::Engine)?;
     p.engine = Some(e.verdict);
     if let Some(why) = l7_dependence(f, &e)
         && !proxies
     {
-        return Err(why);
+        return Err(PlanError::NeedsProxies(why));
     }
-    let from = world.party(&f.from).ok_or("unknown source")?;
+    let from = world.party(&f.from).ok_or(PlanError::UnknownSource)?;
     let (from_ns, src) = place(topo, from, &f.from)?;
     let dns = world.kube_dns();
-    let lookup = |name: &str, expect_addr, purpose| -> Result<Step, String> {
-        let server = dns.ok_or("no kube-dns endpoint")?;
+    let lookup = |name: &str, expect_addr, purpose| -> Result<Step, PlanError> {
+        let server = dns.ok_or(PlanError::NoKubeDns)?;
         let (server_ns, server_addr) = place(topo, server, "kube-dns")?;
         Ok(Step::Dns {
             from: from_ns,
@@ -264,8 +308,8 @@ fn plan_flow(
         }
         return Ok(());
     }
-    let to_name = f.to.as_deref().ok_or("a flow needs `to` or `dns`")?;
-    let to = world.party(to_name).ok_or("unknown destination")?;
+    let to_name = f.to.as_deref().ok_or(PlanError::NoDestination)?;
+    let to = world.party(to_name).ok_or(PlanError::UnknownDestination)?;
     let (to_ns, dst) = place(topo, to, to_name)?;
     if let Party::World {
         learned_as: Some(_),
@@ -284,7 +328,7 @@ fn plan_flow(
     let port = if proto == 1 {
         u16::from(icmp_type)
     } else {
-        f.port.ok_or("a TCP/UDP/SCTP flow needs a port")?
+        f.port.ok_or(PlanError::NoPort)?
     };
     // A node and its hostNetwork pods share the node's stack, and the world namespace holds
     // every outside address: such flows go over `lo` there, as they do in a cluster. The node's
@@ -295,7 +339,7 @@ fn plan_flow(
         // A pod to its own address never leaves its namespace either, but the engine reads
         // a workload to itself as traffic between its replicas, which the datapath does
         // police: a lab pod has no replica to send it to.
-        return Err("a pod to itself: the lab has no other replica of it to send it to".into());
+        return Err(PlanError::PodToItself);
     }
     let to_kube_dns = dns.and_then(|d| topo.place(d)) == Some((to_ns, dst));
     if let Some((_, client_hop)) = &e.gateway {
@@ -351,7 +395,7 @@ fn plan_flow(
             host: dst.to_string(),
             headers: vec![],
         });
-    } else if proto == 6 && port == crate::agent::REDIS_PORT && f.http.is_none() {
+    } else if proto == 6 && port == REDIS_PORT && f.http.is_none() {
         p.steps.push(Step::Redis {
             from: from_ns,
             src,
@@ -412,11 +456,11 @@ impl Agents {
         }
     }
 
-    fn call(&self, ns: NsRef, req: &Request) -> Result<Reply, String> {
-        let sock = self.sockets.get(&ns).ok_or("no agent")?;
+    fn call(&self, ns: NsRef, req: &Request) -> Result<Reply, ProbeError> {
+        let sock = self.sockets.get(&ns).ok_or(ProbeError::NoAgent(ns))?;
         let r = wire::call(sock, req, Duration::from_secs(15))?;
         match &r.error {
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(ProbeError::Agent(e.clone())),
             None => Ok(r),
         }
     }
@@ -485,7 +529,7 @@ fn race(
     from: NsRef,
     req: Request,
     t: Tuple,
-) -> Result<Result<Reply, String>, DropEvent> {
+) -> Result<Result<Reply, ProbeError>, DropEvent> {
     let (tx, rx) = std::sync::mpsc::channel();
     let agents2 = agents.clone();
     std::thread::spawn(move || {
@@ -495,7 +539,7 @@ fn race(
         match rx.recv_timeout(Duration::from_millis(2)) {
             Ok(r) => return Ok(r),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Ok(Err("agent call ended without a reply".into()));
+                return Ok(Err(ProbeError::Ended));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -516,7 +560,7 @@ fn exchange(
 ) -> StepResult {
     match race(agents, collector, from, req, t) {
         Err(e) => StepResult::Dropped(e),
-        Ok(Err(e)) => StepResult::Error(e),
+        Ok(Err(e)) => StepResult::Error(e.to_string()),
         Ok(Ok(r)) if r.delivered => StepResult::Delivered {
             reply: r,
             note: None,
@@ -682,7 +726,7 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                     };
                     match race(agents, collector, *from, req, t) {
                         Err(e) => StepResult::Dropped(e),
-                        Ok(Err(e)) => StepResult::Error(e),
+                        Ok(Err(e)) => StepResult::Error(e.to_string()),
                         Ok(Ok(r)) if r.refused => delivered(
                             r,
                             Some("reset by the destination: nothing listens there".into()),
@@ -703,7 +747,7 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                     };
                     match race(agents, collector, *from, req, t) {
                         Err(e) => StepResult::Dropped(e),
-                        Ok(Err(e)) => StepResult::Error(e),
+                        Ok(Err(e)) => StepResult::Error(e.to_string()),
                         Ok(Ok(r)) if r.delivered => delivered(r, None),
                         Ok(Ok(r)) => match poll_seen(
                             agents,
@@ -733,7 +777,7 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                             tag,
                         },
                     ) {
-                        Err(e) => StepResult::Error(e),
+                        Err(e) => StepResult::Error(e.to_string()),
                         Ok(r) => {
                             t.sport = r.sport;
                             let key = (132, src, u64::from(tag));
@@ -757,7 +801,7 @@ fn send_once(agents: &Agents, collector: &Collector, step: &Step, timeout: Durat
                     };
                     match race(agents, collector, *from, req, t) {
                         Err(e) => StepResult::Dropped(e),
-                        Ok(Err(e)) => StepResult::Error(e),
+                        Ok(Err(e)) => StepResult::Error(e.to_string()),
                         Ok(Ok(r)) if r.delivered => delivered(r, None),
                         Ok(Ok(r)) => {
                             let key = (1, src, (u64::from(*icmp_type) << 16) | u64::from(t.sport));
@@ -1138,109 +1182,6 @@ impl FileReport {
     }
 }
 
-/// The YAML files of a directory (recursively, sorted), or the path itself.
-pub fn source_files(path: &Path) -> Result<Vec<PathBuf>, String> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut stack = vec![path.to_path_buf()];
-    let mut found = Vec::new();
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(
-                p.extension().and_then(|x| x.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) {
-                found.push(p);
-            }
-        }
-    }
-    found.sort();
-    if found.is_empty() {
-        return Err(format!("{}: no YAML files", path.display()));
-    }
-    Ok(found)
-}
-
-/// One text for a scenario file or a manifests directory (its files as one multi-document
-/// stream), which [`load_world`] reads back: what the lab's proxies load.
-pub fn source_text(path: &Path) -> Result<String, String> {
-    if !path.is_dir() {
-        return std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()));
-    }
-    let mut out = String::new();
-    for f in source_files(path)? {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let body = text.trim_start();
-        let body = body.strip_prefix("---").unwrap_or(body);
-        out.push_str("---\n");
-        out.push_str(body);
-        if !out.ends_with('\n') {
-            out.push('\n');
-        }
-    }
-    Ok(out)
-}
-
-fn load_manifests(sources: Vec<SourceFile>) -> Result<World, String> {
-    let loaded = manifests::load(sources);
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|(_, d)| d.code == "yaml")
-        .map(|(f, d)| format!("{}: {}", loaded.file_name(*f), d.message))
-        .collect();
-    if !errors.is_empty() {
-        return Err(errors.join("\n"));
-    }
-    Ok(loaded.world)
-}
-
-/// Reads a scenario file, a manifests directory (`membrane check`'s input: its
-/// `ConnectivityTest` expectations are the flows) or a file of manifests into a world.
-pub fn load_world(path: &Path) -> Result<World, String> {
-    if path.is_dir() {
-        let mut sources = Vec::new();
-        for f in source_files(path)? {
-            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            sources.push(SourceFile {
-                name: f.display().to_string(),
-                text,
-            });
-        }
-        return load_manifests(sources);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let scenario = match parse_scenario(&text) {
-        Ok(s) => s,
-        Err(diags) => {
-            if text
-                .lines()
-                .any(|l| l.starts_with("apiVersion:") || l.starts_with("kind:"))
-            {
-                // Manifests (e.g. a directory's files as one stream, see `source_text`).
-                return load_manifests(vec![SourceFile {
-                    name: path.display().to_string(),
-                    text,
-                }]);
-            }
-            let msgs: Vec<String> = diags
-                .iter()
-                .map(|d| match d.span {
-                    Some(s) => format!("{}:{}:{}: {}", path.display(), s.line, s.col, d.message),
-                    None => format!("{}: {}", path.display(), d.message),
-                })
-                .collect();
-            return Err(msgs.join("\n"));
-        }
-    };
-    Ok(World::from_scenario(scenario, 0))
-}
-
 /// Probes the flows of a lab that is up.
 pub fn probe_lab(
     world: &World,
@@ -1267,7 +1208,7 @@ pub fn run_file(path: &Path, opts: &LabOptions, jobs: usize) -> FileReport {
     let world = match load_world(path) {
         Ok(w) => w,
         Err(e) => {
-            report.error = Some(e);
+            report.error = Some(e.to_string());
             return report;
         }
     };

@@ -11,7 +11,7 @@
 //!   hostNetwork pods, IP literals in flows, `world`) is one **world namespace** that also
 //!   routes between nodes, like the network between real nodes.
 
-use crate::compile::{DirectionTable, LocalEndpoint, NodeInput};
+use crate::nft::compile::{DirectionTable, LocalEndpoint, NodeInput};
 use membrane_cluster::world::{Party, WORLD_ADDR, World, address_of_name};
 use membrane_policy::model::Direction;
 use std::collections::{BTreeMap, BTreeSet};

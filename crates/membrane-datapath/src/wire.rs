@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,21 +214,45 @@ pub struct Reply {
     pub errors: Vec<String>,
 }
 
+/// A request the agent did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("agent {}: {source}", socket.display())]
+    Io {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent {}: no reply", .0.display())]
+    NoReply(PathBuf),
+    #[error("agent request: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("agent reply `{reply}`: {source}")]
+    Decode {
+        reply: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Sends one request to the agent listening on `socket`.
-pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
-    let mut s =
-        UnixStream::connect(socket).map_err(|e| format!("agent {}: {e}", socket.display()))?;
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, WireError> {
+    let io = |source| WireError::Io {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let mut s = UnixStream::connect(socket).map_err(io)?;
     let _ = s.set_read_timeout(Some(timeout));
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_string(req).map_err(WireError::Encode)?;
     line.push('\n');
-    s.write_all(line.as_bytes())
-        .map_err(|e| format!("agent {}: {e}", socket.display()))?;
+    s.write_all(line.as_bytes()).map_err(io)?;
     let mut reply = String::new();
-    BufReader::new(s)
-        .read_line(&mut reply)
-        .map_err(|e| format!("agent {}: {e}", socket.display()))?;
+    BufReader::new(s).read_line(&mut reply).map_err(io)?;
     if reply.is_empty() {
-        return Err(format!("agent {}: no reply", socket.display()));
+        return Err(WireError::NoReply(socket.to_path_buf()));
     }
-    serde_json::from_str(&reply).map_err(|e| format!("agent reply `{}`: {e}", reply.trim()))
+    serde_json::from_str(&reply).map_err(|source| WireError::Decode {
+        reply: reply.trim().to_string(),
+        source,
+    })
 }

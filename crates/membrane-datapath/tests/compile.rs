@@ -8,8 +8,8 @@
 
 use membrane_cluster::scenario::parse_scenario;
 use membrane_cluster::world::World;
-use membrane_datapath::compile::{Action, compile_node};
-use membrane_datapath::nftsim::{Packet, Table};
+use membrane_datapath::nft::compile::{Action, compile_node};
+use membrane_datapath::nft::sim::{Packet, Table};
 use membrane_datapath::topology::{NsRef, Topology};
 use membrane_policy::model::{Direction, Protocol};
 use membrane_policy::verdict::{L7Request, Outcome, SideDecision};
@@ -302,7 +302,7 @@ fn datapath_equals_engine_lookup_many_packets_on_rich_worlds() {
 
 #[test]
 fn flattening_keeps_the_longest_prefix() {
-    use membrane_datapath::compile::{Run, flatten_prefixes};
+    use membrane_datapath::nft::compile::{Run, flatten_prefixes};
     // 8000-8003 deny inside 8000-8015 allow inside 0/0 is not a prefix (handled elsewhere).
     let runs = flatten_prefixes(
         &[

@@ -59,7 +59,8 @@ fn allowed_dns_queries_are_flow_events_with_their_rule() {
         return;
     }
     use membrane_datapath::lab::Lab;
-    use membrane_datapath::probe::{load_world, probe_lab};
+    use membrane_datapath::probe::probe_lab;
+    use membrane_datapath::source::load_world;
     use serde_json::Value;
 
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/dns-learned.yaml");

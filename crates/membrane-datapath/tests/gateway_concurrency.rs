@@ -10,9 +10,9 @@
 mod support;
 
 use membrane_cluster::world::World;
-use membrane_datapath::compile::PROXY_UNAVAILABLE;
 use membrane_datapath::lab::Lab;
-use membrane_datapath::probe::load_world;
+use membrane_datapath::nft::compile::PROXY_UNAVAILABLE;
+use membrane_datapath::source::load_world;
 use membrane_datapath::topology::NsRef;
 use membrane_datapath::wire::{self, HttpAnswer, HttpRequest, Reply, Request};
 use std::collections::BTreeMap;

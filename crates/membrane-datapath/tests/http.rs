@@ -6,7 +6,8 @@
 mod support;
 
 use membrane_datapath::lab::{self, Lab};
-use membrane_datapath::probe::{load_world, probe_lab, run_file};
+use membrane_datapath::probe::{probe_lab, run_file};
+use membrane_datapath::source::load_world;
 use membrane_policy::verdict::Verdict;
 use serde_json::Value;
 use std::path::PathBuf;

@@ -6,7 +6,8 @@
 mod support;
 
 use membrane_datapath::lab::{self, Lab};
-use membrane_datapath::probe::{FileReport, load_world, run_file, summary};
+use membrane_datapath::probe::{FileReport, run_file, summary};
+use membrane_datapath::source::load_world;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -160,7 +161,7 @@ fn kernel_accepts_every_ruleset_and_update() {
     if !root_or_skip("kernel_accepts_every_ruleset_and_update") {
         return;
     }
-    use membrane_datapath::compile::compile_node;
+    use membrane_datapath::nft::compile::compile_node;
     use membrane_datapath::topology::Topology;
     let ns = format!("mb.t{}-nft.x", std::process::id());
     struct Del(String);
@@ -178,7 +179,7 @@ fn kernel_accepts_every_ruleset_and_update() {
     );
     let _guard = Del(ns.clone());
     let nft = |text: &str| {
-        lab::run(
+        membrane_datapath::exec::run(
             Command::new("ip").args(["netns", "exec", &ns, "nft", "-f", "-"]),
             Some(text),
         )

@@ -4,7 +4,7 @@
 
 use membrane_cluster::scenario::parse_scenario;
 use membrane_cluster::world::World;
-use membrane_datapath::compile::{Ruleset, compile_node};
+use membrane_datapath::nft::compile::{Ruleset, compile_node};
 use membrane_datapath::topology::Topology;
 use std::path::PathBuf;
 

@@ -4,10 +4,12 @@
 //! `observe` and `down` do the same steps one at a time on a named lab.
 
 use crate::printers::{Output, json, text};
-use membrane_datapath::compile::compile_node;
 use membrane_datapath::events::{PcapTail, drop_event, flow_json};
-use membrane_datapath::lab::{self, Helper, Lab, LabOptions, STATE_ROOT};
-use membrane_datapath::probe::{FileReport, load_world, probe_lab, run_file, summary};
+use membrane_datapath::lab::{self, Helper, Lab, LabOptions};
+use membrane_datapath::layout::STATE_ROOT;
+use membrane_datapath::nft::compile::compile_node;
+use membrane_datapath::probe::{FileReport, probe_lab, run_file, summary};
+use membrane_datapath::source::load_world;
 use membrane_datapath::topology::Topology;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -131,7 +133,7 @@ fn need_root() -> Result<(), String> {
 fn prerequisites(files: &[PathBuf]) -> Result<(), String> {
     let worlds: Vec<membrane_cluster::world::World> =
         files.iter().filter_map(|f| load_world(f).ok()).collect();
-    lab::check_prerequisites(&worlds)
+    lab::check_prerequisites(&worlds).map_err(|e| e.to_string())
 }
 
 /// The lab a command is about: the given name, or the only lab there is.
@@ -153,7 +155,7 @@ fn pick(name: Option<String>) -> Result<String, String> {
 pub fn run(cmd: LabCommand) -> u8 {
     let r = match cmd {
         LabCommand::Helper { args } => {
-            return u8::try_from(membrane_datapath::agent::helper_main(&args)).unwrap_or(1);
+            return u8::try_from(membrane_datapath::helper::helper_main(&args)).unwrap_or(1);
         }
         LabCommand::Compile { path, node } => compile(&path, node.as_deref()),
         LabCommand::Run {
@@ -202,7 +204,7 @@ pub fn run(cmd: LabCommand) -> u8 {
 }
 
 fn compile(path: &Path, node: Option<&str>) -> Result<u8, String> {
-    let world = load_world(path)?;
+    let world = load_world(path).map_err(|e| e.to_string())?;
     let topo = Topology::plan(&world);
     for input in topo.node_inputs(&world) {
         if node.is_some_and(|n| n != input.node) {
@@ -285,7 +287,7 @@ fn run_files(
 }
 
 fn up(path: &Path, name: Option<String>, proxies: bool) -> Result<u8, String> {
-    let world = load_world(path)?;
+    let world = load_world(path).map_err(|e| e.to_string())?;
     let name = name.unwrap_or_else(|| lab::name_from(&world.scenario.name));
     let opts = LabOptions {
         name: name.clone(),
@@ -295,11 +297,11 @@ fn up(path: &Path, name: Option<String>, proxies: bool) -> Result<u8, String> {
         proxies: proxies.then(|| path.to_path_buf()),
     };
     let start = Instant::now();
-    let mut lab = Lab::up(&world, &opts)?;
+    let mut lab = Lab::up(&world, &opts).map_err(|e| e.to_string())?;
     // A scenario file, or a manifests directory as one stream (`load_world` reads both).
-    let text = membrane_datapath::probe::source_text(path)?;
+    let text = membrane_datapath::source::source_text(path).map_err(|e| e.to_string())?;
     std::fs::write(lab.dir.join("scenario.yaml"), text).map_err(|e| e.to_string())?;
-    lab.keep()?;
+    lab.keep().map_err(|e| e.to_string())?;
     println!(
         "lab {name} is up in {:.1} s: {} nodes, {} pods, {} world addresses; state in {}",
         start.elapsed().as_secs_f64(),
@@ -320,8 +322,8 @@ fn up(path: &Path, name: Option<String>, proxies: bool) -> Result<u8, String> {
 fn attach(name: Option<String>) -> Result<(membrane_cluster::world::World, Lab), String> {
     let name = pick(name)?;
     let dir = root().join(&name);
-    let world = load_world(&dir.join("scenario.yaml"))?;
-    let lab = Lab::attach(&world, &root(), &name)?;
+    let world = load_world(&dir.join("scenario.yaml")).map_err(|e| e.to_string())?;
+    let lab = Lab::attach(&world, &root(), &name).map_err(|e| e.to_string())?;
     Ok((world, lab))
 }
 

@@ -2,5 +2,5 @@
 //! The `membrane` binary runs the same code as `membrane lab helper …`.
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(membrane_datapath::agent::helper_main(&args));
+    std::process::exit(membrane_datapath::helper::helper_main(&args));
 }

@@ -1,7 +1,8 @@
 //! Shared by the lab tests: root detection and lab options.
 #![allow(dead_code)]
 
-use membrane_datapath::lab::{Helper, Lab, LabOptions, STATE_ROOT};
+use membrane_datapath::lab::{Helper, Lab, LabOptions};
+use membrane_datapath::layout::STATE_ROOT;
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;

@@ -7,7 +7,9 @@
 //! FQDN identities of what its DNS proxy learned), and republishes whenever the file
 //! changes (`Lab::apply_source` rewrites it) or the DNS proxy learns something.
 
-use crate::probe::{load_world, source_files};
+use super::NodeError;
+use crate::layout::{DNS_PORT, HTTP_PORT, TABLE, TLS_PORT};
+use crate::source::{load_world, source_files};
 use membrane_cluster::decision_json::{FileNames, event_decision_json};
 use membrane_cluster::world::{Party, World};
 use membrane_proxy::FqdnCache;
@@ -23,13 +25,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Ports the proxies listen on in each node namespace.
-pub const HTTP_PORT: u16 = 15001;
-pub const DNS_PORT: u16 = 15053;
-pub const TLS_PORT: u16 = 15443;
-/// The mark of packets for a local proxy socket (`ip rule fwmark … lookup 100`).
-pub const PROXY_MARK: u32 = 0x4000_0000;
-
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
 }
@@ -40,20 +35,26 @@ fn mtime(p: &std::path::Path) -> Option<SystemTime> {
 
 /// `proxy --scenario FILE [--node I] [--events FILE] [--ready FILE]`: serves until killed;
 /// writes the `--ready` file once every listener is bound.
-pub fn proxy_main(args: &[String]) -> Result<(), String> {
+pub fn proxy_main(args: &[String]) -> Result<(), NodeError> {
     let opt = |name: &str| {
         args.iter()
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let scenario = PathBuf::from(opt("--scenario").ok_or("proxy needs --scenario")?);
+    let scenario = PathBuf::from(opt("--scenario").ok_or(NodeError::Missing {
+        program: "proxy",
+        what: "--scenario",
+    })?);
     // L7 requests, denied and (HTTP) forwarded, are appended to this file as Hubble-like
     // flow events (`lab observe`): Hubble shows both.
     let events: Option<PathBuf> = opt("--events").map(PathBuf::from);
     let ready: Option<PathBuf> = opt("--ready").map(PathBuf::from);
     let node: Option<usize> = match opt("--node") {
-        Some(n) => Some(n.parse().map_err(|_| "bad --node")?),
+        Some(n) => Some(n.parse().map_err(|_| NodeError::Bad {
+            what: "--node",
+            value: n.clone(),
+        })?),
         None => None,
     };
     let world = load_world(&scenario)?;
@@ -93,17 +94,16 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(NodeError::io("tokio runtime"))?;
     rt.block_on(async move {
         let learner = Arc::new(FqdnLearner::new(Arc::new(SystemClock)));
         let mut fqdns = learner.subscribe();
         let policy = proxy_policy_from_world(&world, node, Some(&fqdns.borrow()));
         let (tx, rx) = tokio::sync::watch::channel::<Arc<ProxyPolicy>>(Arc::new(policy));
-        let e = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        let http = transparent_tcp_listener(addr(HTTP_PORT)).map_err(|x| e("http", x))?;
-        let tls = transparent_tcp_listener(addr(TLS_PORT)).map_err(|x| e("tls", x))?;
-        let dns_udp = transparent_udp_socket(addr(DNS_PORT)).map_err(|x| e("dns", x))?;
-        let dns_tcp = transparent_tcp_listener(addr(DNS_PORT)).map_err(|x| e("dns", x))?;
+        let http = transparent_tcp_listener(addr(HTTP_PORT)).map_err(NodeError::io("http"))?;
+        let tls = transparent_tcp_listener(addr(TLS_PORT)).map_err(NodeError::io("tls"))?;
+        let dns_udp = transparent_udp_socket(addr(DNS_PORT)).map_err(NodeError::io("dns"))?;
+        let dns_tcp = transparent_tcp_listener(addr(DNS_PORT)).map_err(NodeError::io("dns"))?;
         tokio::spawn(serve_http(
             http,
             rx.clone(),
@@ -141,7 +141,7 @@ pub fn proxy_main(args: &[String]) -> Result<(), String> {
         // Every listener is bound: from now on tproxy finds a socket. The lab waits for this
         // file before it sends traffic (until then the datapath drops L7 flows, fail closed).
         if let Some(ready) = &ready {
-            std::fs::write(ready, b"serving\n").map_err(|x| e("ready file", x))?;
+            std::fs::write(ready, b"serving\n").map_err(NodeError::io("ready file"))?;
         }
         eprintln!("membrane lab proxy: serving (node {node:?})");
         // Republish on a new scenario file or newly learned names.
@@ -204,14 +204,8 @@ fn sync_ip2id(
             if written.get(a) == Some(&id) {
                 continue;
             }
-            let set = format!(
-                "add element inet {t} ip2id {{ {a} : {id} }}\n",
-                t = crate::compile::TABLE
-            );
-            let replace = format!(
-                "delete element inet {t} ip2id {{ {a} }}\n{set}",
-                t = crate::compile::TABLE
-            );
+            let set = format!("add element inet {t} ip2id {{ {a} : {id} }}\n", t = TABLE);
+            let replace = format!("delete element inet {t} ip2id {{ {a} }}\n{set}", t = TABLE);
             if nft(&replace) || nft(&set) {
                 written.insert(*a, id);
             } else {
@@ -222,11 +216,7 @@ fn sync_ip2id(
 }
 
 fn nft(script: &str) -> bool {
-    crate::lab::run(
-        std::process::Command::new("nft").args(["-f", "-"]),
-        Some(script),
-    )
-    .is_ok()
+    crate::nft::apply::script(script).is_ok()
 }
 
 /// Appends one JSON line: a single `write` on an `O_APPEND` file, so the lines of

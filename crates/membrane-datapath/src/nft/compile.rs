@@ -39,14 +39,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-/// The table every lab node namespace gets.
-pub const TABLE: &str = "membrane";
-/// NFLOG group drops are logged to. Every log rule says `queue-threshold 1`: otherwise the
-/// kernel batches NFLOG messages (100 packets or 1 s), and a probe waiting for the record of
-/// its dropped packet would wait up to a second.
-pub const NFLOG_GROUP: u16 = 1;
-/// Every log prefix starts with this, then `<direction> <reason> <endpoint key> <name>`.
-pub const LOG_TAG: &str = "mbr";
+use crate::layout::{LOG_TAG, NFLOG_GROUP, TABLE};
+
 /// The drop reason of a connection meant for an L7 proxy that was not listening.
 pub const PROXY_UNAVAILABLE: &str = "proxy-unavailable";
 
@@ -919,7 +913,7 @@ pub fn compile(input: &NodeInput) -> String {
 /// connections a proxy owns (`socket transparent 1`) go to it first. What the node itself
 /// sends (the output hook) gets L4 only, as before.
 pub fn with_proxies(mut rs: Ruleset) -> Ruleset {
-    use crate::proxy::{DNS_PORT, HTTP_PORT, PROXY_MARK, TLS_PORT};
+    use crate::layout::{DNS_PORT, HTTP_PORT, PROXY_MARK, TLS_PORT};
     const HTTP: u32 = 0x4000_0000;
     const DNS: u32 = 0x2000_0000;
     const TLS: u32 = 0x1000_0000;

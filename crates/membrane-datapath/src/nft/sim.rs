@@ -1,4 +1,4 @@
-//! An interpreter for the nftables text [`crate::compile`] emits: it loads the full table and
+//! An interpreter for the nftables text [`crate::nft::compile`] emits: it loads the full table and
 //! applies update transactions the way `nft -f` does (checking what the kernel checks:
 //! references to missing chains or maps, deleting objects still in use, overlapping
 //! interval elements), and evaluates packets through the hooks.
@@ -9,6 +9,78 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+
+/// Text the interpreter (like `nft`) rejects, or a packet it cannot evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// Malformed text: `empty ruleset`, `unterminated map`, `bad rule`, `unknown command`, …
+    #[error("{0}")]
+    Syntax(&'static str),
+    #[error("expected a table, got `{0}`")]
+    ExpectedTable(String),
+    #[error("unexpected line in map {map}: `{line}`")]
+    UnexpectedInMap { map: String, line: String },
+    #[error("unexpected line `{0}`")]
+    UnexpectedLine(String),
+    #[error("`{text}`: {source}")]
+    BadNumber {
+        text: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("cannot read value `{0}`")]
+    BadValue(String),
+    #[error("empty range `{0}`")]
+    EmptyRange(String),
+    #[error("element `{0}` has no value")]
+    NoValue(String),
+    #[error("element `{element}` does not fit type `{ty}`")]
+    WrongArity { element: String, ty: String },
+    #[error("range in `{0}` needs `flags interval`")]
+    NeedsInterval(String),
+    #[error("map {0} exists with another type")]
+    MapRedeclared(String),
+    #[error("chain {0} exists with another hook")]
+    ChainRedeclared(String),
+    #[error("`{0}`: no such chain")]
+    NoTarget(String),
+    #[error("no map {0}")]
+    NoMap(String),
+    #[error("no chain {0}")]
+    NoChain(String),
+    /// A `flush`/`delete` of an object that does not exist (`chain`, `map`).
+    #[error("no such {0}")]
+    NoSuch(&'static str),
+    #[error("chain is not empty")]
+    ChainNotEmpty,
+    /// Deleting an object still referenced (`chain`, `map`).
+    #[error("{0} is in use (EBUSY)")]
+    Busy(&'static str),
+    #[error("map {map}: `{element}` overlaps an existing element")]
+    Overlap { map: String, element: String },
+    #[error("unknown map attribute `{0}`")]
+    UnknownAttribute(String),
+    #[error("rule `{rule}`: {source}")]
+    InRule {
+        rule: String,
+        #[source]
+        source: Box<SimError>,
+    },
+    #[error("`{line}`: {source}")]
+    InCommand {
+        line: String,
+        #[source]
+        source: Box<SimError>,
+    },
+    #[error("loop")]
+    Loop,
+    #[error("unknown verdict `{0}`")]
+    UnknownVerdict(String),
+    #[error("unknown expression `{0}`")]
+    UnknownExpression(String),
+    #[error("rule shape not known to the interpreter: `{0}`")]
+    UnknownRule(String),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Element {
@@ -68,13 +140,16 @@ fn proto_number(s: &str) -> Option<u64> {
     })
 }
 
-fn scalar(s: &str) -> Result<u64, String> {
+fn scalar(s: &str) -> Result<u64, SimError> {
     let s = s.trim();
     if let Some(n) = proto_number(s) {
         return Ok(n);
     }
     if let Some(h) = s.strip_prefix("0x") {
-        return u64::from_str_radix(h, 16).map_err(|e| format!("`{s}`: {e}"));
+        return u64::from_str_radix(h, 16).map_err(|source| SimError::BadNumber {
+            text: s.to_string(),
+            source,
+        });
     }
     if let Ok(n) = s.parse::<u64>() {
         return Ok(n);
@@ -82,10 +157,10 @@ fn scalar(s: &str) -> Result<u64, String> {
     if let Ok(a) = s.parse::<Ipv4Addr>() {
         return Ok(u64::from(u32::from(a)));
     }
-    Err(format!("cannot read value `{s}`"))
+    Err(SimError::BadValue(s.to_string()))
 }
 
-fn component(s: &str) -> Result<(u64, u64), String> {
+fn component(s: &str) -> Result<(u64, u64), SimError> {
     let s = s.trim();
     if proto_number(s).is_some() {
         let n = scalar(s)?;
@@ -95,7 +170,7 @@ fn component(s: &str) -> Result<(u64, u64), String> {
         Some((a, b)) => {
             let (a, b) = (scalar(a)?, scalar(b)?);
             if a > b {
-                return Err(format!("empty range `{s}`"));
+                return Err(SimError::EmptyRange(s.to_string()));
             }
             Ok((a, b))
         }
@@ -106,10 +181,10 @@ fn component(s: &str) -> Result<(u64, u64), String> {
     }
 }
 
-fn parse_element(text: &str, map: &Map) -> Result<Element, String> {
+fn parse_element(text: &str, map: &Map) -> Result<Element, SimError> {
     let (k, v) = text
         .rsplit_once(" : ")
-        .ok_or_else(|| format!("element `{text}` has no value"))?;
+        .ok_or_else(|| SimError::NoValue(text.to_string()))?;
     let key: Vec<(u64, u64)> = k.split(" . ").map(component).collect::<Result<_, _>>()?;
     let arity = map
         .ty
@@ -117,10 +192,13 @@ fn parse_element(text: &str, map: &Map) -> Result<Element, String> {
         .next()
         .map_or(0, |t| t.split(" . ").count());
     if key.len() != arity {
-        return Err(format!("element `{text}` does not fit type `{}`", map.ty));
+        return Err(SimError::WrongArity {
+            element: text.to_string(),
+            ty: map.ty.clone(),
+        });
     }
     if !map.interval && key.iter().any(|(a, b)| a != b) {
-        return Err(format!("range in `{text}` needs `flags interval`"));
+        return Err(SimError::NeedsInterval(text.to_string()));
     }
     Ok(Element {
         key,
@@ -144,16 +222,16 @@ fn split_elements(body: &str) -> Vec<String> {
 }
 
 impl Table {
-    /// Loads a full table as rendered by [`crate::compile::Ruleset::render`].
-    pub fn load(text: &str) -> Result<Table, String> {
+    /// Loads a full table as rendered by [`crate::nft::compile::Ruleset::render`].
+    pub fn load(text: &str) -> Result<Table, SimError> {
         let mut t = Table::default();
         let mut lines = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'));
-        let head = lines.next().ok_or("empty ruleset")?;
+        let head = lines.next().ok_or(SimError::Syntax("empty ruleset"))?;
         if !head.starts_with("table inet ") {
-            return Err(format!("expected a table, got `{head}`"));
+            return Err(SimError::ExpectedTable(head.to_string()));
         }
         let mut pending_elements: Vec<(String, String)> = Vec::new();
         let mut pending_rules: Vec<(String, String)> = Vec::new();
@@ -168,7 +246,7 @@ impl Table {
                     elements: vec![],
                 };
                 loop {
-                    let l = lines.next().ok_or("unterminated map")?;
+                    let l = lines.next().ok_or(SimError::Syntax("unterminated map"))?;
                     if l == "}" {
                         break;
                     }
@@ -178,7 +256,9 @@ impl Table {
                         map.interval = true;
                     } else if l == "elements = {" {
                         loop {
-                            let e = lines.next().ok_or("unterminated elements")?;
+                            let e = lines
+                                .next()
+                                .ok_or(SimError::Syntax("unterminated elements"))?;
                             if e == "}" {
                                 break;
                             }
@@ -186,7 +266,10 @@ impl Table {
                                 .push((name.to_string(), e.trim_end_matches(',').to_string()));
                         }
                     } else {
-                        return Err(format!("unexpected line in map {name}: `{l}`"));
+                        return Err(SimError::UnexpectedInMap {
+                            map: name.to_string(),
+                            line: l.to_string(),
+                        });
                     }
                 }
                 t.add_map(name, map)?;
@@ -199,7 +282,7 @@ impl Table {
                     rules: vec![],
                 };
                 loop {
-                    let l = lines.next().ok_or("unterminated chain")?;
+                    let l = lines.next().ok_or(SimError::Syntax("unterminated chain"))?;
                     if l == "}" {
                         break;
                     }
@@ -211,7 +294,7 @@ impl Table {
                 }
                 t.add_chain(name, chain.hook)?;
             } else {
-                return Err(format!("unexpected line `{line}`"));
+                return Err(SimError::UnexpectedLine(line.to_string()));
             }
         }
         // As in nft, a table block declares everything before checking references.
@@ -224,10 +307,10 @@ impl Table {
         Ok(t)
     }
 
-    fn add_map(&mut self, name: &str, map: Map) -> Result<(), String> {
+    fn add_map(&mut self, name: &str, map: Map) -> Result<(), SimError> {
         match self.maps.get(name) {
             Some(m) if m.ty != map.ty || m.interval != map.interval => {
-                Err(format!("map {name} exists with another type"))
+                Err(SimError::MapRedeclared(name.to_string()))
             }
             Some(_) => Ok(()),
             None => {
@@ -237,10 +320,10 @@ impl Table {
         }
     }
 
-    fn add_chain(&mut self, name: &str, hook: Option<String>) -> Result<(), String> {
+    fn add_chain(&mut self, name: &str, hook: Option<String>) -> Result<(), SimError> {
         if let Some(c) = self.chains.get(name) {
             if c.hook != hook {
-                return Err(format!("chain {name} exists with another hook"));
+                return Err(SimError::ChainRedeclared(name.to_string()));
             }
             return Ok(());
         }
@@ -254,28 +337,28 @@ impl Table {
         Ok(())
     }
 
-    fn check_verdict(&self, v: &str) -> Result<(), String> {
+    fn check_verdict(&self, v: &str) -> Result<(), SimError> {
         let target = v.strip_prefix("jump ").or_else(|| v.strip_prefix("goto "));
         if let Some(c) = target
             && !self.chains.contains_key(c)
         {
-            return Err(format!("`{v}`: no such chain"));
+            return Err(SimError::NoTarget(v.to_string()));
         }
         Ok(())
     }
 
-    fn add_elements(&mut self, name: &str, elements: &[String]) -> Result<(), String> {
+    fn add_elements(&mut self, name: &str, elements: &[String]) -> Result<(), SimError> {
         let verdict_map = self
             .maps
             .get(name)
-            .ok_or_else(|| format!("no map {name}"))?
+            .ok_or_else(|| SimError::NoMap(name.to_string()))?
             .ty
             .ends_with(": verdict");
         for text in elements {
             let map = self
                 .maps
                 .get(name)
-                .ok_or_else(|| format!("no map {name}"))?;
+                .ok_or_else(|| SimError::NoMap(name.to_string()))?;
             let e = parse_element(text, map)?;
             if verdict_map {
                 self.check_verdict(&e.value)?;
@@ -283,11 +366,14 @@ impl Table {
             let map = self
                 .maps
                 .get_mut(name)
-                .ok_or_else(|| format!("no map {name}"))?;
+                .ok_or_else(|| SimError::NoMap(name.to_string()))?;
             if let Some(old) = map.elements.iter().find(|o| overlaps(&o.key, &e.key)) {
                 // The kernel accepts re-adding an identical element, nothing else.
                 if old.key != e.key || old.value != e.value {
-                    return Err(format!("map {name}: `{text}` overlaps an existing element"));
+                    return Err(SimError::Overlap {
+                        map: name.to_string(),
+                        element: text.clone(),
+                    });
                 }
                 continue;
             }
@@ -296,19 +382,25 @@ impl Table {
         Ok(())
     }
 
-    fn add_rule(&mut self, chain: &str, rule: &str) -> Result<(), String> {
+    fn add_rule(&mut self, chain: &str, rule: &str) -> Result<(), SimError> {
         for word in rule.split_whitespace() {
             if let Some(m) = word.strip_prefix('@')
                 && !self.maps.contains_key(m)
             {
-                return Err(format!("rule `{rule}`: no map {m}"));
+                return Err(SimError::InRule {
+                    rule: rule.to_string(),
+                    source: Box::new(SimError::NoMap(m.to_string())),
+                });
             }
         }
         for v in ["jump ", "goto "] {
             if let Some(i) = rule.find(v) {
                 let target = rule[i + v.len()..].split_whitespace().next().unwrap_or("");
                 if !self.chains.contains_key(target) {
-                    return Err(format!("rule `{rule}`: no chain {target}"));
+                    return Err(SimError::InRule {
+                        rule: rule.to_string(),
+                        source: Box::new(SimError::NoChain(target.to_string())),
+                    });
                 }
             }
         }
@@ -316,7 +408,7 @@ impl Table {
         parse_rule(rule)?;
         self.chains
             .get_mut(chain)
-            .ok_or_else(|| format!("no chain {chain}"))?
+            .ok_or_else(|| SimError::NoChain(chain.to_string()))?
             .rules
             .push(rule.to_string());
         Ok(())
@@ -350,51 +442,54 @@ impl Table {
         })
     }
 
-    /// Applies an `nft -f` transaction of the commands [`crate::compile::Ruleset::update_from`]
+    /// Applies an `nft -f` transaction of the commands [`crate::nft::compile::Ruleset::update_from`]
     /// writes. Like the kernel, a failing command leaves the table unchanged.
-    pub fn apply(&mut self, transaction: &str) -> Result<(), String> {
+    pub fn apply(&mut self, transaction: &str) -> Result<(), SimError> {
         let mut next = self.clone();
         for line in transaction
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
         {
-            next.command(line).map_err(|e| format!("`{line}`: {e}"))?;
+            next.command(line).map_err(|e| SimError::InCommand {
+                line: line.to_string(),
+                source: Box::new(e),
+            })?;
         }
         *self = next;
         Ok(())
     }
 
-    fn command(&mut self, line: &str) -> Result<(), String> {
+    fn command(&mut self, line: &str) -> Result<(), SimError> {
         let rest = |p: &str| line.strip_prefix(p).map(str::trim);
         if let Some(name) = rest("flush chain inet membrane ") {
             self.chains
                 .get_mut(name)
-                .ok_or("no such chain")?
+                .ok_or(SimError::NoSuch("chain"))?
                 .rules
                 .clear();
         } else if let Some(name) = rest("flush map inet membrane ") {
             self.maps
                 .get_mut(name)
-                .ok_or("no such map")?
+                .ok_or(SimError::NoSuch("map"))?
                 .elements
                 .clear();
         } else if let Some(name) = rest("delete chain inet membrane ") {
-            let c = self.chains.get(name).ok_or("no such chain")?;
+            let c = self.chains.get(name).ok_or(SimError::NoSuch("chain"))?;
             if !c.rules.is_empty() {
-                return Err("chain is not empty".into());
+                return Err(SimError::ChainNotEmpty);
             }
             if self.chain_in_use(name) {
-                return Err("chain is in use (EBUSY)".into());
+                return Err(SimError::Busy("chain"));
             }
             self.chains.remove(name);
         } else if let Some(name) = rest("delete map inet membrane ") {
             if self.map_in_use(name) {
-                return Err("map is in use (EBUSY)".into());
+                return Err(SimError::Busy("map"));
             }
-            self.maps.remove(name).ok_or("no such map")?;
+            self.maps.remove(name).ok_or(SimError::NoSuch("map"))?;
         } else if let Some(spec) = rest("add map inet membrane ") {
-            let (name, body) = spec.split_once(" { ").ok_or("bad map")?;
+            let (name, body) = spec.split_once(" { ").ok_or(SimError::Syntax("bad map"))?;
             let body = body.trim_end_matches('}').trim();
             let mut map = Map {
                 ty: String::new(),
@@ -407,7 +502,7 @@ impl Table {
                 } else if part == "flags interval" {
                     map.interval = true;
                 } else {
-                    return Err(format!("unknown map attribute `{part}`"));
+                    return Err(SimError::UnknownAttribute(part.to_string()));
                 }
             }
             self.add_map(name, map)?;
@@ -420,14 +515,16 @@ impl Table {
                 None => self.add_chain(spec, None)?,
             }
         } else if let Some(spec) = rest("add element inet membrane ") {
-            let (name, body) = spec.split_once(" { ").ok_or("bad element list")?;
+            let (name, body) = spec
+                .split_once(" { ")
+                .ok_or(SimError::Syntax("bad element list"))?;
             let body = body.trim_end_matches('}');
             self.add_elements(name, &split_elements(body))?;
         } else if let Some(spec) = rest("add rule inet membrane ") {
-            let (chain, rule) = spec.split_once(' ').ok_or("bad rule")?;
+            let (chain, rule) = spec.split_once(' ').ok_or(SimError::Syntax("bad rule"))?;
             self.add_rule(chain, rule)?;
         } else {
-            return Err("unknown command".into());
+            return Err(SimError::Syntax("unknown command"));
         }
         Ok(())
     }
@@ -441,7 +538,7 @@ impl Table {
     }
 
     /// Runs a packet through the hook it meets (output for `local_out`, else prerouting).
-    pub fn eval(&self, p: &Packet) -> Result<Outcome, String> {
+    pub fn eval(&self, p: &Packet) -> Result<Outcome, SimError> {
         let base = if p.local_out { "out" } else { "pre" };
         let mut st = State {
             mark: 0,
@@ -453,12 +550,12 @@ impl Table {
         while let Some((chain, idx)) = stack.pop() {
             steps += 1;
             if steps > 10_000 {
-                return Err("loop".into());
+                return Err(SimError::Loop);
             }
             let c = self
                 .chains
                 .get(&chain)
-                .ok_or_else(|| format!("no chain {chain}"))?;
+                .ok_or_else(|| SimError::NoChain(chain.to_string()))?;
             let Some(rule) = c.rules.get(idx) else {
                 // End of a chain: return to the caller, or the base chain's policy (accept).
                 if stack.is_empty() {
@@ -494,7 +591,7 @@ impl Table {
                         }
                         stack.push((t.to_string(), 0));
                     } else {
-                        return Err(format!("unknown verdict `{v}`"));
+                        return Err(SimError::UnknownVerdict(v.to_string()));
                     }
                 }
             }
@@ -503,7 +600,12 @@ impl Table {
         Ok(st.out)
     }
 
-    fn eval_rule(&self, rule: &str, p: &Packet, st: &mut State) -> Result<Option<String>, String> {
+    fn eval_rule(
+        &self,
+        rule: &str,
+        p: &Packet,
+        st: &mut State,
+    ) -> Result<Option<String>, SimError> {
         match parse_rule(rule)? {
             Rule::Verdict(v) => Ok(Some(v)),
             Rule::NoMatch => Ok(None),
@@ -547,7 +649,7 @@ impl Table {
                         "icmp type" | "icmpv6 type" => return Ok(None),
                         "ip saddr" => u64::from(u32::from(p.src)),
                         "ip daddr" => u64::from(u32::from(p.dst)),
-                        other => return Err(format!("unknown expression `{other}`")),
+                        other => return Err(SimError::UnknownExpression(other.to_string())),
                     };
                     key.push(v);
                 }
@@ -590,7 +692,7 @@ enum Rule {
     },
 }
 
-fn parse_rule(rule: &str) -> Result<Rule, String> {
+fn parse_rule(rule: &str) -> Result<Rule, SimError> {
     let r = rule.trim();
     match r {
         "accept" | "drop" | "return" => return Ok(Rule::Verdict(r.into())),
@@ -620,11 +722,15 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
         return Ok(Rule::Verdict(r.into()));
     }
     if let Some(rest) = r.strip_prefix("counter log prefix \"") {
-        let (prefix, tail) = rest.split_once('"').ok_or("unterminated prefix")?;
+        let (prefix, tail) = rest
+            .split_once('"')
+            .ok_or(SimError::Syntax("unterminated prefix"))?;
         let then = tail
             .trim()
             .strip_prefix("group 1 queue-threshold 1 ")
-            .ok_or("log without group 1 and queue-threshold 1")?
+            .ok_or(SimError::Syntax(
+                "log without group 1 and queue-threshold 1",
+            ))?
             .trim();
         return Ok(Rule::Log {
             prefix: prefix.to_string(),
@@ -648,5 +754,5 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
             map: map.trim().to_string(),
         });
     }
-    Err(format!("rule shape not known to the interpreter: `{r}`"))
+    Err(SimError::UnknownRule(r.to_string()))
 }

@@ -1,50 +1,27 @@
-//! The lab's helper processes, in the `membrane` binary (`membrane lab helper …`) and in
-//! `membrane-lab-helper` (tests):
+//! The agent's helper processes (dispatched by [`crate::helper`]):
 //!
 //! * `agent`: runs inside one lab namespace. It sets the namespace's sysctls, serves TCP
 //!   (accept loop) and UDP (echo) on the ports flows use, watches raw ICMP and SCTP (so a
 //!   destination can say it received a datagram, which is what "delivered" means for UDP,
 //!   SCTP and ICMP other than echo), and answers probe requests on a Unix socket, making the
 //!   connections from inside the namespace with millisecond timeouts.
-//! * `reaper`: started by the lab in its own process group, it waits for its standard input
-//!   to close, which happens when the lab process exits for any reason (Ctrl-C, a panic, a
-//!   kill), and then tears the lab down unless it was handed over (`membrane lab up`).
-//!   This is how Ctrl-C cleans up without a signal handler (unsafe is forbidden here).
 //! * `connrate`: new connections per second, for the benchmark script.
 
+use super::NodeError;
+use crate::layout::REDIS_PORT;
 use crate::wire::{HttpAnswer, HttpLogEntry, HttpRequest, Reply, Request};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// Payload marker of UDP and ICMP probes, followed by an 8-byte nonce.
 const MAGIC: &[u8; 8] = b"mbrprobe";
-
-/// Runs a helper subcommand; returns the exit status.
-pub fn helper_main(args: &[String]) -> i32 {
-    let rest = args.get(1..).unwrap_or_default();
-    let r = match args.first().map(String::as_str) {
-        Some("agent") => agent(rest),
-        Some("reaper") => reaper(rest),
-        Some("connrate") => connrate(rest),
-        Some("proxy") => crate::proxy::proxy_main(rest),
-        Some("gateway") => crate::gateway::gateway_main(rest),
-        _ => Err("usage: helper agent|reaper|connrate …".into()),
-    };
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("membrane lab helper: {e}");
-            1
-        }
-    }
-}
 
 fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter()
@@ -60,11 +37,14 @@ fn opts<'a>(args: &'a [String], name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn ports(list: Option<&str>) -> Result<Vec<u16>, String> {
+fn ports(list: Option<&str>) -> Result<Vec<u16>, NodeError> {
     list.unwrap_or("")
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(|p| p.parse::<u16>().map_err(|e| format!("port `{p}`: {e}")))
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(NodeError::invalid(format!("port `{p}`")))
+        })
         .collect()
 }
 
@@ -85,15 +65,22 @@ fn remember(seen: &SeenSet, proto: u8, src: Ipv4Addr, key: u64) {
 
 /// Writes `value` to `/proc/sys/<key with dots as slashes>`: /proc/sys/net is the
 /// namespace of the process that opens it, so the agent configures its own namespace.
-fn sysctl(key: &str, value: &str) -> Result<(), String> {
+fn sysctl(key: &str, value: &str) -> Result<(), NodeError> {
     let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-    std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))
+    std::fs::write(&path, value).map_err(NodeError::io(format!("sysctl {key}={value}")))
 }
 
-fn agent(args: &[String]) -> Result<(), String> {
-    let control = PathBuf::from(opt(args, "--control").ok_or("agent needs --control")?);
+/// `agent --control SOCKET [--tcp PORTS] [--udp PORTS] [--router] [--http] [--sysctl K=V]…`.
+pub fn agent_main(args: &[String]) -> Result<(), NodeError> {
+    let control = PathBuf::from(opt(args, "--control").ok_or(NodeError::Missing {
+        program: "agent",
+        what: "--control",
+    })?);
     for kv in opts(args, "--sysctl") {
-        let (k, v) = kv.split_once('=').ok_or("sysctl needs key=value")?;
+        let (k, v) = kv.split_once('=').ok_or(NodeError::Missing {
+            program: "sysctl",
+            what: "key=value",
+        })?;
         sysctl(k, v)?;
     }
     if args.iter().any(|a| a == "--router") {
@@ -109,7 +96,7 @@ fn agent(args: &[String]) -> Result<(), String> {
     let seen: SeenSet = Arc::default();
     let http_log: HttpLog = Arc::default();
     for port in ports(opt(args, "--tcp"))? {
-        let l = listener(port).map_err(|e| format!("tcp :{port}: {e}"))?;
+        let l = listener(port).map_err(NodeError::io(format!("tcp :{port}")))?;
         // Probes only need the handshake: accepted connections are closed at once, in the
         // accept loop (a thread per connection cannot keep up with the connection-rate
         // loops). Two threads, so that one descheduled thread does not stall the queue.
@@ -117,7 +104,9 @@ fn agent(args: &[String]) -> Result<(), String> {
         // HTTP requests with 200 (keep-alive) and logs them.
         let http = args.iter().any(|a| a == "--http");
         for _ in 0..2 {
-            let l = l.try_clone().map_err(|e| format!("tcp :{port}: {e}"))?;
+            let l = l
+                .try_clone()
+                .map_err(NodeError::io(format!("tcp :{port}")))?;
             let http_log = http_log.clone();
             thread::spawn(move || {
                 for c in l.incoming() {
@@ -138,7 +127,7 @@ fn agent(args: &[String]) -> Result<(), String> {
     }
     for port in ports(opt(args, "--udp"))? {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
-            .map_err(|e| format!("udp :{port}: {e}"))?;
+            .map_err(NodeError::io(format!("udp :{port}")))?;
         let seen = seen.clone();
         thread::spawn(move || serve_udp(s, seen));
     }
@@ -148,13 +137,13 @@ fn agent(args: &[String]) -> Result<(), String> {
             Type::RAW,
             Some(Protocol::from(i32::from(proto))),
         )
-        .map_err(|e| format!("raw socket {proto}: {e}"))?;
+        .map_err(NodeError::io(format!("raw socket {proto}")))?;
         let seen = seen.clone();
         thread::spawn(move || observe_raw(s, proto, seen));
     }
     let _ = std::fs::remove_file(&control);
     let listener =
-        UnixListener::bind(&control).map_err(|e| format!("{}: {e}", control.display()))?;
+        UnixListener::bind(&control).map_err(NodeError::io(control.display().to_string()))?;
     {
         // The lab removes its state directory on teardown: then nobody needs this agent.
         let control = control.clone();
@@ -304,9 +293,6 @@ fn answer_http(mut c: std::net::TcpStream, log: &HttpLog) {
     }
 }
 
-/// Redis' port: probes to it send `PING` and expect `+PONG`.
-pub const REDIS_PORT: u16 = 6379;
-
 /// A tiny RESP server: `+PONG` to each `PING` (inline or array), `-ERR` to anything else.
 fn answer_resp(mut c: std::net::TcpStream) {
     use std::io::Read;
@@ -337,7 +323,7 @@ fn redis_probe(
     dst: Ipv4Addr,
     port: u16,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let wait = timeout.max(Duration::from_secs(2));
     let (mut r, ex) = tcp_exchange(
         (src, sport, dst, port),
@@ -392,14 +378,14 @@ fn tcp_exchange(
     payload: &[u8],
     wait: Duration,
     enough: impl Fn(&[u8]) -> bool,
-) -> Result<(Reply, Exchanged), String> {
+) -> Result<(Reply, Exchanged), NodeError> {
     use std::io::Read;
     let (r, s) = tcp_connect(src, sport, dst, port, timeout)?;
     let Some(mut s) = s else {
         return Ok((r, None));
     };
     s.write_all(payload)
-        .map_err(|e| format!("send to {dst}:{port}: {e}"))?;
+        .map_err(NodeError::io(format!("send to {dst}:{port}")))?;
     let deadline = Instant::now() + wait;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -477,7 +463,7 @@ fn http_probe(
     port: u16,
     req: (&str, &str, &str, &[(String, String)]),
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let (method, path, host, headers) = req;
     let mut text = request_text(method, path, host, headers);
     text.push_str("connection: close\r\n\r\n");
@@ -515,7 +501,7 @@ fn http_seq(
     port: u16,
     requests: &[HttpRequest],
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     use std::io::Read;
     let (mut r, s) = tcp_connect(src, 0, dst, port, timeout)?;
     let Some(mut s) = s else {
@@ -560,7 +546,7 @@ fn tls_probe(
     port: u16,
     sni: &str,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     // Allowed: the proxy splices to the agent, which waits for an HTTP head and says
     // nothing; denied: the proxy closes at once.
     let wait = Duration::from_millis(500);
@@ -751,19 +737,20 @@ fn handle(req: Request, seen: &SeenSet) -> Reply {
             Duration::from_millis(timeout_ms),
         )),
     };
+    // The agent's errors travel as text in the reply (the edge of the wire protocol).
     r.unwrap_or_else(|e| Reply {
-        error: Some(e),
+        error: Some(e.to_string()),
         ..Reply::default()
     })
 }
 
-fn bound(ty: Type, proto: Protocol, src: Ipv4Addr, port: u16) -> Result<Socket, String> {
-    let s = Socket::new(Domain::IPV4, ty, Some(proto)).map_err(|e| format!("socket: {e}"))?;
+fn bound(ty: Type, proto: Protocol, src: Ipv4Addr, port: u16) -> Result<Socket, NodeError> {
+    let s = Socket::new(Domain::IPV4, ty, Some(proto)).map_err(NodeError::io("socket"))?;
     // Chosen source ports are reused by later probes: never refuse them for a lingering
     // socket of an earlier probe.
     let _ = s.set_reuse_address(true);
     s.bind(&SockAddr::from(SocketAddrV4::new(src, port)))
-        .map_err(|e| format!("bind {src}: {e}"))?;
+        .map_err(NodeError::io(format!("bind {src}")))?;
     Ok(s)
 }
 
@@ -780,7 +767,7 @@ fn tcp_probe(
     dst: Ipv4Addr,
     port: u16,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     tcp_connect(src, sport, dst, port, timeout).map(|(r, _)| r)
 }
 
@@ -793,7 +780,7 @@ fn tcp_connect(
     dst: Ipv4Addr,
     port: u16,
     timeout: Duration,
-) -> Result<(Reply, Option<std::net::TcpStream>), String> {
+) -> Result<(Reply, Option<std::net::TcpStream>), NodeError> {
     let s = bound(Type::STREAM, Protocol::TCP, src, sport)?;
     let mut r = Reply {
         sport: local_port(&s),
@@ -823,14 +810,13 @@ fn udp_probe(
     port: u16,
     timeout: Duration,
     nonce: u64,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let s: UdpSocket = bound(Type::DGRAM, Protocol::UDP, src, sport)?.into();
     let sport = s.local_addr().map_or(0, |a| a.port());
-    s.connect((dst, port))
-        .map_err(|e| format!("connect: {e}"))?;
+    s.connect((dst, port)).map_err(NodeError::io("connect"))?;
     let mut payload = MAGIC.to_vec();
     payload.extend_from_slice(&nonce.to_be_bytes());
-    s.send(&payload).map_err(|e| format!("send: {e}"))?;
+    s.send(&payload).map_err(NodeError::io("send"))?;
     let deadline = Instant::now() + timeout;
     let mut r = Reply {
         sport,
@@ -891,7 +877,7 @@ pub fn sctp_init(sport: u16, dport: u16, tag: u32) -> Vec<u8> {
     p
 }
 
-fn sctp_probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, tag: u32) -> Result<Reply, String> {
+fn sctp_probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, tag: u32) -> Result<Reply, NodeError> {
     let s = bound(Type::RAW, Protocol::from(132), src, 0)?;
     // A source port from the tag: known to the lab for matching drops.
     let sport = 20000 + (tag % 40000) as u16;
@@ -899,7 +885,7 @@ fn sctp_probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, tag: u32) -> Result<Reply
         &sctp_init(sport, port, tag),
         &SockAddr::from(SocketAddrV4::new(dst, 0)),
     )
-    .map_err(|e| format!("send: {e}"))?;
+    .map_err(NodeError::io("send"))?;
     Ok(Reply {
         sport,
         ..Reply::default()
@@ -924,7 +910,7 @@ fn icmp_probe(
     icmp_type: u8,
     id: u16,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let mut s = bound(Type::RAW, Protocol::ICMPV4, src, 0)?;
     let mut p = vec![icmp_type, 0, 0, 0];
     p.extend_from_slice(&id.to_be_bytes());
@@ -934,7 +920,7 @@ fn icmp_probe(
     let c = inet_checksum(&p);
     p[2..4].copy_from_slice(&c.to_be_bytes());
     s.send_to(&p, &SockAddr::from(SocketAddrV4::new(dst, 0)))
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(NodeError::io("send"))?;
     let mut r = Reply {
         sport: id,
         ..Reply::default()
@@ -1023,14 +1009,13 @@ fn dns_probe(
     server: Ipv4Addr,
     name: &str,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, NodeError> {
     let s: UdpSocket = bound(Type::DGRAM, Protocol::UDP, src, sport)?.into();
     let sport = s.local_addr().map_or(0, |a| a.port());
-    s.connect((server, 53))
-        .map_err(|e| format!("connect: {e}"))?;
+    s.connect((server, 53)).map_err(NodeError::io("connect"))?;
     let id = sport ^ 0x5a5a;
     s.send(&dns_query(id, name))
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(NodeError::io("send"))?;
     let deadline = Instant::now() + timeout;
     let mut r = Reply {
         sport,
@@ -1073,7 +1058,7 @@ fn conn_loop(src: Ipv4Addr, dst: Ipv4Addr, port: u16, d: Duration, timeout: Dura
             Ok(p) => p
                 .error
                 .unwrap_or_else(|| format!("timeout after {:?} (sport {})", t0.elapsed(), p.sport)),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         r.failed += 1;
         if r.errors.len() < 8 {
@@ -1084,45 +1069,30 @@ fn conn_loop(src: Ipv4Addr, dst: Ipv4Addr, port: u16, d: Duration, timeout: Dura
     r
 }
 
-fn reaper(args: &[String]) -> Result<(), String> {
-    let root = PathBuf::from(opt(args, "--root").ok_or("reaper needs --root")?);
-    let name = opt(args, "--lab").ok_or("reaper needs --lab")?.to_string();
-    // Blocks until every writer is gone: the lab process ended, however it ended.
-    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-    if crate::lab::is_kept(&root, &name) {
-        return Ok(());
-    }
-    // Torn down by its owner already (the normal end): nothing to do.
-    if !root.join(&name).exists() && crate::lab::lab_namespaces(&name).is_empty() {
-        return Ok(());
-    }
-    crate::lab::teardown(&root, &name)?;
-    // A command the dead lab process had started (`ip -batch`, `nft -f`) may still be
-    // creating namespaces: look again once it had time to finish.
-    thread::sleep(Duration::from_secs(1));
-    crate::lab::teardown(&root, &name)
-}
-
-fn connrate(args: &[String]) -> Result<(), String> {
-    let parse = |n: &str| -> Result<Ipv4Addr, String> {
+/// `connrate --src A --dst B [--port P] [--secs S] [--threads N]`.
+pub fn connrate_main(args: &[String]) -> Result<(), NodeError> {
+    let parse = |n: &'static str| -> Result<Ipv4Addr, NodeError> {
         opt(args, n)
-            .ok_or(format!("connrate needs {n}"))?
+            .ok_or(NodeError::Missing {
+                program: "connrate",
+                what: n,
+            })?
             .parse()
-            .map_err(|e| format!("{n}: {e}"))
+            .map_err(NodeError::invalid(n))
     };
     let (src, dst) = (parse("--src")?, parse("--dst")?);
     let port: u16 = opt(args, "--port")
         .unwrap_or("5201")
         .parse()
-        .map_err(|e| format!("--port: {e}"))?;
+        .map_err(NodeError::invalid("--port"))?;
     let secs: f64 = opt(args, "--secs")
         .unwrap_or("3")
         .parse()
-        .map_err(|e| format!("--secs: {e}"))?;
+        .map_err(NodeError::invalid("--secs"))?;
     let threads: usize = opt(args, "--threads")
         .unwrap_or("2")
         .parse()
-        .map_err(|e| format!("--threads: {e}"))?;
+        .map_err(NodeError::invalid("--threads"))?;
     let d = Duration::from_secs_f64(secs);
     let handles: Vec<_> = (0..threads)
         .map(|_| thread::spawn(move || conn_loop(src, dst, port, d, Duration::from_secs(1))))
@@ -1136,11 +1106,6 @@ fn connrate(args: &[String]) -> Result<(), String> {
     }
     println!("{:.0} conn/s ({ok} ok, {failed} failed)", ok as f64 / secs);
     Ok(())
-}
-
-/// Where an agent's control socket is.
-pub fn control_path(dir: &Path, key: &str) -> PathBuf {
-    dir.join(format!("{key}.sock"))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! `gateway --src IP --listen PORT[,PORT…] --route KIND,IP,PORT,PATH …` with KIND `exact`
 //! or `prefix`.
 
+use super::NodeError;
 use membrane_proxy::http::head::{Parsed, Rejection, parse_request_head};
 use membrane_proxy::http::upstream_head;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -30,9 +31,12 @@ pub struct Route {
 
 impl Route {
     /// `KIND,IP,PORT,PATH`.
-    pub fn parse(text: &str) -> Result<Route, String> {
+    pub fn parse(text: &str) -> Result<Route, NodeError> {
         let mut it = text.splitn(4, ',');
-        let bad = || format!("bad route `{text}`");
+        let bad = || NodeError::Bad {
+            what: "route",
+            value: text.to_string(),
+        };
         let exact = match it.next() {
             Some("exact") => true,
             Some("prefix") => false,
@@ -84,10 +88,15 @@ fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-pub fn gateway_main(args: &[String]) -> Result<(), String> {
-    let src: Ipv4Addr = opt(args, "--src")
-        .and_then(|s| s.parse().ok())
-        .ok_or("gateway needs --src IP")?;
+/// `gateway --src IP --listen PORT[,PORT…] --route …`: serves until killed.
+pub fn gateway_main(args: &[String]) -> Result<(), NodeError> {
+    let src: Ipv4Addr =
+        opt(args, "--src")
+            .and_then(|s| s.parse().ok())
+            .ok_or(NodeError::Missing {
+                program: "gateway",
+                what: "--src IP",
+            })?;
     let routes: Vec<Route> = args
         .windows(2)
         .filter(|w| w[0] == "--route")
@@ -99,13 +108,19 @@ pub fn gateway_main(args: &[String]) -> Result<(), String> {
         if p.is_empty() {
             continue;
         }
-        let port: u16 = p.parse().map_err(|_| format!("bad port {p}"))?;
+        let port: u16 = p.parse().map_err(|_| NodeError::Bad {
+            what: "port",
+            value: p.to_string(),
+        })?;
         let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-            .map_err(|e| format!("gateway :{port}: {e}"))?;
+            .map_err(NodeError::io(format!("gateway :{port}")))?;
         listeners.push(l);
     }
     if listeners.is_empty() {
-        return Err("gateway needs --listen PORT".into());
+        return Err(NodeError::Missing {
+            program: "gateway",
+            what: "--listen PORT",
+        });
     }
     eprintln!("membrane lab gateway: {} routes from {src}", routes.len());
     let mut handles = Vec::new();
