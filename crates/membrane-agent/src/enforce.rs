@@ -4,7 +4,8 @@
 //! outlives the agent: a killed agent leaves the last policy in force, and a new one starts
 //! from the table it finds in the kernel.
 
-use membrane_datapath::compile::{ChainDef, MapDef, Ruleset, TABLE};
+use membrane_datapath::layout::TABLE;
+use membrane_datapath::nft::compile::{ChainDef, MapDef, Ruleset};
 use std::io::Write;
 use std::process::{Command, Stdio};
 

@@ -2,7 +2,7 @@
 //! resolved policy, and the ipcache (every known address's identity as this node sees it: a
 //! node is `host` on itself and `remote-node` elsewhere).
 
-use membrane_datapath::compile::{DirectionTable, LocalEndpoint, NodeInput};
+use membrane_datapath::nft::compile::{DirectionTable, LocalEndpoint, NodeInput};
 use membrane_policy::engine::{Party, Snapshot};
 use membrane_policy::model::Direction;
 use std::collections::BTreeMap;

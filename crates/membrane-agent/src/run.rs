@@ -4,7 +4,7 @@ use crate::enforce::{EnforceError, Enforcer, Mode};
 use crate::node_view::node_input;
 use crate::source::{ClusterSource, DirSource, Event};
 use membrane_cluster::live::LiveCluster;
-use membrane_datapath::compile::{compile_node, with_proxies};
+use membrane_datapath::nft::compile::{compile_node, with_proxies};
 use membrane_policy::options::Options;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
