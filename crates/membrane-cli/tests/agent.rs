@@ -131,6 +131,16 @@ fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// A spawned agent, killed when dropped (also when a test fails half-way).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn in_netns(ns: &Netns) -> Command {
     in_netns_named(&ns.0)
 }
@@ -238,7 +248,7 @@ fn a_following_agent_applies_changes_and_a_killed_one_leaves_its_policy() {
     let policies = std::fs::read_to_string(dir.path().join("policies.yaml")).unwrap();
     std::fs::write(dir.path().join("policies.yaml"), "").unwrap();
     let ns = Netns::new("follow");
-    let mut agent = in_netns(&ns)
+    let agent = in_netns(&ns)
         .args([
             "agent",
             "--node",
@@ -250,6 +260,7 @@ fn a_following_agent_applies_changes_and_a_killed_one_leaves_its_policy() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut agent = Running(agent);
     let wait_until = |what: &str, ok: &dyn Fn(&str) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -267,9 +278,9 @@ fn a_following_agent_applies_changes_and_a_killed_one_leaves_its_policy() {
     let enforced = wait_until("the policies", &|t| t != open && t.contains("_ing"));
     // SIGKILL: nothing is cleaned up, the last policy stays in force.
     let _ = Command::new("kill")
-        .args(["-9", &agent.id().to_string()])
+        .args(["-9", &agent.0.id().to_string()])
         .output();
-    let _ = agent.wait();
+    let _ = agent.0.wait();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(ns.nft(&["list", "table", "inet", "membrane"]), enforced);
 }
@@ -373,7 +384,7 @@ fn an_agent_follows_the_cluster_through_its_watches() {
     server.apply_all(rest).unwrap();
     let kubeconfig = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(kubeconfig.path(), server.kubeconfig("agent-token")).unwrap();
-    let mut agent = in_netns(&ns)
+    let agent = in_netns(&ns)
         .args([
             "agent",
             "--node",
@@ -385,7 +396,8 @@ fn an_agent_follows_the_cluster_through_its_watches() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = agent.stderr.take().unwrap();
+    let mut agent = Running(agent);
+    let stderr = agent.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -438,8 +450,8 @@ fn an_agent_follows_the_cluster_through_its_watches() {
         let _ = next_enforced();
     }
     let back = ns.nft(&["list", "table", "inet", "membrane"]);
-    let _ = agent.kill();
-    let _ = agent.wait();
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
     assert_eq!(back, without);
     latencies.sort_unstable();
     let _ = writeln!(
@@ -472,7 +484,7 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 #[test]
 fn metrics_health_and_readiness() {
     let dir = node_dir();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_membrane"))
+    let agent = Command::new(env!("CARGO_BIN_EXE_membrane"))
         .args([
             "agent",
             "--node",
@@ -491,7 +503,8 @@ fn metrics_health_and_readiness() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = agent.stderr.take().unwrap();
+    let mut agent = Running(agent);
+    let stderr = agent.0.stderr.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
     let addr = lines
         .by_ref()
@@ -537,8 +550,8 @@ fn metrics_health_and_readiness() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
 }
 
 /// The churn figure (not a pass/fail test: run it with
@@ -569,7 +582,7 @@ fn churn() {
     server.apply_all(rest).unwrap();
     let kubeconfig = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(kubeconfig.path(), server.kubeconfig("t")).unwrap();
-    let mut agent = in_netns(&ns)
+    let agent = in_netns(&ns)
         .args([
             "agent",
             "--node",
@@ -581,7 +594,8 @@ fn churn() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = agent.stderr.take().unwrap();
+    let mut agent = Running(agent);
+    let stderr = agent.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -644,8 +658,8 @@ fn churn() {
             server.delete("v1", "Pod", "team-01", &format!("churn-{i}"));
         });
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     let _ = writeln!(
