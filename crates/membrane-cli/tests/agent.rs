@@ -671,3 +671,168 @@ fn churn() {
         latencies.last().unwrap_or(&0)
     );
 }
+
+/// A pod behind a host-side veth of the node namespace, as a CNI in policy-only mode leaves
+/// it: the pod's /32 with a default route to 169.254.1.1 (on the node's side of every veth),
+/// and a /32 route back in the node.
+struct Pod {
+    ns: Netns,
+    ip: String,
+}
+
+impl Pod {
+    fn new(node: &Netns, tag: &str, ip: &str) -> Pod {
+        let ns = Netns::new(tag);
+        let id = std::process::id() % 10_000;
+        let (host, peer) = (format!("lx{id}{tag}"), format!("px{id}{tag}"));
+        let run = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(o.status.success(), "ip {args:?}: {}", text(&o.stderr));
+        };
+        run(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+        run(&["link", "set", &host, "netns", &node.0]);
+        run(&["link", "set", &peer, "netns", &ns.0]);
+        let in_ns = |netns: &str, args: &[&str]| {
+            let mut all = vec!["netns", "exec", netns, "ip"];
+            all.extend_from_slice(args);
+            run(&all);
+        };
+        in_ns(&ns.0, &["link", "set", "lo", "up"]);
+        in_ns(&ns.0, &["link", "set", &peer, "name", "eth0"]);
+        in_ns(&ns.0, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        in_ns(&ns.0, &["link", "set", "eth0", "up"]);
+        in_ns(&ns.0, &["route", "add", "169.254.1.1", "dev", "eth0"]);
+        in_ns(
+            &ns.0,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ],
+        );
+        in_ns(&node.0, &["addr", "add", "169.254.1.1/32", "dev", &host]);
+        in_ns(&node.0, &["link", "set", &host, "up"]);
+        in_ns(
+            &node.0,
+            &["route", "add", &format!("{ip}/32"), "dev", &host],
+        );
+        Pod {
+            ns,
+            ip: ip.to_string(),
+        }
+    }
+
+    fn python(&self, code: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns.0))
+            .args(["--", "python3", "-c", code]);
+        c
+    }
+
+    /// Whether a TCP connection to `ip:port` is established within 2 s.
+    fn connects(&self, ip: &str, port: u16) -> bool {
+        self.python(&format!(
+            "import socket,sys\ntry:\n socket.create_connection(('{ip}',{port}),timeout=2)\nexcept Exception:\n sys.exit(1)"
+        ))
+        .status()
+        .unwrap()
+        .success()
+    }
+}
+
+#[test]
+fn policy_only_mode_enforces_real_connections_between_pods_behind_veths() {
+    if !root_or_skip("policy_only_mode_enforces_real_connections_between_pods_behind_veths") {
+        return;
+    }
+    if Command::new("python3").arg("--version").output().is_err() {
+        panic!("python3 is needed for the servers and clients of this test");
+    }
+    let dir = node_dir();
+    let cluster = std::fs::read_to_string(dir.path().join("cluster.yaml")).unwrap();
+    let ip_of = |app: &str| -> String {
+        yaml_to_json(&cluster)
+            .unwrap()
+            .into_iter()
+            .find(|o| {
+                o["kind"] == "Pod"
+                    && o["metadata"]["labels"]["app"] == app
+                    && o["spec"]["nodeName"] == "node-1"
+            })
+            .and_then(|o| o["status"]["podIP"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no {app} pod on node-1"))
+    };
+    let node = Netns::new("tnode");
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node.0,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let backend = Pod::new(&node, "be", &ip_of("backend"));
+    let frontend = Pod::new(&node, "fe", &ip_of("frontend"));
+    let redis = Pod::new(&node, "rd", &ip_of("redis"));
+    let _server = Running(
+        redis
+            .python(
+                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',6379))\ns.listen(64)\nwhile True:\n c,_=s.accept()\n c.close()",
+            )
+            .spawn()
+            .unwrap(),
+    );
+    // Without the agent, the plumbing works: everyone reaches redis.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !frontend.connects(&redis.ip, 6379) {
+        assert!(
+            Instant::now() < deadline,
+            "the test's network does not work"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = membrane(
+        &[
+            "agent",
+            "--node",
+            "node-1",
+            "--from",
+            dir.path().to_str().unwrap(),
+            "--once",
+        ],
+        Some(&node.0),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // The fixed demo: only the backend may reach redis.
+    assert!(
+        backend.connects(&redis.ip, 6379),
+        "backend → redis is allowed"
+    );
+    assert!(
+        !frontend.connects(&redis.ip, 6379),
+        "frontend → redis is denied"
+    );
+    // Without the policies (a restarted agent, in place), frontend reaches redis again.
+    std::fs::write(dir.path().join("policies.yaml"), "").unwrap();
+    let o = membrane(
+        &[
+            "agent",
+            "--node",
+            "node-1",
+            "--from",
+            dir.path().to_str().unwrap(),
+            "--once",
+        ],
+        Some(&node.0),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(frontend.connects(&redis.ip, 6379));
+}
