@@ -836,3 +836,128 @@ fn policy_only_mode_enforces_real_connections_between_pods_behind_veths() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(frontend.connects(&redis.ip, 6379));
 }
+
+#[test]
+fn a_killed_and_restarted_agent_never_drops_an_established_connection_nor_lets_a_denied_one_in() {
+    let test = "a_killed_and_restarted_agent_never_drops_an_established_connection_nor_lets_a_denied_one_in";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = node_dir();
+    let cluster = std::fs::read_to_string(dir.path().join("cluster.yaml")).unwrap();
+    let ip_of = |app: &str| -> String {
+        yaml_to_json(&cluster)
+            .unwrap()
+            .into_iter()
+            .find(|o| {
+                o["kind"] == "Pod"
+                    && o["metadata"]["labels"]["app"] == app
+                    && o["spec"]["nodeName"] == "node-1"
+            })
+            .and_then(|o| o["status"]["podIP"].as_str().map(str::to_string))
+            .unwrap()
+    };
+    let node = Netns::new("knode");
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node.0,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let backend = Pod::new(&node, "kb", &ip_of("backend"));
+    let frontend = Pod::new(&node, "kf", &ip_of("frontend"));
+    let redis = Pod::new(&node, "kr", &ip_of("redis"));
+    // An echo server: each connection gets back what it sends, line by line.
+    let _server = Running(
+        redis
+            .python(
+                "import socket,threading\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',6379))\ns.listen(64)\ndef echo(c):\n while True:\n  d=c.recv(4096)\n  if not d: return\n  c.sendall(d)\nwhile True:\n c,_=s.accept()\n threading.Thread(target=echo,args=(c,),daemon=True).start()",
+            )
+            .spawn()
+            .unwrap(),
+    );
+    let agent = Running(
+        in_netns(&node)
+            .args([
+                "agent",
+                "--node",
+                "node-1",
+                "--from",
+                dir.path().to_str().unwrap(),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while frontend.connects(&redis.ip, 6379) || !backend.connects(&redis.ip, 6379) {
+        assert!(Instant::now() < deadline, "the policy was never enforced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An established backend → redis connection that echoes a line every 50 ms until a
+    // stop file appears; it exits 0 only if every echo came back.
+    let stop = dir.path().join("stop");
+    let client = Running(
+        backend
+            .python(&format!(
+                "import socket,sys,os,time\nc=socket.create_connection(('{}',6379),timeout=2)\nn=0\nwhile not os.path.exists('{}'):\n c.sendall(b'ping %d\\n' % n)\n if c.recv(64)!=b'ping %d\\n' % n: sys.exit(3)\n n+=1\n time.sleep(0.05)\nprint(n)",
+                redis.ip,
+                stop.display()
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // SIGKILL while it follows the directory, right after a change it is applying.
+    std::fs::write(dir.path().join("extra.yaml"), "").unwrap();
+    let pid = agent.0.id().to_string();
+    let _ = Command::new("kill").args(["-9", &pid]).output();
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(300));
+    // No agent: the last policy is in force.
+    assert!(
+        !frontend.connects(&redis.ip, 6379),
+        "denied while no agent runs"
+    );
+    assert!(backend.connects(&redis.ip, 6379));
+    // A new agent resyncs the table it finds, in place.
+    let o = membrane(
+        &[
+            "agent",
+            "--node",
+            "node-1",
+            "--from",
+            dir.path().to_str().unwrap(),
+            "--once",
+        ],
+        Some(&node.0),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("found the table of an earlier agent"));
+    assert!(
+        !frontend.connects(&redis.ip, 6379),
+        "denied after the restart"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&stop, "").unwrap();
+    let mut client = client;
+    let status = client.0.wait().unwrap();
+    let mut echoed = String::new();
+    if let Some(mut out) = client.0.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut echoed);
+    }
+    assert!(
+        status.success(),
+        "the established connection broke (exit {status})"
+    );
+    let echoes: u32 = echoed.trim().parse().unwrap_or(0);
+    assert!(echoes >= 10, "{echoes} echoes");
+}
