@@ -9,11 +9,13 @@
 //! - [`source`]: object events (apply / delete), from kube-rs watchers or a directory.
 //! - [`node_view`]: the engine's state as this node's datapath input.
 //! - [`enforce`]: deltas applied in single nftables transactions; the table outlives the agent.
+//! - [`events`]: drops as Hubble flow events on a unix socket (`membrane observe`).
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`run`]: the loop.
 #![forbid(unsafe_code)]
 
 pub mod enforce;
+pub mod events;
 pub mod metrics;
 pub mod node_view;
 pub mod run;

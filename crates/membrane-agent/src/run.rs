@@ -22,6 +22,8 @@ pub struct AgentOptions {
     pub once: bool,
     /// How often a directory is read again.
     pub poll: Duration,
+    /// Serve the datapath's drops as flow events on this unix socket.
+    pub events_socket: Option<PathBuf>,
     /// Where the loop reports what it does (served by `metrics::serve`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -79,6 +81,16 @@ impl Events {
     }
 }
 
+/// A helper process stopped with the agent's loop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Milliseconds since the Unix epoch (log timestamps, comparable across processes).
 pub fn unix_ms() -> u128 {
     std::time::SystemTime::now()
@@ -106,6 +118,22 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         Source::Cluster(c) => Events::Cluster(ClusterSource::start(c).map_err(AgentError::Source)?),
     };
     let mut live = LiveCluster::new(Options::default());
+    let snapshot: crate::events::SharedSnapshot = std::sync::Arc::default();
+    let _tcpdump = match (&options.events_socket, options.mode) {
+        (Some(socket), Mode::Apply) => {
+            let child = crate::events::serve(socket, options.node.clone(), snapshot.clone())
+                .map_err(|e| {
+                    AgentError::Source(format!("flow events on {}: {e}", socket.display()))
+                })?;
+            log(LogLine {
+                level: "info",
+                message: "serving flow events".into(),
+                fields: vec![("socket", socket.display().to_string())],
+            });
+            Some(KillOnDrop(child))
+        }
+        _ => None,
+    };
     let mut waiting_for_node = false;
     loop {
         let (batch, errors) = events.next(options.poll)?;
@@ -146,6 +174,7 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 });
             }
         }
+        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.engine().snapshot());
         let Some(input) = node_input(live.engine().state(), &options.node) else {
             if !waiting_for_node {
                 log(LogLine {

@@ -9,7 +9,9 @@ mod input;
 mod printers;
 
 use clap::{Parser, Subcommand};
-use commands::{agent, bench, check, explain, lab, lint, matrix, snapshot, test, validate};
+use commands::{
+    agent, bench, check, explain, lab, lint, matrix, observe, snapshot, test, validate,
+};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -47,6 +49,8 @@ enum Command {
     /// Enforce one node's pods with nftables, following the cluster (or a manifests
     /// directory): only deltas, in single transactions; the table outlives the agent.
     Agent(agent::AgentArgs),
+    /// Follow the flow events an agent serves (drops, in Hubble's `observe -o json` shape).
+    Observe(observe::ObserveArgs),
     /// Real enforcement in network namespaces with nftables (root only).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Matrix(args) => matrix::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Observe(args) => observe::run(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Bench(args) => bench::run(args),
     };

@@ -961,3 +961,126 @@ fn a_killed_and_restarted_agent_never_drops_an_established_connection_nor_lets_a
     let echoes: u32 = echoed.trim().parse().unwrap_or(0);
     assert!(echoes >= 10, "{echoes} echoes");
 }
+
+#[test]
+fn drops_are_flow_events_that_membrane_observe_follows() {
+    if !root_or_skip("drops_are_flow_events_that_membrane_observe_follows") {
+        return;
+    }
+    let dir = node_dir();
+    let cluster = std::fs::read_to_string(dir.path().join("cluster.yaml")).unwrap();
+    let pod_of = |app: &str| -> (String, String) {
+        let o = yaml_to_json(&cluster)
+            .unwrap()
+            .into_iter()
+            .find(|o| {
+                o["kind"] == "Pod"
+                    && o["metadata"]["labels"]["app"] == app
+                    && o["spec"]["nodeName"] == "node-1"
+            })
+            .unwrap();
+        (
+            format!(
+                "{}/{}",
+                o["metadata"]["namespace"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            ),
+            o["status"]["podIP"].as_str().unwrap().to_string(),
+        )
+    };
+    let (frontend_name, frontend_ip) = pod_of("frontend");
+    let (redis_name, redis_ip) = pod_of("redis");
+    let node = Netns::new("enode");
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node.0,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let frontend = Pod::new(&node, "ef", &frontend_ip);
+    let _redis = Pod::new(&node, "er", &redis_ip);
+    let socket = dir.path().join("run").join("agent.sock");
+    // The agent's tcpdump outlives a SIGKILLed agent: stopped with the test.
+    struct StopTcpdump(String);
+    impl Drop for StopTcpdump {
+        fn drop(&mut self) {
+            let _ = Command::new("pkill").args(["-f", &self.0]).status();
+        }
+    }
+    let _tcpdump = StopTcpdump(format!(
+        "tcpdump -i nflog:1 -U -w {}",
+        socket.with_extension("pcap").display()
+    ));
+    let _agent = Running(
+        in_netns(&node)
+            .args([
+                "agent",
+                "--node",
+                "node-1",
+                "--from",
+                dir.path().to_str().unwrap(),
+            ])
+            .args(["--events-socket", socket.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists()
+        || !node
+            .nft(&["list", "table", "inet", "membrane"])
+            .contains("_ing")
+    {
+        assert!(Instant::now() < deadline, "the agent never started serving");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let observe = Command::new(env!("CARGO_BIN_EXE_membrane"))
+        .args(["observe", "--socket", socket.to_str().unwrap()])
+        .args(["--pod", &redis_name, "--verdict", "dropped", "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // frontend → redis is denied (first by the frontend's own egress default deny): a drop,
+    // an event.
+    assert!(!frontend.connects(&redis_ip, 6379));
+    let out = observe.wait_with_output().unwrap();
+    let line = text(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let flow = &v["flow"];
+    assert_eq!(flow["verdict"], "DROPPED", "{v}");
+    assert_eq!(flow["drop_reason_desc"], "POLICY_DENIED", "{v}");
+    assert_eq!(flow["traffic_direction"], "EGRESS", "{v}");
+    // The engine names the policy whose selection made it a default deny.
+    assert!(
+        flow["decision"]["egress"]["policies"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x == "CNP frontend/default-deny")),
+        "{v}"
+    );
+    let name = |side: &serde_json::Value| {
+        format!(
+            "{}/{}",
+            side["namespace"].as_str().unwrap_or(""),
+            side["pod_name"].as_str().unwrap_or("")
+        )
+    };
+    assert_eq!(name(&flow["source"]), frontend_name, "{v}");
+    assert_eq!(name(&flow["destination"]), redis_name, "{v}");
+    assert_eq!(flow["l4"]["TCP"]["destination_port"], 6379, "{v}");
+    assert_eq!(v["node_name"], "node-1");
+    assert!(
+        flow["source"]["labels"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x == "k8s:app=frontend")),
+        "{v}"
+    );
+}

@@ -13,7 +13,7 @@ use membrane_cluster::decision_json::{FileNames, event_decision_json};
 use membrane_cluster::world::World;
 use membrane_policy::model::{Direction, Protocol};
 use membrane_policy::resolve::Enforcement;
-use membrane_policy::verdict::{L7Request, Outcome, SideDecision};
+use membrane_policy::verdict::{FlowDecision, L7Request, Outcome, SideDecision};
 use serde_json::{Value, json};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -385,14 +385,60 @@ fn policy_refs(side: &SideDecision) -> Vec<Value> {
 /// the engine says decided it: `policy` (a summary) and `decision`, the engine's decision of
 /// the flow in the decision schema (`docs/schema/decision-v1.json`); `files` names the
 /// world's source files for the origins' `file`.
-pub fn flow_json(world: &World, topo: &Topology, ev: &DropEvent, files: &dyn FileNames) -> Value {
-    let node = &topo.nodes[ev.node];
-    let observer = node.scenario_node;
-    let id_of = |a: Ipv4Addr| {
-        world
+/// What naming a drop needs, from whoever knows the cluster: the lab (its world and topology)
+/// or the node agent (the engine's snapshot).
+pub trait FlowNames {
+    /// The node whose datapath dropped the packet.
+    fn node_name(&self, ev: &DropEvent) -> String;
+    /// An address's identity as the node that dropped `ev` sees it.
+    fn identity(&self, ev: &DropEvent, addr: Ipv4Addr) -> u32;
+    /// Hubble's endpoint object: `ip`, `identity`, `labels`, and `namespace`/`pod_name`/
+    /// `node_name` where known.
+    fn endpoint(&self, addr: Ipv4Addr, identity: u32) -> Value;
+    /// The engine's decision of the dropped flow, for the deciding policies.
+    fn decide(&self, ev: &DropEvent, protocol: Protocol, port: u16) -> Option<FlowDecision>;
+}
+
+/// The lab's names: its world and topology.
+struct LabNames<'a> {
+    world: &'a World,
+    topo: &'a Topology,
+}
+
+impl FlowNames for LabNames<'_> {
+    fn node_name(&self, ev: &DropEvent) -> String {
+        self.topo.nodes[ev.node].name.clone()
+    }
+
+    fn identity(&self, ev: &DropEvent, a: Ipv4Addr) -> u32 {
+        let observer = self.topo.nodes[ev.node].scenario_node;
+        self.world
             .party(&a.to_string())
-            .map_or(2, |p| world.identity_of(p, observer, false))
-    };
+            .map_or(2, |p| self.world.identity_of(p, observer, false))
+    }
+
+    fn endpoint(&self, addr: Ipv4Addr, identity: u32) -> Value {
+        endpoint_json(self.world, self.topo, addr, identity)
+    }
+
+    fn decide(&self, ev: &DropEvent, protocol: Protocol, port: u16) -> Option<FlowDecision> {
+        let from = self.world.party(&ev.src.to_string())?;
+        let to = self.world.party(&ev.dst.to_string())?;
+        Some(
+            self.world
+                .decide(from, to, protocol, port, &L7Request::None, false),
+        )
+    }
+}
+
+/// One drop as `hubble observe -o json` prints a flow, plus what the engine says decided it.
+pub fn flow_json(world: &World, topo: &Topology, ev: &DropEvent, files: &dyn FileNames) -> Value {
+    drop_flow_json(&LabNames { world, topo }, ev, files)
+}
+
+/// A drop in Hubble's flow shape (see [`flow_json`]), named by `names`.
+pub fn drop_flow_json(names: &dyn FlowNames, ev: &DropEvent, files: &dyn FileNames) -> Value {
+    let id_of = |a: Ipv4Addr| names.identity(ev, a);
     let (protocol, port) = match ev.proto {
         6 => (Protocol::Tcp, ev.dport),
         17 => (Protocol::Udp, ev.dport),
@@ -435,18 +481,15 @@ pub fn flow_json(world: &World, topo: &Topology, ev: &DropEvent, files: &dyn Fil
         "drop_reason_desc": desc,
         "IP": {"source": ev.src.to_string(), "destination": ev.dst.to_string(), "ipVersion": "IPv4"},
         "l4": l4,
-        "source": endpoint_json(world, topo, ev.src, id_of(ev.src)),
-        "destination": endpoint_json(world, topo, ev.dst, id_of(ev.dst)),
+        "source": names.endpoint(ev.src, id_of(ev.src)),
+        "destination": names.endpoint(ev.dst, id_of(ev.dst)),
         "Type": "L3_L4",
-        "node_name": node.name,
+        "node_name": names.node_name(ev),
         "event_type": {"type": 1, "sub_type": code},
         "traffic_direction": if ev.direction == Direction::Egress { "EGRESS" } else { "INGRESS" },
         "Summary": format!("{} {} {} {}:{} -> {}:{}", ev.direction, ev.reason, proto_name(ev.proto), ev.src, ev.sport, ev.dst, ev.dport),
     });
-    let from = world.party(&ev.src.to_string());
-    let to = world.party(&ev.dst.to_string());
-    if let (Some(from), Some(to)) = (from, to) {
-        let d = world.decide(from, to, protocol, port, &L7Request::None, false);
+    if let Some(d) = names.decide(ev, protocol, port) {
         let side = if ev.direction == Direction::Egress {
             Some(&d.egress)
         } else {

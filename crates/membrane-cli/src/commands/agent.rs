@@ -32,6 +32,10 @@ pub struct AgentArgs {
     pub once: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve the datapath's drops as flow events (Hubble's `observe -o json` lines) on this
+    /// unix socket, for `membrane observe` (needs tcpdump for NFLOG).
+    #[arg(long, value_name = "PATH")]
+    pub events_socket: Option<PathBuf>,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. 0.0.0.0:9963).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -90,6 +94,7 @@ pub fn run(args: AgentArgs) -> u8 {
         }
     }
     let options = AgentOptions {
+        events_socket: args.events_socket.clone(),
         metrics,
         node: args.node.clone(),
         source,

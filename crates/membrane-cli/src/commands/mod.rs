@@ -8,6 +8,7 @@ pub mod explain;
 pub mod lab;
 pub mod lint;
 pub mod matrix;
+pub mod observe;
 pub mod snapshot;
 pub mod test;
 pub mod validate;

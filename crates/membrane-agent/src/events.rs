@@ -1,0 +1,155 @@
+//! Flow events: what this node's datapath drops, in Hubble's `observe -o json` shape, on a
+//! unix socket that `membrane observe` (or anything reading JSON lines) follows.
+//!
+//! The drops come from NFLOG group 1 as the lab reads them (std cannot open a netlink socket
+//! and `unsafe` is forbidden: `tcpdump -i nflog:1 -U -w FILE`, tailed); the engine's current
+//! snapshot names both sides and the policies that decided.
+
+use membrane_cluster::decision_json::FileNames;
+use membrane_datapath::events::{DropEvent, FlowNames, PcapTail, drop_event, drop_flow_json};
+use membrane_policy::engine::{Party, Snapshot};
+use membrane_policy::model::Protocol;
+use membrane_policy::verdict::{FlowDecision, L7Request};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The engine's latest snapshot, as the loop publishes it.
+pub type SharedSnapshot = Arc<Mutex<Option<Arc<Snapshot>>>>;
+
+struct AgentNames<'a> {
+    state: &'a Snapshot,
+    node: &'a str,
+}
+
+impl AgentNames<'_> {
+    fn party(&self, a: Ipv4Addr) -> Party {
+        self.state.address_party(IpAddr::V4(a))
+    }
+}
+
+impl FlowNames for AgentNames<'_> {
+    fn node_name(&self, _ev: &DropEvent) -> String {
+        self.node.to_string()
+    }
+
+    fn identity(&self, _ev: &DropEvent, a: Ipv4Addr) -> u32 {
+        let observer = self.state.node_index(self.node);
+        self.state.identity_of(self.party(a), observer, false)
+    }
+
+    fn endpoint(&self, a: Ipv4Addr, identity: u32) -> Value {
+        let mut v = json!({"ip": a.to_string(), "identity": identity});
+        if let Some(i) = self.state.identities().get(identity) {
+            let labels: Vec<String> = i.labels.iter().map(ToString::to_string).collect();
+            v["labels"] = json!(labels);
+        }
+        if let Party::Pod(id) = self.party(a)
+            && let Some(ep) = self.state.endpoint(id)
+        {
+            v["ID"] = json!(id);
+            v["namespace"] = json!(ep.namespace);
+            // Hubble's pod_name is the bare name.
+            let bare = ep.name.rsplit('/').next().unwrap_or(&ep.name);
+            v["pod_name"] = json!(bare);
+            v["node_name"] = json!(ep.node);
+        }
+        v
+    }
+
+    fn decide(&self, ev: &DropEvent, protocol: Protocol, port: u16) -> Option<FlowDecision> {
+        Some(self.state.decide(
+            self.party(ev.src),
+            self.party(ev.dst),
+            protocol,
+            port,
+            &L7Request::None,
+            false,
+        ))
+    }
+}
+
+/// Policies are named by kind/namespace/name here: the agent has no files.
+struct NoFiles;
+
+impl FileNames for NoFiles {
+    fn file_name(&self, _id: u32) -> &str {
+        "<cluster>"
+    }
+}
+
+/// Runs tcpdump on NFLOG group 1 and serves the drops on `socket`. Returns the tcpdump
+/// process (kill it when the agent stops).
+pub fn serve(socket: &Path, node: String, snapshot: SharedSnapshot) -> std::io::Result<Child> {
+    let pcap = socket.with_extension("pcap");
+    // A tcpdump left behind by a killed agent writes to the same file: stop it first.
+    let _ = Command::new("pkill")
+        .args([
+            "-f",
+            &format!("tcpdump -i nflog:1 -U -w {}", pcap.display()),
+        ])
+        .status();
+    let _ = std::fs::remove_file(&pcap);
+    let _ = std::fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tcpdump = Command::new("tcpdump")
+        .args(["-i", "nflog:1", "-U", "-w"])
+        .arg(&pcap)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let listener = UnixListener::bind(socket)?;
+    let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+    let accepting = clients.clone();
+    std::thread::Builder::new()
+        .name("events-accept".into())
+        .spawn(move || {
+            for s in listener.incoming().flatten() {
+                accepting.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+            }
+        })?;
+    std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || tail(pcap, &node, &snapshot, &clients))?;
+    Ok(tcpdump)
+}
+
+fn tail(pcap: PathBuf, node: &str, snapshot: &SharedSnapshot, clients: &Mutex<Vec<UnixStream>>) {
+    let mut t = PcapTail::new(pcap, false);
+    loop {
+        let records = t.poll();
+        if records.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let state = snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(state) = state else { continue };
+        let names = AgentNames {
+            state: &state,
+            node,
+        };
+        for (time, record) in records {
+            let Some(ev) = drop_event(0, time, &record) else {
+                continue;
+            };
+            let mut line = drop_flow_json(&names, &ev, &NoFiles);
+            line["node_name"] = json!(node);
+            line["time"] = line["flow"]["time"].clone();
+            let mut text = line.to_string();
+            text.push('\n');
+            // A client that went away is dropped.
+            clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain_mut(|c| c.write_all(text.as_bytes()).is_ok());
+        }
+    }
+}
