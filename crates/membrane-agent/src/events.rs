@@ -85,7 +85,12 @@ impl FileNames for NoFiles {
 
 /// Runs tcpdump on NFLOG group 1 and serves the drops on `socket`. Returns the tcpdump
 /// process (kill it when the agent stops).
-pub fn serve(socket: &Path, node: String, snapshot: SharedSnapshot) -> std::io::Result<Child> {
+pub fn serve(
+    socket: &Path,
+    node: String,
+    snapshot: SharedSnapshot,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> std::io::Result<Child> {
     let pcap = socket.with_extension("pcap");
     // A tcpdump left behind by a killed agent writes to the same file: stop it first.
     let _ = Command::new("pkill")
@@ -118,11 +123,17 @@ pub fn serve(socket: &Path, node: String, snapshot: SharedSnapshot) -> std::io::
         })?;
     std::thread::Builder::new()
         .name("events".into())
-        .spawn(move || tail(pcap, &node, &snapshot, &clients))?;
+        .spawn(move || tail(pcap, &node, &snapshot, &clients, &metrics))?;
     Ok(tcpdump)
 }
 
-fn tail(pcap: PathBuf, node: &str, snapshot: &SharedSnapshot, clients: &Mutex<Vec<UnixStream>>) {
+fn tail(
+    pcap: PathBuf,
+    node: &str,
+    snapshot: &SharedSnapshot,
+    clients: &Mutex<Vec<UnixStream>>,
+    metrics: &crate::metrics::Metrics,
+) {
     let mut t = PcapTail::new(pcap, false);
     loop {
         let records = t.poll();
@@ -140,6 +151,7 @@ fn tail(pcap: PathBuf, node: &str, snapshot: &SharedSnapshot, clients: &Mutex<Ve
             let Some(ev) = drop_event(0, time, &record) else {
                 continue;
             };
+            metrics.drop_seen(&ev.reason, &ev.direction.to_string());
             let mut line = drop_flow_json(&names, &ev, &NoFiles);
             line["node_name"] = json!(node);
             line["time"] = line["flow"]["time"].clone();

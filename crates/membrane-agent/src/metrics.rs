@@ -29,6 +29,9 @@ pub struct Metrics {
     pub events: Family<Labels, Counter>,
     /// From a batch of events received to its transaction applied, in seconds.
     pub enforce_latency: Histogram,
+    /// Packets the datapath dropped, by reason (`default-deny`, `deny-rule`, ...) and
+    /// direction (with `--events-socket`, which reads them).
+    pub drops: Family<Labels, Counter>,
     ready: AtomicBool,
 }
 
@@ -49,6 +52,7 @@ impl Metrics {
         let events = Family::<Labels, Counter>::default();
         // 0.5 ms to 4 s.
         let enforce_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let drops = Family::<Labels, Counter>::default();
         registry.register(
             "policy_revision",
             "The engine's revision after the last enforced change",
@@ -89,6 +93,7 @@ impl Metrics {
             transaction_errors,
             events,
             enforce_latency,
+            drops,
             ready: AtomicBool::new(false),
         }
     }
@@ -98,6 +103,15 @@ impl Metrics {
             .get_or_create(&vec![
                 ("kind".into(), kind.into()),
                 ("op".into(), op.into()),
+            ])
+            .inc();
+    }
+
+    pub fn drop_seen(&self, reason: &str, direction: &str) {
+        self.drops
+            .get_or_create(&vec![
+                ("reason".into(), reason.into()),
+                ("direction".into(), direction.into()),
             ])
             .inc();
     }

@@ -121,10 +121,13 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
     let snapshot: crate::events::SharedSnapshot = std::sync::Arc::default();
     let _tcpdump = match (&options.events_socket, options.mode) {
         (Some(socket), Mode::Apply) => {
-            let child = crate::events::serve(socket, options.node.clone(), snapshot.clone())
-                .map_err(|e| {
-                    AgentError::Source(format!("flow events on {}: {e}", socket.display()))
-                })?;
+            let child = crate::events::serve(
+                socket,
+                options.node.clone(),
+                snapshot.clone(),
+                options.metrics.clone(),
+            )
+            .map_err(|e| AgentError::Source(format!("flow events on {}: {e}", socket.display())))?;
             log(LogLine {
                 level: "info",
                 message: "serving flow events".into(),

@@ -1003,6 +1003,11 @@ fn drops_are_flow_events_that_membrane_observe_follows() {
         .output()
         .unwrap();
     assert!(o.status.success());
+    let o = Command::new("ip")
+        .args(["netns", "exec", &node.0, "ip", "link", "set", "lo", "up"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
     let frontend = Pod::new(&node, "ef", &frontend_ip);
     let _redis = Pod::new(&node, "er", &redis_ip);
     let socket = dir.path().join("run").join("agent.sock");
@@ -1027,6 +1032,7 @@ fn drops_are_flow_events_that_membrane_observe_follows() {
                 dir.path().to_str().unwrap(),
             ])
             .args(["--events-socket", socket.to_str().unwrap()])
+            .args(["--metrics-addr", "127.0.0.1:19963"])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
