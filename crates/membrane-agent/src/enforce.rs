@@ -21,6 +21,10 @@ pub enum EnforceError {
         "nft refused the update (nothing was changed, the previous policy stays in force): {0}"
     )]
     Refused(String),
+    #[error(
+        "cannot read the existing membrane table ({0}): refusing to start rather than stack rules on top of it"
+    )]
+    Unreadable(String),
     #[error("cannot run nft: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -60,10 +64,13 @@ fn nft(args: &[&str], stdin: Option<&str>) -> std::io::Result<std::process::Outp
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())?;
-    }
-    child.wait_with_output()
+    let written = match (stdin, child.stdin.take()) {
+        (Some(text), Some(mut pipe)) => pipe.write_all(text.as_bytes()),
+        _ => Ok(()),
+    };
+    // Reaped either way; a failed write surfaces after.
+    let out = child.wait_with_output()?;
+    written.map(|()| out)
 }
 
 /// Reads the names of the chains and maps of the kernel's membrane table, if it exists.
@@ -74,11 +81,23 @@ pub fn read_kernel_table() -> Result<Option<KernelTable>, EnforceError> {
             String::from_utf8_lossy(&tables.stderr).trim().to_string(),
         ));
     }
-    if !String::from_utf8_lossy(&tables.stdout).contains(&format!("table inet {TABLE}")) {
+    let listed = String::from_utf8_lossy(&tables.stdout).into_owned();
+    if !listed
+        .lines()
+        .any(|l| l.trim() == format!("table inet {TABLE}"))
+    {
         return Ok(None);
     }
+    // What is there must be read exactly: taking a table for empty would append rules
+    // after its old allows instead of replacing them.
     let out = nft(&["-j", "list", "table", "inet", TABLE], None)?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !out.status.success() {
+        return Err(EnforceError::Unreadable(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| EnforceError::Unreadable(format!("nft -j: {e}")))?;
     let mut table = KernelTable::default();
     for item in v["nftables"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         if let Some(name) = item["chain"]["name"].as_str() {

@@ -93,12 +93,18 @@ pub fn serve(
 ) -> std::io::Result<Child> {
     let pcap = socket.with_extension("pcap");
     // A tcpdump left behind by a killed agent writes to the same file: stop it first.
-    let _ = Command::new("pkill")
-        .args([
-            "-f",
-            &format!("tcpdump -i nflog:1 -U -w {}", pcap.display()),
-        ])
-        .status();
+    // pkill reads a regex: the path's dots and the like are escaped.
+    let pattern: String = format!("tcpdump -i nflog:1 -U -w {}", pcap.display())
+        .chars()
+        .flat_map(|c| {
+            let special = ".^$*+?()[]{}|\\".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect();
+    let _ = Command::new("pkill").args(["-f", &pattern]).status();
     let _ = std::fs::remove_file(&pcap);
     let _ = std::fs::remove_file(socket);
     if let Some(dir) = socket.parent() {
@@ -118,6 +124,8 @@ pub fn serve(
         .name("events-accept".into())
         .spawn(move || {
             for s in listener.incoming().flatten() {
+                // A client that stops reading is dropped, not waited for.
+                let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
                 accepting.lock().unwrap_or_else(|e| e.into_inner()).push(s);
             }
         })?;

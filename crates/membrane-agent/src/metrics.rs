@@ -84,6 +84,11 @@ impl Metrics {
             "From a batch of events received to its transaction applied",
             enforce_latency.clone(),
         );
+        registry.register(
+            "drops",
+            "Packets the datapath dropped, by reason and direction",
+            drops.clone(),
+        );
         Metrics {
             registry,
             revision,
@@ -134,10 +139,15 @@ impl Metrics {
 }
 
 fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut buf = [0u8; 2048];
     let mut request = Vec::new();
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+    while !request.windows(4).any(|w| w == b"\r\n\r\n")
+        && request.len() < 16 * 1024
+        && std::time::Instant::now() < deadline
+    {
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -146,6 +156,7 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     }
     let line = String::from_utf8_lossy(&request);
     let path = line.split_whitespace().nth(1).unwrap_or("");
+    let path = path.split('?').next().unwrap_or(path);
     let (status, content_type, body) = match path {
         "/metrics" => (
             "200 OK",
@@ -175,8 +186,12 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketA
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
+            // A thread per connection: a slow client cannot hold the probes up.
             for stream in listener.incoming().flatten() {
-                let _ = answer(stream, &metrics);
+                let metrics = metrics.clone();
+                let _ = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || answer(stream, &metrics));
             }
         })?;
     Ok(bound)

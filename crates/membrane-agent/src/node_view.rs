@@ -31,7 +31,11 @@ pub fn node_input(state: &Snapshot, node: &str) -> Option<NodeInput> {
             ip2id.insert(a, state.identity_of(party, Some(observer), false));
         }
     }
-    let mut endpoints = Vec::new();
+    let mut endpoints: Vec<LocalEndpoint> = Vec::new();
+    // An address briefly held by two pods (a terminating one and its successor) must not
+    // reach nft twice (a duplicate map key makes it refuse the whole transaction): the
+    // newest pod, the one added last, owns it.
+    let mut by_addr: BTreeMap<std::net::Ipv4Addr, usize> = BTreeMap::new();
     for id in state.endpoint_ids() {
         let Some(ep) = state.endpoint(id) else {
             continue;
@@ -44,17 +48,58 @@ pub fn node_input(state: &Snapshot, node: &str) -> Option<NodeInput> {
             continue;
         };
         let party = Party::Pod(id);
-        endpoints.push(LocalEndpoint {
+        let endpoint = LocalEndpoint {
             key: format!("p{id}"),
-            name: ep.name.clone(),
+            // Names end up in nft comments and log prefixes: printable characters only.
+            name: ep
+                .name
+                .chars()
+                .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                .collect(),
             addrs: vec![addr],
             egress: table(state, party, Direction::Egress),
             ingress: table(state, party, Direction::Ingress),
-        });
+        };
+        match by_addr.get(&addr) {
+            Some(&i) => endpoints[i] = endpoint,
+            None => {
+                by_addr.insert(addr, endpoints.len());
+                endpoints.push(endpoint);
+            }
+        }
     }
     Some(NodeInput {
         node: node.to_string(),
         ip2id,
         endpoints,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use membrane_cluster::live::LiveCluster;
+    use membrane_policy::options::Options;
+
+    #[test]
+    fn an_address_held_by_two_pods_reaches_the_datapath_once_for_the_newest() {
+        let mut live = LiveCluster::new(Options::default());
+        live.apply(&serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}}))
+            .unwrap();
+        for name in ["old\nname", "new"] {
+            live.apply(&serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "a", "labels": {"app": name}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "podIP": "10.0.0.5"}}))
+                .unwrap();
+        }
+        let input = node_input(live.engine().state(), "n1").unwrap();
+        assert_eq!(input.endpoints.len(), 1);
+        assert_eq!(input.endpoints[0].name, "a/new");
+        // Names reach nft comments: never a line break.
+        assert!(input.endpoints.iter().all(|e| !e.name.contains('\n')));
+    }
 }

@@ -70,9 +70,13 @@ impl Events {
                         return Err(AgentError::Source("the watches stopped".into()));
                     }
                 }
-                // A burst (a rollout, a relist) is one transaction: drain what follows closely.
+                // A burst (a rollout, a relist) is one transaction: drain what follows closely,
+                // but never for longer than 200 ms, so a steady stream is still enforced.
                 let quiet = Duration::from_millis(20);
-                while let Ok(e) = c.events.recv_timeout(quiet) {
+                let cap = Instant::now() + Duration::from_millis(200);
+                while Instant::now() < cap
+                    && let Ok(e) = c.events.recv_timeout(quiet)
+                {
                     events.push(e);
                 }
                 Ok((events, Vec::new()))
@@ -117,6 +121,12 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         Source::Dir(d) => Events::Dir(DirSource::new(d)),
         Source::Cluster(c) => Events::Cluster(ClusterSource::start(c).map_err(AgentError::Source)?),
     };
+    // Until every kind has listed once, the state is partial: policies may still be paging
+    // while the pods are known, and enforcing that would open them.
+    let mut unsynced = match &events {
+        Events::Cluster(c) => c.kinds,
+        Events::Dir(_) => 0,
+    };
     let mut live = LiveCluster::new(Options::default());
     let snapshot: crate::events::SharedSnapshot = std::sync::Arc::default();
     let _tcpdump = match (&options.events_socket, options.mode) {
@@ -157,6 +167,15 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
             match &e {
                 Event::Apply(o) => m.event(o["kind"].as_str().unwrap_or(""), "apply"),
                 Event::Delete { kind, .. } => m.event(kind, "delete"),
+                Event::Synced(_) => unsynced = unsynced.saturating_sub(1),
+                Event::WatchError(err) => {
+                    m.event("watch", "error");
+                    log(LogLine {
+                        level: "warn",
+                        message: format!("{err} (retrying; the last state stays in force)"),
+                        fields: vec![],
+                    });
+                }
             }
             let outcome = match &e {
                 Event::Apply(o) => live.apply(o).map(drop),
@@ -168,6 +187,7 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                     live.delete(kind, namespace.as_deref(), name);
                     Ok(())
                 }
+                Event::Synced(_) | Event::WatchError(_) => Ok(()),
             };
             if let Err(err) = outcome {
                 log(LogLine {
@@ -178,6 +198,9 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
             }
         }
         *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.engine().snapshot());
+        if unsynced > 0 {
+            continue;
+        }
         let Some(input) = node_input(live.engine().state(), &options.node) else {
             if !waiting_for_node {
                 log(LogLine {
@@ -194,10 +217,22 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         };
         waiting_for_node = false;
         let ruleset = with_proxies(compile_node(&input));
-        let applied = enforcer.apply(&ruleset);
-        if applied.is_err() {
-            m.transaction_errors.inc();
-        }
+        let applied = match enforcer.apply(&ruleset) {
+            // Refused: nothing changed, the previous policy stays in force; the next batch
+            // (or the next poll) tries again from it.
+            Err(EnforceError::Refused(why)) => {
+                m.transaction_errors.inc();
+                log(LogLine {
+                    level: "error",
+                    message: format!(
+                        "nft refused the update, the previous policy stays in force: {why}"
+                    ),
+                    fields: vec![("ts_ms", unix_ms().to_string())],
+                });
+                continue;
+            }
+            other => other,
+        };
         m.endpoints.set(input.endpoints.len() as i64);
         m.identities
             .set(live.engine().state().identities().len() as i64);

@@ -17,6 +17,11 @@ pub enum Event {
         namespace: Option<String>,
         name: String,
     },
+    /// A kind's first list is complete (cluster sources): until every kind has sent this,
+    /// the state is partial and must not be enforced.
+    Synced(String),
+    /// A watch failed (it is retried with backoff).
+    WatchError(String),
 }
 
 /// (kind, namespace, name) of an object.
@@ -40,12 +45,21 @@ pub struct DirSource {
     known: BTreeMap<Key, Value>,
     /// Files and modification times of the last read: unchanged means nothing to read.
     stamp: Vec<(PathBuf, std::time::SystemTime, u64)>,
+    /// The listing seen by the previous poll: a directory is read only once two polls in a
+    /// row see the same files, sizes and times (a writer is not half-way through).
+    candidate: Vec<(PathBuf, std::time::SystemTime, u64)>,
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_dir() {
+        let e = e?;
+        // `..data`-style entries (a ConfigMap mount's own bookkeeping) and symlinked
+        // directories (loops) are not followed.
+        if e.file_name().to_string_lossy().starts_with("..") {
+            continue;
+        }
+        let p = e.path();
+        if e.file_type()?.is_dir() {
             yaml_files(&p, out)?;
         } else if matches!(
             p.extension().and_then(|x| x.to_str()),
@@ -63,6 +77,7 @@ impl DirSource {
             dir: dir.into(),
             known: BTreeMap::new(),
             stamp: Vec::new(),
+            candidate: Vec::new(),
         }
     }
 
@@ -70,21 +85,38 @@ impl DirSource {
     /// keeps its objects as they were (the error is returned beside the other events).
     pub fn poll(&mut self) -> std::io::Result<(Vec<Event>, Vec<String>)> {
         let mut files = Vec::new();
-        yaml_files(&self.dir, &mut files)?;
+        // A directory that cannot be listed now (being replaced, unmounted) changes nothing.
+        if let Err(e) = yaml_files(&self.dir, &mut files) {
+            return Ok((Vec::new(), vec![format!("{}: {e}", self.dir.display())]));
+        }
         files.sort();
         let mut stamp = Vec::new();
         for f in &files {
-            let m = std::fs::metadata(f)?;
+            // A file that vanished between listing and reading: look again next time.
+            let Ok(m) = std::fs::metadata(f) else {
+                return Ok((Vec::new(), Vec::new()));
+            };
             stamp.push((f.clone(), m.modified()?, m.len()));
         }
         if stamp == self.stamp {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if stamp != self.candidate {
+            self.candidate = stamp;
             return Ok((Vec::new(), Vec::new()));
         }
         let mut objects: BTreeMap<Key, Value> = BTreeMap::new();
         let mut errors = Vec::new();
         let mut failed_files = false;
         for f in &files {
-            let text = std::fs::read_to_string(f)?;
+            let text = match std::fs::read_to_string(f) {
+                Ok(t) => t,
+                Err(e) => {
+                    failed_files = true;
+                    errors.push(format!("{}: {e}", f.display()));
+                    continue;
+                }
+            };
             match membrane_kube::json::yaml_to_json(&text) {
                 Ok(docs) => {
                     for d in docs.into_iter().filter(|d| d["kind"].is_string()) {
@@ -133,6 +165,8 @@ pub fn followed_kinds() -> &'static [Kind] {
 /// list no longer has are deleted.
 pub struct ClusterSource {
     pub events: std::sync::mpsc::Receiver<Event>,
+    /// Kinds whose first list must complete before the state is whole.
+    pub kinds: usize,
     /// Keeps the watchers running; dropped with the source.
     _runtime: tokio::runtime::Runtime,
 }
@@ -160,6 +194,7 @@ impl ClusterSource {
                 .map_err(|e| e.to_string())
         })?;
         let (conn, read) = served;
+        let kinds = read.kinds.len();
         for k in read.kinds {
             let kind = k.kind;
             let version = k.api_version.rsplit('/').next().unwrap_or("").to_string();
@@ -187,8 +222,16 @@ impl ClusterSource {
                     v["kind"] = Value::String(ar.kind.clone());
                     v
                 };
+                let mut synced = false;
                 while let Some(event) = stream.next().await {
-                    let Ok(event) = event else { continue };
+                    let event = match event {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ =
+                                tx.send(Event::WatchError(format!("watching {}: {e}", ar.plural)));
+                            continue;
+                        }
+                    };
                     let out: Vec<Event> = match event {
                         watcher::Event::Init => {
                             listed = Some(std::collections::BTreeSet::new());
@@ -216,13 +259,19 @@ impl ClusterSource {
                             let listed = listed.take().unwrap_or_default();
                             let gone: Vec<Key> = known.difference(&listed).cloned().collect();
                             known = listed;
-                            gone.into_iter()
+                            let mut out: Vec<Event> = gone
+                                .into_iter()
                                 .map(|(kind, namespace, name)| Event::Delete {
                                     kind,
                                     namespace,
                                     name,
                                 })
-                                .collect()
+                                .collect();
+                            if !synced {
+                                synced = true;
+                                out.push(Event::Synced(ar.kind.clone()));
+                            }
+                            out
                         }
                     };
                     for e in out {
@@ -235,6 +284,7 @@ impl ClusterSource {
         }
         Ok(ClusterSource {
             events: rx,
+            kinds,
             _runtime: runtime,
         })
     }

@@ -1033,7 +1033,7 @@ fn drops_are_flow_events_that_membrane_observe_follows() {
             ])
             .args(["--events-socket", socket.to_str().unwrap()])
             .args(["--metrics-addr", "127.0.0.1:19963"])
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -1043,7 +1043,11 @@ fn drops_are_flow_events_that_membrane_observe_follows() {
             .nft(&["list", "table", "inet", "membrane"])
             .contains("_ing")
     {
-        assert!(Instant::now() < deadline, "the agent never started serving");
+        assert!(
+            Instant::now() < deadline,
+            "the agent never started serving: {}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -1088,5 +1092,17 @@ fn drops_are_flow_events_that_membrane_observe_follows() {
             .as_array()
             .is_some_and(|l| l.iter().any(|x| x == "k8s:app=frontend")),
         "{v}"
+    );
+    // And counted (the agent's metrics port is in the node namespace: read from there).
+    let metrics = Command::new("ip")
+        .args(["netns", "exec", &node.0, "python3", "-c"])
+        .arg("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:19963/metrics').read().decode())")
+        .output()
+        .unwrap();
+    let body = text(&metrics.stdout);
+    assert!(
+        body.contains("membrane_agent_drops_total{reason=\"default-deny\",direction=\"egress\"}"),
+        "{body}{}",
+        text(&metrics.stderr)
     );
 }

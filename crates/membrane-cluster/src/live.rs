@@ -52,14 +52,20 @@ pub struct LiveCluster {
     slices: BTreeMap<(String, String), (String, Vec<IpAddr>)>,
     /// A name per object that produced diagnostics (`Kind namespace/name`), by FileId.
     names: Vec<String>,
+    /// The FileId of each object, reused when it is applied again.
+    files: HashMap<ObjectKey, FileId>,
 }
 
+/// Namespaced kinds without a namespace land in `default`, as the API server puts them: an
+/// object's key is the same on apply and delete, and equals the engine's.
 fn key_of(kind: &str, namespace: Option<&str>, name: &str) -> ObjectKey {
-    (
-        kind.to_string(),
-        namespace.unwrap_or("").to_string(),
-        name.to_string(),
-    )
+    let namespaced = matches!(kind, "CiliumNetworkPolicy" | "NetworkPolicy");
+    let ns = match namespace {
+        Some(ns) if namespaced => ns,
+        None if namespaced => "default",
+        _ => "",
+    };
+    (kind.to_string(), ns.to_string(), name.to_string())
 }
 
 impl LiveCluster {
@@ -74,6 +80,7 @@ impl LiveCluster {
             services: BTreeMap::new(),
             slices: BTreeMap::new(),
             names: Vec::new(),
+            files: HashMap::new(),
         }
     }
 
@@ -151,11 +158,17 @@ impl LiveCluster {
                 self.refresh_service(&ns, &name)
             }
             "EndpointSlice" => {
+                // A slice that moved to another Service (or lost its label) no longer feeds
+                // the old one.
+                let mut changes = match self.slices.remove(&(ns.clone(), name.clone())) {
+                    Some((old, _)) => self.refresh_service(&ns, &old),
+                    None => ChangeSet::default(),
+                };
                 let Some(service) = s(path(
                     &node,
                     &["metadata", "labels", "kubernetes.io/service-name"],
                 )) else {
-                    return Ok(ChangeSet::default());
+                    return Ok(changes);
                 };
                 let addrs = node
                     .get("endpoints")
@@ -168,7 +181,8 @@ impl LiveCluster {
                     .collect();
                 self.slices
                     .insert((ns.clone(), name.clone()), (service.clone(), addrs));
-                self.refresh_service(&ns, &service)
+                changes.then(self.refresh_service(&ns, &service));
+                changes
             }
             "CiliumIdentity" => {
                 if let Ok(id) = name.parse::<u32>() {
@@ -187,9 +201,17 @@ impl LiveCluster {
             | "CiliumClusterwideNetworkPolicy"
             | "NetworkPolicy"
             | "CiliumCIDRGroup" => {
-                let file = self.names.len() as FileId;
-                self.names
-                    .push(format!("{kind} {}", display(namespace.as_deref(), &name)));
+                let key = key_of(&kind, namespace.as_deref(), &name);
+                let file = match self.files.get(&key) {
+                    Some(f) => *f,
+                    None => {
+                        let f = self.names.len() as FileId;
+                        self.names
+                            .push(format!("{kind} {}", display(namespace.as_deref(), &name)));
+                        self.files.insert(key.clone(), f);
+                        f
+                    }
+                };
                 let (resources, diags) = parse_resources(&text, Embedding::default());
                 let Some(resource) = resources.into_iter().next() else {
                     let reason = diags
@@ -197,7 +219,6 @@ impl LiveCluster {
                         .map_or_else(|| "not a policy".to_string(), |d| d.message.clone());
                     return Err(unreadable(reason));
                 };
-                let key = key_of(&kind, namespace.as_deref(), &name);
                 match resource {
                     Resource::CidrGroup(g) => self.apply_cidr_group(&name, &g),
                     other => self.apply_policy(key, other, file),

@@ -268,3 +268,56 @@ fn a_pod_that_stops_running_is_removed() {
     live.apply(&pod).unwrap();
     assert!(live.pod(&ns, &name).is_none());
 }
+
+#[test]
+fn an_endpoint_slice_that_moves_to_another_service_stops_feeding_the_first() {
+    let mut live = LiveCluster::new(Options::default());
+    let service = |name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop"}, "spec": {"ports": [{"port": 5432}]}})
+    };
+    let slice = |svc: &str| {
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "db-abcde", "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["192.0.2.10"]}]})
+    };
+    live.apply(&service("old")).unwrap();
+    live.apply(&service("new")).unwrap();
+    live.apply(&slice("old")).unwrap();
+    let addrs = |live: &LiveCluster, name: &str| {
+        live.engine()
+            .state()
+            .services()
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.addresses.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(addrs(&live, "old").len(), 1);
+    live.apply(&slice("new")).unwrap();
+    assert!(
+        addrs(&live, "old").is_empty(),
+        "the moved slice still feeds `old`"
+    );
+    assert_eq!(addrs(&live, "new").len(), 1);
+}
+
+#[test]
+fn a_namespaceless_policy_is_the_default_namespaces_for_apply_and_delete() {
+    let mut live = LiveCluster::new(Options::default());
+    let policy = |ns: Option<&str>| {
+        let mut p = serde_json::json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"endpointSelector": {}, "ingress": [{}]}});
+        if let Some(ns) = ns {
+            p["metadata"]["namespace"] = ns.into();
+        }
+        p
+    };
+    live.apply(&policy(None)).unwrap();
+    live.apply(&policy(Some("default"))).unwrap();
+    // One object in the API server's eyes: deleting it by either name removes it.
+    live.delete("CiliumNetworkPolicy", Some("default"), "p");
+    assert_eq!(live.engine().state().policies().count(), 0);
+}

@@ -18,9 +18,6 @@ pub enum Cleaned {
     NotAnEndpoint,
 }
 
-/// The annotation kubectl writes with the whole object in it: large, and may hold anything.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 fn check_typed<'a, T: Deserialize<'a>>(item: &'a Value) -> Result<(), String> {
     T::deserialize(item).map(drop).map_err(|e| e.to_string())
 }
@@ -149,16 +146,9 @@ fn clean_metadata(metadata: &Map<String, Value>) -> Map<String, Value> {
             out.insert(key.into(), v.clone());
         }
     }
-    if let Some(annotations) = metadata.get("annotations").and_then(Value::as_object) {
-        let kept: Map<String, Value> = annotations
-            .iter()
-            .filter(|(k, _)| k.as_str() != LAST_APPLIED)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if !kept.is_empty() {
-            out.insert("annotations".into(), Value::Object(kept));
-        }
-    }
+    // Annotations are dropped: membrane reads none, and tools keep whole objects in them
+    // (kubectl's last-applied copy, other appliers' copies, injection templates) that can
+    // carry secrets into a snapshot.
     if let Some(owners) = metadata.get("ownerReferences").and_then(Value::as_array) {
         let owners: Vec<Value> = owners
             .iter()
@@ -224,6 +214,7 @@ mod tests {
             "metadata": {"name": "frontend-7d4b9c8f5-x2x9k", "namespace": "frontend",
                 "labels": {"app": "frontend", "pod-template-hash": "7d4b9c8f5"},
                 "managedFields": [{"manager": "kube-controller-manager"}],
+                "annotations": {"vault.hashicorp.com/agent-inject-template-db": "password=hunter2"},
                 "uid": "1", "resourceVersion": "12",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                     "name": "frontend-7d4b9c8f5", "uid": "2", "controller": true}]},

@@ -105,7 +105,7 @@ fn in_cluster(options: &ClusterOptions) -> Option<Result<Connection, ClusterErro
         }
     };
     config.connect_timeout = Some(options.timeout);
-    config.read_timeout = Some(options.timeout);
+    config.read_timeout = None;
     let server = config.cluster_url.to_string();
     Some(
         kube::Client::try_from(config)
@@ -156,7 +156,9 @@ pub async fn connect(options: &ClusterOptions) -> Result<Connection, ClusterErro
         .await
         .map_err(|e| ClusterError::Kubeconfig(format!("context `{context}`: {}", innermost(&e))))?;
     config.connect_timeout = Some(options.timeout);
-    config.read_timeout = Some(options.timeout);
+    // Watches are quiet for minutes by design: a read timeout would cut them. Lists and other
+    // answers are bounded by `options.timeout` around each request instead (read.rs).
+    config.read_timeout = None;
     let server = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).map_err(|e| ClusterError::Unreachable {
         server: server.clone(),

@@ -100,14 +100,23 @@ fn string(out: &mut String, s: &str) {
     if is_plain_safe(s) {
         out.push_str(s);
     } else {
-        // JSON's escapes are YAML double-quoted escapes; serializing a str cannot fail.
-        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\"")));
+        // JSON's escapes are YAML double-quoted escapes; serializing a str cannot fail. What
+        // JSON leaves raw but YAML readers fold or refuse (DEL, C1 controls, NEL, the Unicode
+        // line and paragraph separators) is escaped too.
+        let quoted = serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""));
+        for c in quoted.chars() {
+            if matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}') {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            } else {
+                out.push(c);
+            }
+        }
     }
 }
 
 /// Words a YAML reader (1.1 or 1.2) would read as something other than a string.
 const SPECIAL: &[&str] = &[
-    "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~",
+    "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "nan", "inf", "infinity",
 ];
 
 fn is_plain_safe(s: &str) -> bool {
@@ -157,12 +166,18 @@ mod tests {
             ("/api/v1", true),
             ("a#b", false),
             ("line\nbreak", false),
+            ("inf", false),
+            ("NaN", false),
+            ("Infinity", false),
         ] {
             assert_eq!(is_plain_safe(s), plain, "{s}");
         }
         let mut out = String::new();
         string(&mut out, "tab\there \"q\" \u{1}");
         assert_eq!(out, r#""tab\there \"q\" \u0001""#);
+        let mut out = String::new();
+        string(&mut out, "a\u{2028}b\u{85}c\u{7f}");
+        assert_eq!(out, r#""a\u2028b\u0085c\u007f""#);
     }
 
     #[test]

@@ -45,17 +45,31 @@ pub fn run(args: SnapshotArgs) -> u8 {
     }
 }
 
+/// Each file is written beside its place and renamed over it, so a reader (an agent
+/// following the directory) never sees a half-written or missing file; a kind the cluster no
+/// longer serves is removed after the others are in place.
 fn write(dir: &std::path::Path, read: &membrane_kube::ClusterRead) -> std::io::Result<usize> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
-    // A kind the cluster no longer serves must not survive from an earlier snapshot.
+    let files = read.files();
+    for (file, text) in &files {
+        let tmp = dir.join(format!(".{file}.tmp"));
+        // Only the user may read a snapshot: it describes the cluster.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(file))?;
+    }
     for kind in membrane_kube::catalog::KINDS {
         let stale = dir.join(kind.file);
-        if stale.exists() {
+        if !files.iter().any(|(f, _)| f == kind.file) && stale.exists() {
             std::fs::remove_file(stale)?;
         }
-    }
-    for (file, text) in read.files() {
-        std::fs::write(dir.join(file), text)?;
     }
     Ok(read.kinds.iter().map(|k| k.objects.len()).sum())
 }
