@@ -2,8 +2,9 @@
 //! unix socket that `membrane observe` (or anything reading JSON lines) follows.
 //!
 //! The drops come from NFLOG group 1 as the lab reads them (std cannot open a netlink socket
-//! and `unsafe` is forbidden: `tcpdump -i nflog:1 -U -w FILE`, tailed); the engine's current
-//! snapshot names both sides and the policies that decided.
+//! and `unsafe` is forbidden): `tcpdump -i nflog:1 -U -w -` writes pcap to a pipe the agent
+//! reads, so nothing grows on disk and tcpdump ends with the agent (its next write fails).
+//! The engine's current snapshot names both sides and the policies that decided.
 
 use membrane_cluster::decision_json::FileNames;
 use membrane_datapath::events::{DropEvent, FlowNames, PcapTail, drop_event, drop_flow_json};
@@ -11,10 +12,10 @@ use membrane_policy::engine::{Party, Snapshot};
 use membrane_policy::model::Protocol;
 use membrane_policy::verdict::{FlowDecision, L7Request};
 use serde_json::{Value, json};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -91,32 +92,20 @@ pub fn serve(
     snapshot: SharedSnapshot,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<Child> {
-    let pcap = socket.with_extension("pcap");
-    // A tcpdump left behind by a killed agent writes to the same file: stop it first.
-    // pkill reads a regex: the path's dots and the like are escaped.
-    let pattern: String = format!("tcpdump -i nflog:1 -U -w {}", pcap.display())
-        .chars()
-        .flat_map(|c| {
-            let special = ".^$*+?()[]{}|\\".contains(c);
-            special
-                .then_some('\\')
-                .into_iter()
-                .chain(std::iter::once(c))
-        })
-        .collect();
-    let _ = Command::new("pkill").args(["-f", &pattern]).status();
-    let _ = std::fs::remove_file(&pcap);
     let _ = std::fs::remove_file(socket);
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tcpdump = Command::new("tcpdump")
-        .args(["-i", "nflog:1", "-U", "-w"])
-        .arg(&pcap)
+    let mut tcpdump = Command::new("tcpdump")
+        .args(["-i", "nflog:1", "-U", "-w", "-"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
+    let pcap = tcpdump
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("tcpdump has no standard output"))?;
     let listener = UnixListener::bind(socket)?;
     let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
     let accepting = clients.clone();
@@ -136,21 +125,35 @@ pub fn serve(
 }
 
 fn tail(
-    pcap: PathBuf,
+    mut pcap: impl Read,
     node: &str,
     snapshot: &SharedSnapshot,
     clients: &Mutex<Vec<UnixStream>>,
     metrics: &crate::metrics::Metrics,
 ) {
-    let mut t = PcapTail::new(pcap, false);
+    let mut t = PcapTail::stream();
+    let mut chunk = vec![0u8; 65536];
     loop {
-        let records = t.poll();
+        // tcpdump gone (the agent is stopping): no more events.
+        let n = match pcap.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let records = t.feed(&chunk[..n]);
         if records.is_empty() {
-            std::thread::sleep(Duration::from_millis(5));
             continue;
         }
+        // Before the first state is published there is nothing to name the drops with;
+        // they are still counted.
         let state = snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(state) = state else { continue };
+        let Some(state) = state else {
+            for (_, record) in &records {
+                if let Some(ev) = drop_event(0, 0, record) {
+                    metrics.drop_seen(&ev.reason, &ev.direction.to_string());
+                }
+            }
+            continue;
+        };
         let names = AgentNames {
             state: &state,
             node,

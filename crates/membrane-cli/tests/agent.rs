@@ -172,6 +172,13 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Whatever still runs in it (an agent's tcpdump outlives a SIGKILLed agent until its
+        // next write) goes with it.
+        if let Ok(o) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
+            for pid in text(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).output();
+            }
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
@@ -1011,17 +1018,6 @@ fn drops_are_flow_events_that_membrane_observe_follows() {
     let frontend = Pod::new(&node, "ef", &frontend_ip);
     let _redis = Pod::new(&node, "er", &redis_ip);
     let socket = dir.path().join("run").join("agent.sock");
-    // The agent's tcpdump outlives a SIGKILLed agent: stopped with the test.
-    struct StopTcpdump(String);
-    impl Drop for StopTcpdump {
-        fn drop(&mut self) {
-            let _ = Command::new("pkill").args(["-f", &self.0]).status();
-        }
-    }
-    let _tcpdump = StopTcpdump(format!(
-        "tcpdump -i nflog:1 -U -w {}",
-        socket.with_extension("pcap").display()
-    ));
     let _agent = Running(
         in_netns(&node)
             .args([

@@ -91,6 +91,17 @@ impl PcapTail {
         }
     }
 
+    /// A pcap stream read by the caller (tcpdump's standard output), fed with [`feed`](Self::feed).
+    pub fn stream() -> PcapTail {
+        PcapTail::new(PathBuf::new(), false)
+    }
+
+    /// The records completed by `bytes` (the next bytes of a stream).
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        self.buf.extend_from_slice(bytes);
+        self.records()
+    }
+
     /// New complete records: (time in µs, packet bytes).
     pub fn poll(&mut self) -> Vec<(u64, Vec<u8>)> {
         if self.file.is_none() {
@@ -106,6 +117,10 @@ impl PcapTail {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+        self.records()
+    }
+
+    fn records(&mut self) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
         if !self.header_done {
             if self.buf.len() < 24 {
