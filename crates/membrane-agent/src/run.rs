@@ -148,6 +148,7 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         _ => None,
     };
     let mut waiting_for_node = false;
+    let mut retry_at: Option<Instant> = None;
     loop {
         let (batch, errors) = events.next(options.poll)?;
         for e in errors {
@@ -157,9 +158,12 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 fields: vec![],
             });
         }
-        if batch.is_empty() {
+        // After a refusal the same state is tried again every 2 s, events or not.
+        let retry_due = retry_at.is_some_and(|t| Instant::now() >= t);
+        if batch.is_empty() && !retry_due {
             continue;
         }
+        retry_at = None;
         let received = Instant::now();
         let count = batch.len();
         let m = &options.metrics;
@@ -229,6 +233,7 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                     ),
                     fields: vec![("ts_ms", unix_ms().to_string())],
                 });
+                retry_at = Some(Instant::now() + Duration::from_secs(2));
                 continue;
             }
             other => other,

@@ -1102,3 +1102,77 @@ fn drops_are_flow_events_that_membrane_observe_follows() {
         text(&metrics.stderr)
     );
 }
+
+#[test]
+fn a_refused_transaction_keeps_the_agent_running_and_is_retried() {
+    if !root_or_skip("a_refused_transaction_keeps_the_agent_running_and_is_retried") {
+        return;
+    }
+    let dir = node_dir();
+    let ns = Netns::new("refuse");
+    // Something else took the name of the agent's ipcache map (a set): nft refuses the
+    // agent's first transaction (the object exists, with another type).
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(b"table inet membrane {\n\tset ip2id {\n\t\ttype ipv4_addr\n\t}\n}\n")?;
+            }
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let log = dir.path().join("agent.log");
+    let _agent = Running(
+        in_netns(&ns)
+            .args([
+                "agent",
+                "--node",
+                "node-1",
+                "--from",
+                dir.path().to_str().unwrap(),
+            ])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("nft refused the update")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The obstacle goes away; with no new event, the retry enforces the state.
+    let o = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, "nft", "delete", "set", "inet", "membrane", "ip2id",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ns
+        .nft(&["list", "table", "inet", "membrane"])
+        .contains("map ip2id")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("enforced in one transaction")
+    );
+}
