@@ -174,7 +174,7 @@ pub struct ClusterSource {
 impl ClusterSource {
     pub fn start(options: &membrane_kube::ClusterOptions) -> Result<ClusterSource, String> {
         use futures_util::StreamExt;
-        use kube::api::{Api, ApiResource, DynamicObject};
+        use kube::api::{Api, DynamicObject};
         use kube::runtime::{WatchStreamExt, watcher};
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -197,14 +197,7 @@ impl ClusterSource {
         let kinds = read.kinds.len();
         for k in read.kinds {
             let kind = k.kind;
-            let version = k.api_version.rsplit('/').next().unwrap_or("").to_string();
-            let ar = ApiResource {
-                group: kind.group.to_string(),
-                version,
-                api_version: k.api_version.clone(),
-                kind: kind.kind.to_string(),
-                plural: kind.plural.to_string(),
-            };
+            let ar = membrane_kube::follow::api_resource(kind, &k.api_version);
             let api: Api<DynamicObject> = match options.namespace.as_deref() {
                 Some(ns) if kind.namespaced => Api::namespaced_with(conn.client.clone(), ns, &ar),
                 _ => Api::all_with(conn.client.clone(), &ar),

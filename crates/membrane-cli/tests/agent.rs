@@ -5,8 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use membrane_kube::fake::{cluster_objects, yaml_to_json};
+use membrane_kube::json::read_manifests;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -17,33 +18,20 @@ fn repo_root() -> PathBuf {
         .unwrap()
 }
 
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            yaml_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("tests.yaml") {
-            out.push(p);
-        }
-    }
+/// The fixed seed demo as a cluster holds it: (its policies, everything else).
+fn fixed_demo_objects() -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let manifests = read_manifests(&repo_root().join("examples/seed-demo-fixed")).unwrap();
+    cluster_objects(manifests).into_iter().partition(|o| {
+        o["kind"]
+            .as_str()
+            .is_some_and(|k| k.contains("NetworkPolicy"))
+    })
 }
 
 /// The fixed seed demo as a cluster holds it, one file per object kind group: `cluster.yaml`
 /// (everything but policies) and `policies.yaml`.
 fn node_dir() -> tempfile::TempDir {
-    let mut files = Vec::new();
-    yaml_files(&repo_root().join("examples/seed-demo-fixed"), &mut files);
-    files.sort();
-    let mut docs = Vec::new();
-    for f in files {
-        docs.extend(yaml_to_json(&std::fs::read_to_string(f).unwrap()).unwrap());
-    }
-    let objects = cluster_objects(docs);
-    let (policies, rest): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| {
-        o["kind"]
-            .as_str()
-            .is_some_and(|k| k.contains("NetworkPolicy"))
-    });
+    let (policies, rest) = fixed_demo_objects();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("cluster.yaml"),
@@ -145,6 +133,47 @@ fn in_netns(ns: &Netns) -> Command {
     in_netns_named(&ns.0)
 }
 
+/// The pod of `app` on node-1 in a node directory's `cluster.yaml`: (namespace/name, IP).
+fn node1_pod(cluster: &str, app: &str) -> (String, String) {
+    let o = yaml_to_json(cluster)
+        .unwrap()
+        .into_iter()
+        .find(|o| {
+            o["kind"] == "Pod"
+                && o["metadata"]["labels"]["app"] == app
+                && o["spec"]["nodeName"] == "node-1"
+        })
+        .unwrap_or_else(|| panic!("no {app} pod on node-1"));
+    (
+        format!(
+            "{}/{}",
+            o["metadata"]["namespace"].as_str().unwrap(),
+            o["metadata"]["name"].as_str().unwrap()
+        ),
+        o["status"]["podIP"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The JSON log lines (`--log-format json`) of a running agent, as they come.
+fn json_log(agent: &mut Running) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    let stderr = agent.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A network namespace for one test, deleted when dropped.
 struct Netns(String);
 
@@ -167,6 +196,25 @@ impl Netns {
             .output()
             .unwrap();
         text(&o.stdout)
+    }
+}
+
+impl Netns {
+    /// A node namespace that routes between its pods' veths (loopback up for its metrics).
+    fn router(tag: &str) -> Netns {
+        let ns = Netns::new(tag);
+        for args in [
+            &["sysctl", "-qw", "net.ipv4.ip_forward=1"][..],
+            &["ip", "link", "set", "lo", "up"][..],
+        ] {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &ns.0])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", text(&o.stderr));
+        }
+        ns
     }
 }
 
@@ -376,18 +424,7 @@ fn an_agent_follows_the_cluster_through_its_watches() {
         default_served_kinds(),
     )
     .unwrap();
-    let mut files = Vec::new();
-    yaml_files(&repo_root().join("examples/seed-demo-fixed"), &mut files);
-    files.sort();
-    let mut docs = Vec::new();
-    for f in files {
-        docs.extend(yaml_to_json(&std::fs::read_to_string(f).unwrap()).unwrap());
-    }
-    let (policies, rest): (Vec<_>, Vec<_>) = cluster_objects(docs).into_iter().partition(|o| {
-        o["kind"]
-            .as_str()
-            .is_some_and(|k| k.contains("NetworkPolicy"))
-    });
+    let (policies, rest) = fixed_demo_objects();
     server.apply_all(rest).unwrap();
     let kubeconfig = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(kubeconfig.path(), server.kubeconfig("agent-token")).unwrap();
@@ -404,21 +441,7 @@ fn an_agent_follows_the_cluster_through_its_watches() {
         .spawn()
         .unwrap();
     let mut agent = Running(agent);
-    let stderr = agent.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str(&line)
-                && tx.send(v).is_err()
-            {
-                break;
-            }
-        }
-    });
+    let rx = json_log(&mut agent);
     let next_enforced = || -> Option<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -602,21 +625,7 @@ fn churn() {
         .spawn()
         .unwrap();
     let mut agent = Running(agent);
-    let stderr = agent.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str(&line)
-                && tx.send(v).is_err()
-            {
-                break;
-            }
-        }
-    });
+    let rx = json_log(&mut agent);
     let handled = || -> Option<u128> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -761,31 +770,8 @@ fn policy_only_mode_enforces_real_connections_between_pods_behind_veths() {
     }
     let dir = node_dir();
     let cluster = std::fs::read_to_string(dir.path().join("cluster.yaml")).unwrap();
-    let ip_of = |app: &str| -> String {
-        yaml_to_json(&cluster)
-            .unwrap()
-            .into_iter()
-            .find(|o| {
-                o["kind"] == "Pod"
-                    && o["metadata"]["labels"]["app"] == app
-                    && o["spec"]["nodeName"] == "node-1"
-            })
-            .and_then(|o| o["status"]["podIP"].as_str().map(str::to_string))
-            .unwrap_or_else(|| panic!("no {app} pod on node-1"))
-    };
-    let node = Netns::new("tnode");
-    let o = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &node.0,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let ip_of = |app: &str| node1_pod(&cluster, app).1;
+    let node = Netns::router("tnode");
     let backend = Pod::new(&node, "be", &ip_of("backend"));
     let frontend = Pod::new(&node, "fe", &ip_of("frontend"));
     let redis = Pod::new(&node, "rd", &ip_of("redis"));
@@ -852,31 +838,8 @@ fn a_killed_and_restarted_agent_never_drops_an_established_connection_nor_lets_a
     }
     let dir = node_dir();
     let cluster = std::fs::read_to_string(dir.path().join("cluster.yaml")).unwrap();
-    let ip_of = |app: &str| -> String {
-        yaml_to_json(&cluster)
-            .unwrap()
-            .into_iter()
-            .find(|o| {
-                o["kind"] == "Pod"
-                    && o["metadata"]["labels"]["app"] == app
-                    && o["spec"]["nodeName"] == "node-1"
-            })
-            .and_then(|o| o["status"]["podIP"].as_str().map(str::to_string))
-            .unwrap()
-    };
-    let node = Netns::new("knode");
-    let o = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &node.0,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let ip_of = |app: &str| node1_pod(&cluster, app).1;
+    let node = Netns::router("knode");
     let backend = Pod::new(&node, "kb", &ip_of("backend"));
     let frontend = Pod::new(&node, "kf", &ip_of("frontend"));
     let redis = Pod::new(&node, "kr", &ip_of("redis"));
@@ -976,45 +939,10 @@ fn drops_are_flow_events_that_membrane_observe_follows() {
     }
     let dir = node_dir();
     let cluster = std::fs::read_to_string(dir.path().join("cluster.yaml")).unwrap();
-    let pod_of = |app: &str| -> (String, String) {
-        let o = yaml_to_json(&cluster)
-            .unwrap()
-            .into_iter()
-            .find(|o| {
-                o["kind"] == "Pod"
-                    && o["metadata"]["labels"]["app"] == app
-                    && o["spec"]["nodeName"] == "node-1"
-            })
-            .unwrap();
-        (
-            format!(
-                "{}/{}",
-                o["metadata"]["namespace"].as_str().unwrap(),
-                o["metadata"]["name"].as_str().unwrap()
-            ),
-            o["status"]["podIP"].as_str().unwrap().to_string(),
-        )
-    };
+    let pod_of = |app: &str| node1_pod(&cluster, app);
     let (frontend_name, frontend_ip) = pod_of("frontend");
     let (redis_name, redis_ip) = pod_of("redis");
-    let node = Netns::new("enode");
-    let o = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &node.0,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let o = Command::new("ip")
-        .args(["netns", "exec", &node.0, "ip", "link", "set", "lo", "up"])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let node = Netns::router("enode");
     let frontend = Pod::new(&node, "ef", &frontend_ip);
     let _redis = Pod::new(&node, "er", &redis_ip);
     let socket = dir.path().join("run").join("agent.sock");

@@ -7,7 +7,8 @@
 use membrane_kube::fake::{
     FakeApiServer, Fault, cluster_objects, default_served_kinds, yaml_to_json,
 };
-use std::path::{Path, PathBuf};
+use membrane_kube::json::read_manifests;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn repo_root() -> PathBuf {
@@ -35,17 +36,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            yaml_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "yaml") {
-            out.push(p);
-        }
-    }
-}
-
 /// The seed demo's manifests (its ConnectivityTest aside) applied to a fake cluster, with a
 /// kubeconfig for it.
 struct Cluster {
@@ -60,13 +50,8 @@ impl Cluster {
 }
 
 fn seed_demo_cluster(dir: &str) -> Cluster {
-    let mut files = Vec::new();
-    yaml_files(&repo_root().join(dir), &mut files);
-    files.sort();
-    let mut docs = Vec::new();
-    for f in files.iter().filter(|f| !f.ends_with("tests.yaml")) {
-        docs.extend(yaml_to_json(&std::fs::read_to_string(f).unwrap()).unwrap());
-    }
+    // Its ConnectivityTest is not a cluster object: `cluster_objects` leaves it out.
+    let docs = read_manifests(&repo_root().join(dir)).unwrap();
     let server = FakeApiServer::start(default_served_kinds()).unwrap();
     server.require_token(Some("seed-token"));
     server.apply_all(cluster_objects(docs)).unwrap();
@@ -613,20 +598,13 @@ fn check_watch_follows_the_cluster_and_reports_again_when_an_outcome_changes() {
     assert_eq!(first.as_deref(), Some("11 of 22 expectations hold"));
 
     // Apply the corrected policies to the cluster, as `kubectl apply -f` would.
-    let mut files = Vec::new();
-    yaml_files(
-        &repo_root().join("examples/seed-demo-fixed/policies"),
-        &mut files,
-    );
-    for f in files {
-        for mut doc in yaml_to_json(&std::fs::read_to_string(&f).unwrap()).unwrap() {
-            if doc["metadata"]["namespace"].is_null()
-                && doc["kind"] != "CiliumClusterwideNetworkPolicy"
-            {
-                doc["metadata"]["namespace"] = "default".into();
-            }
-            c.server.apply(doc).unwrap();
+    let policies = read_manifests(&repo_root().join("examples/seed-demo-fixed/policies")).unwrap();
+    for mut doc in policies {
+        if doc["metadata"]["namespace"].is_null() && doc["kind"] != "CiliumClusterwideNetworkPolicy"
+        {
+            doc["metadata"]["namespace"] = "default".into();
         }
+        c.server.apply(doc).unwrap();
     }
     let changed = wait_for(&|l: &str| l.starts_with("== the cluster changed"));
     let again = wait_for(&|l: &str| l.ends_with("expectations hold"));

@@ -7,7 +7,7 @@
 //! cluster followed event by event decides as `manifests::load` of its final objects does
 //! (`tests/live_events.rs` checks it on shuffled event sequences).
 
-use crate::manifests::{container_ports, labels_of, path, s};
+use crate::manifests::{labels_of, node_address, path, pod_endpoint, s};
 use crate::world::endpoint_spec;
 use membrane_policy::api::Resource;
 use membrane_policy::engine::{self, ChangeSet, EndpointId, Engine, PolicyKey};
@@ -270,19 +270,7 @@ impl LiveCluster {
                 None => ChangeSet::default(),
             };
         };
-        let spec = node.get("spec");
-        let ep = crate::scenario::EndpointSpec {
-            name: format!("{ns}/{name}"),
-            namespace: ns.to_string(),
-            node: s(spec.and_then(|s| s.get("nodeName"))).unwrap_or_default(),
-            ip,
-            service_account: s(spec.and_then(|s| s.get("serviceAccountName")))
-                .unwrap_or_else(|| "default".into()),
-            labels: labels_of(path(node, &["metadata", "labels"])),
-            ports: container_ports(spec),
-            host_network: s(spec.and_then(|s| s.get("hostNetwork"))).as_deref() == Some("true"),
-            entity: None,
-        };
+        let ep = pod_endpoint(node, ns, name, ip);
         let spec = endpoint_spec(&ep);
         match self.pods.get(&key) {
             Some(&id) => self.engine.update_endpoint(id, spec),
@@ -401,21 +389,12 @@ fn display(namespace: Option<&str>, name: &str) -> String {
 }
 
 fn node_spec(node: &Node, name: &str) -> Option<engine::NodeSpec> {
-    let ip = path(node, &["status", "addresses"])
-        .and_then(Node::as_seq)?
-        .iter()
-        .find(|a| s(a.get("type")).as_deref() == Some("InternalIP"))
-        .and_then(|a| s(a.get("address")))?
-        .parse()
-        .ok()?;
-    let labels = labels_of(path(node, &["metadata", "labels"]));
-    let cilium = !labels
-        .iter()
-        .any(|(k, v)| k == "membrane.dev/cilium" && v == "false");
+    let ip = node_address(node)?;
+    let n = crate::manifests::node_spec(node, name.to_string(), ip);
     Some(engine::NodeSpec {
-        name: name.to_string(),
-        ip,
-        cilium,
-        labels,
+        name: n.name,
+        ip: n.ip,
+        cilium: n.cilium,
+        labels: n.labels,
     })
 }

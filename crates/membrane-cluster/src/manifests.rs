@@ -218,6 +218,49 @@ struct Builder {
     cilium_endpoints: Vec<(FileId, Span, String, u32)>,
 }
 
+/// A pod as an endpoint (manifests and the live cluster read pods alike).
+pub(crate) fn pod_endpoint(node: &Node, namespace: &str, name: &str, ip: IpAddr) -> EndpointSpec {
+    let spec = node.get("spec");
+    EndpointSpec {
+        name: format!("{namespace}/{name}"),
+        namespace: namespace.to_string(),
+        node: s(spec.and_then(|s| s.get("nodeName"))).unwrap_or_default(),
+        ip,
+        service_account: s(spec.and_then(|s| s.get("serviceAccountName")))
+            .unwrap_or_else(|| "default".into()),
+        labels: labels_of(path(node, &["metadata", "labels"])),
+        ports: container_ports(spec),
+        host_network: s(spec.and_then(|s| s.get("hostNetwork"))).as_deref() == Some("true"),
+        entity: None,
+    }
+}
+
+/// A Node's InternalIP.
+pub(crate) fn node_address(node: &Node) -> Option<IpAddr> {
+    path(node, &["status", "addresses"])
+        .and_then(Node::as_seq)?
+        .iter()
+        .find(|x| s(x.get("type")).as_deref() == Some("InternalIP"))
+        .and_then(|x| s(x.get("address")))?
+        .parse()
+        .ok()
+}
+
+/// A Node object as the cluster model's node (a `membrane.dev/cilium: "false"` label: a node
+/// without Cilium).
+pub(crate) fn node_spec(node: &Node, name: String, ip: IpAddr) -> NodeSpec {
+    let labels = labels_of(path(node, &["metadata", "labels"]));
+    let cilium = !labels
+        .iter()
+        .any(|(k, v)| k == "membrane.dev/cilium" && v == "false");
+    NodeSpec {
+        name,
+        ip,
+        cilium,
+        labels,
+    }
+}
+
 /// The workload that owns a pod, from its controller reference: a ReplicaSet made by a
 /// Deployment (its name is the Deployment's plus `-<pod-template-hash>`) stands for the
 /// Deployment; StatefulSets, DaemonSets and Jobs are named as they are.
@@ -325,27 +368,9 @@ impl Builder {
                 self.namespaces.insert(name, labels);
             }
             "Node" => {
-                let ip = path(node, &["status", "addresses"])
-                    .and_then(Node::as_seq)
-                    .and_then(|a| {
-                        a.iter()
-                            .find(|x| s(x.get("type")).as_deref() == Some("InternalIP"))
-                    })
-                    .and_then(|x| s(x.get("address")))
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or_else(|| {
-                        IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2 + self.nodes.len() as u8))
-                    });
-                let labels = labels_of(path(node, &["metadata", "labels"]));
-                let cilium = !labels
-                    .iter()
-                    .any(|(k, v)| k == "membrane.dev/cilium" && v == "false");
-                self.nodes.push(NodeSpec {
-                    name,
-                    ip,
-                    cilium,
-                    labels,
-                });
+                let fallback = IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2 + self.nodes.len() as u8));
+                let ip = node_address(node).unwrap_or(fallback);
+                self.nodes.push(node_spec(node, name, ip));
             }
             "Pod" => {
                 // A listed pod that is not running has no endpoint (hand-written pods have no
@@ -356,21 +381,13 @@ impl Builder {
                     return;
                 }
                 let namespace = self.namespace_of(file, node, kind);
-                let spec = node.get("spec");
                 let ip = s(path(node, &["status", "podIP"])).and_then(|t| t.parse().ok());
-                let ep = EndpointSpec {
-                    name: format!("{namespace}/{name}"),
-                    namespace: namespace.clone(),
-                    node: s(spec.and_then(|s| s.get("nodeName"))).unwrap_or_default(),
-                    ip: ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                    service_account: s(spec.and_then(|s| s.get("serviceAccountName")))
-                        .unwrap_or_else(|| "default".into()),
-                    labels: labels_of(path(node, &["metadata", "labels"])),
-                    ports: container_ports(spec),
-                    host_network: s(spec.and_then(|s| s.get("hostNetwork"))).as_deref()
-                        == Some("true"),
-                    entity: None,
-                };
+                let ep = pod_endpoint(
+                    node,
+                    &namespace,
+                    &name,
+                    ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                );
                 let placed = false;
                 self.add_endpoint(ep, placed);
                 let endpoint = format!("{namespace}/{name}");

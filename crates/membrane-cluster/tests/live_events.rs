@@ -6,38 +6,21 @@
 
 use membrane_cluster::live::LiveCluster;
 use membrane_cluster::manifests::{SourceFile, load};
-use membrane_kube::fake::{cluster_objects, yaml_to_json};
+use membrane_kube::fake::cluster_objects;
+use membrane_kube::json::read_manifests;
 use membrane_policy::engine::Party;
 use membrane_policy::model::Protocol;
 use membrane_policy::options::Options;
 use membrane_policy::verdict::L7Request;
 use proptest::prelude::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            yaml_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("tests.yaml") {
-            out.push(p);
-        }
-    }
-}
+use std::path::Path;
 
 /// The fixed seed demo as a cluster serves it (Gateways aside: the agent's gateway is not an
 /// object it follows).
 fn objects() -> Vec<Value> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed-demo-fixed");
-    let mut files = Vec::new();
-    yaml_files(&root, &mut files);
-    files.sort();
-    let mut docs = Vec::new();
-    for f in files {
-        docs.extend(yaml_to_json(&std::fs::read_to_string(f).unwrap()).unwrap());
-    }
-    let mut objects: Vec<Value> = cluster_objects(docs)
+    let mut objects: Vec<Value> = cluster_objects(read_manifests(&root).unwrap())
         .into_iter()
         .filter(|o| !matches!(o["kind"].as_str(), Some("Gateway" | "HTTPRoute")))
         .collect();

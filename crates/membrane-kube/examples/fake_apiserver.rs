@@ -5,23 +5,8 @@
 //! Prints a kubeconfig for it on standard output.
 #![forbid(unsafe_code)]
 
-use membrane_kube::fake::{FakeApiServer, cluster_objects, default_served_kinds, yaml_to_json};
+use membrane_kube::fake::{FakeApiServer, cluster_objects, default_served_kinds};
 use std::path::Path;
-
-fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        out.push(dir.to_path_buf());
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            yaml_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-            out.push(p);
-        }
-    }
-}
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,15 +17,7 @@ fn main() -> Result<(), String> {
         let n = args.next().and_then(|n| n.parse().ok()).ok_or(usage)?;
         membrane_kube::fake::synthetic(n)
     } else {
-        let mut files = Vec::new();
-        yaml_files(Path::new(&first), &mut files);
-        files.sort();
-        let mut docs = Vec::new();
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            docs.extend(yaml_to_json(&text).map_err(|e| format!("{}:{e}", f.display()))?);
-        }
-        docs
+        membrane_kube::json::read_manifests(Path::new(&first))?
     };
     let args: Vec<String> = std::iter::once(String::new()).chain(args).collect();
     let bind = args.get(1).map_or("127.0.0.1:0", String::as_str);

@@ -35,7 +35,8 @@ impl Drop for Follower {
     }
 }
 
-fn api_resource(kind: &Kind, api_version: &str) -> ApiResource {
+/// The kube-rs description of a catalog kind served as `api_version`.
+pub fn api_resource(kind: &Kind, api_version: &str) -> ApiResource {
     let version = api_version.rsplit('/').next().unwrap_or(api_version);
     ApiResource {
         group: kind.group.to_string(),

@@ -44,3 +44,28 @@ fn node_to_json(node: &Node) -> Value {
         ),
     }
 }
+
+/// Every object of the `.yaml`/`.yml` files under `dir` (recursively, in path order), as JSON.
+pub fn read_manifests(dir: &std::path::Path) -> Result<Vec<Value>, String> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> Result<(), String> {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        docs.extend(yaml_to_json(&text).map_err(|e| format!("{}:{e}", f.display()))?);
+    }
+    Ok(docs)
+}

@@ -55,6 +55,17 @@ type Outcomes = Vec<(String, bool)>;
 
 /// Checks and prints one loaded input: the exit code and each expectation's outcome.
 fn check(loaded: &Loaded, output: Output) -> (u8, Outcomes) {
+    match evaluate(loaded) {
+        Some(results) => {
+            let outcomes = outcomes(&results);
+            (print(loaded, results, output), outcomes)
+        }
+        None => (2, Vec::new()),
+    }
+}
+
+/// Every expectation's evaluation; None (after printing why) for input that is not YAML.
+fn evaluate(loaded: &Loaded) -> Option<Vec<(&Expectation, Result<Evaluation, String>)>> {
     if loaded.diagnostics.iter().any(|(_, d)| d.code == "yaml") {
         for (f, d) in loaded.diagnostics.iter().filter(|(_, d)| d.code == "yaml") {
             eprint!(
@@ -66,18 +77,19 @@ fn check(loaded: &Loaded, output: Output) -> (u8, Outcomes) {
                 )
             );
         }
-        return (2, Vec::new());
+        return None;
     }
-    let results: Vec<_> = loaded
-        .expectations
-        .iter()
-        .map(|exp| (exp, evaluate_flow(&loaded.world, &exp.flow)))
-        .collect();
-    let held = results
-        .iter()
-        .filter(|(e, r)| CheckReport::holds(e, r))
-        .count();
-    let outcomes = results
+    Some(
+        loaded
+            .expectations
+            .iter()
+            .map(|exp| (exp, evaluate_flow(&loaded.world, &exp.flow)))
+            .collect(),
+    )
+}
+
+fn outcomes(results: &[(&Expectation, Result<Evaluation, String>)]) -> Outcomes {
+    results
         .iter()
         .map(|(e, r)| {
             let got = r
@@ -85,7 +97,19 @@ fn check(loaded: &Loaded, output: Output) -> (u8, Outcomes) {
                 .map_or_else(|e| e.clone(), |x| x.verdict.to_string());
             (got, CheckReport::holds(e, r))
         })
-        .collect();
+        .collect()
+}
+
+/// Prints the report; the exit code.
+fn print<'a>(
+    loaded: &'a Loaded,
+    results: Vec<(&'a Expectation, Result<Evaluation, String>)>,
+    output: Output,
+) -> u8 {
+    let held = results
+        .iter()
+        .filter(|(e, r)| CheckReport::holds(e, r))
+        .count();
     let report = CheckReport {
         loaded,
         total: results.len(),
@@ -103,7 +127,7 @@ fn check(loaded: &Loaded, output: Output) -> (u8, Outcomes) {
         Output::Json => println!("{}", json::check(&report)),
         Output::Text => text::check(&mut std::io::stdout().lock(), &report),
     }
-    (u8::from(report.held != report.total), outcomes)
+    u8::from(report.held != report.total)
 }
 
 /// `check --watch`: the cluster through reflectors, checked again after each change.
@@ -132,7 +156,11 @@ fn watch(args: &CheckArgs) -> u8 {
         let mut files = input::cluster_files(&read);
         files.extend(local.iter().cloned());
         let loaded = load(files);
-        let (_, outcomes) = check_quietly(&loaded);
+        // Each change is evaluated once; the report is printed only when an outcome moved.
+        let Some(results) = evaluate(&loaded) else {
+            return true;
+        };
+        let outcomes = outcomes(&results);
         if last.as_ref() != Some(&outcomes) {
             if last.is_some() {
                 changes += 1;
@@ -140,7 +168,7 @@ fn watch(args: &CheckArgs) -> u8 {
                     println!("\n== the cluster changed ({changes}): checked again ==");
                 }
             }
-            check(&loaded, args.output);
+            print(&loaded, results, args.output);
             use std::io::Write;
             let _ = std::io::stdout().flush();
             last = Some(outcomes);
@@ -154,20 +182,4 @@ fn watch(args: &CheckArgs) -> u8 {
             2
         }
     }
-}
-
-/// The outcomes alone, without printing.
-fn check_quietly(loaded: &Loaded) -> (usize, Outcomes) {
-    let outcomes: Outcomes = loaded
-        .expectations
-        .iter()
-        .map(|exp| {
-            let r = evaluate_flow(&loaded.world, &exp.flow);
-            let got = r
-                .as_ref()
-                .map_or_else(|e| e.clone(), |x| x.verdict.to_string());
-            (got, CheckReport::holds(exp, &r))
-        })
-        .collect();
-    (outcomes.iter().filter(|(_, h)| *h).count(), outcomes)
 }
