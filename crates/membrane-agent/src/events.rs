@@ -76,7 +76,7 @@ impl FlowNames for AgentNames<'_> {
 }
 
 /// Policies are named by kind/namespace/name here: the agent has no files.
-struct NoFiles;
+pub(crate) struct NoFiles;
 
 impl FileNames for NoFiles {
     fn file_name(&self, _id: u32) -> &str {
@@ -84,14 +84,30 @@ impl FileNames for NoFiles {
     }
 }
 
+/// The clients following the events socket.
+#[derive(Clone, Default)]
+pub struct Clients(Arc<Mutex<Vec<UnixStream>>>);
+
+impl Clients {
+    /// Sends one JSON line to every client; a client that went away is dropped.
+    pub fn send(&self, line: &serde_json::Value) {
+        let mut text = line.to_string();
+        text.push('\n');
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain_mut(|c| c.write_all(text.as_bytes()).is_ok());
+    }
+}
+
 /// Runs tcpdump on NFLOG group 1 and serves the drops on `socket`. Returns the tcpdump
-/// process (kill it when the agent stops).
+/// process (kill it when the agent stops) and the clients (for the proxies' L7 events).
 pub fn serve(
     socket: &Path,
     node: String,
     snapshot: SharedSnapshot,
     metrics: Arc<crate::metrics::Metrics>,
-) -> std::io::Result<Child> {
+) -> std::io::Result<(Child, Clients)> {
     let _ = std::fs::remove_file(socket);
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
@@ -107,8 +123,9 @@ pub fn serve(
         .take()
         .ok_or_else(|| std::io::Error::other("tcpdump has no standard output"))?;
     let listener = UnixListener::bind(socket)?;
-    let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
-    let accepting = clients.clone();
+    let clients = Clients::default();
+    let accepting = clients.0.clone();
+    let tailing = clients.clone();
     std::thread::Builder::new()
         .name("events-accept".into())
         .spawn(move || {
@@ -120,15 +137,15 @@ pub fn serve(
         })?;
     std::thread::Builder::new()
         .name("events".into())
-        .spawn(move || tail(pcap, &node, &snapshot, &clients, &metrics))?;
-    Ok(tcpdump)
+        .spawn(move || tail(pcap, &node, &snapshot, &tailing, &metrics))?;
+    Ok((tcpdump, clients))
 }
 
 fn tail(
     mut pcap: impl Read,
     node: &str,
     snapshot: &SharedSnapshot,
-    clients: &Mutex<Vec<UnixStream>>,
+    clients: &Clients,
     metrics: &crate::metrics::Metrics,
 ) {
     let mut t = PcapTail::stream();
@@ -166,13 +183,7 @@ fn tail(
             let mut line = drop_flow_json(&names, &ev, &NoFiles);
             line["node_name"] = json!(node);
             line["time"] = line["flow"]["time"].clone();
-            let mut text = line.to_string();
-            text.push('\n');
-            // A client that went away is dropped.
-            clients
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain_mut(|c| c.write_all(text.as_bytes()).is_ok());
+            clients.send(&line);
         }
     }
 }

@@ -32,6 +32,15 @@ pub struct Metrics {
     /// Packets the datapath dropped, by reason (`default-deny`, `deny-rule`, ...) and
     /// direction (with `--events-socket`, which reads them).
     pub drops: Family<Labels, Counter>,
+    /// Requests, queries and connections the L7 proxies handled, by protocol (`http`,
+    /// `dns`, `tls`) and outcome (`forwarded`, `denied`).
+    pub proxy_requests: Family<Labels, Counter>,
+    /// L7 denials (HTTP 403, DNS REFUSED, TLS reset), by protocol, direction and reason.
+    pub l7_denials: Family<Labels, Counter>,
+    /// Forwarded HTTP requests whose upstream exchange failed (no answer from the server).
+    pub proxy_errors: Family<Labels, Counter>,
+    /// Names the DNS proxy has learned (toFQDNs), as (name, address) pairs.
+    pub fqdn_addresses: Gauge,
     ready: AtomicBool,
 }
 
@@ -53,6 +62,30 @@ impl Metrics {
         // 0.5 ms to 4 s.
         let enforce_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let drops = Family::<Labels, Counter>::default();
+        let proxy_requests = Family::<Labels, Counter>::default();
+        let l7_denials = Family::<Labels, Counter>::default();
+        let proxy_errors = Family::<Labels, Counter>::default();
+        let fqdn_addresses = Gauge::default();
+        registry.register(
+            "proxy_requests",
+            "Requests, queries and connections the L7 proxies handled, by protocol and outcome",
+            proxy_requests.clone(),
+        );
+        registry.register(
+            "l7_denials",
+            "L7 denials (HTTP 403, DNS REFUSED, TLS reset), by protocol, direction and reason",
+            l7_denials.clone(),
+        );
+        registry.register(
+            "proxy_errors",
+            "Forwarded HTTP requests whose upstream exchange failed",
+            proxy_errors.clone(),
+        );
+        registry.register(
+            "fqdn_addresses",
+            "Addresses the DNS proxy learned for names (toFQDNs)",
+            fqdn_addresses.clone(),
+        );
         registry.register(
             "policy_revision",
             "The engine's revision after the last enforced change",
@@ -99,6 +132,10 @@ impl Metrics {
             events,
             enforce_latency,
             drops,
+            proxy_requests,
+            l7_denials,
+            proxy_errors,
+            fqdn_addresses,
             ready: AtomicBool::new(false),
         }
     }
@@ -108,6 +145,25 @@ impl Metrics {
             .get_or_create(&vec![
                 ("kind".into(), kind.into()),
                 ("op".into(), op.into()),
+            ])
+            .inc();
+    }
+
+    pub fn proxy_request(&self, protocol: &str, outcome: &str) {
+        self.proxy_requests
+            .get_or_create(&vec![
+                ("protocol".into(), protocol.into()),
+                ("outcome".into(), outcome.into()),
+            ])
+            .inc();
+    }
+
+    pub fn l7_denial(&self, protocol: &str, direction: &str, reason: &str) {
+        self.l7_denials
+            .get_or_create(&vec![
+                ("protocol".into(), protocol.into()),
+                ("direction".into(), direction.into()),
+                ("reason".into(), reason.into()),
             ])
             .inc();
     }

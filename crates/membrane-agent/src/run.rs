@@ -1,12 +1,18 @@
 //! The agent's loop: events in, this node's ruleset out, one transaction per batch.
 
 use crate::enforce::{EnforceError, Enforcer, Mode};
-use crate::node_view::node_input;
+use crate::l7::{Proxies, Reporting, route_to_proxies};
+use crate::node_view::{cidr_regions, node_input, policy_prefixes, proxy_policy};
 use crate::source::{ClusterSource, DirSource, Event};
 use membrane_cluster::live::LiveCluster;
+use membrane_datapath::layout::{DNS_PORT, HTTP_PORT, TLS_PORT};
 use membrane_datapath::nft::compile::{compile_node, with_proxies};
 use membrane_policy::options::Options;
+use membrane_proxy::FqdnCache;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub enum Source {
@@ -24,6 +30,9 @@ pub struct AgentOptions {
     pub poll: Duration,
     /// Serve the datapath's drops as flow events on this unix socket.
     pub events_socket: Option<PathBuf>,
+    /// Run the L7 proxies (HTTP, DNS, TLS) that L7 rules send traffic to; without them
+    /// that traffic is dropped (fail closed).
+    pub proxies: bool,
     /// Where the loop reports what it does (served by `metrics::serve`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -43,45 +52,43 @@ pub struct LogLine<'a> {
     pub fields: Vec<(&'a str, String)>,
 }
 
-enum Events {
-    Dir(DirSource),
-    Cluster(ClusterSource),
+/// Where a batch comes from: the watches (through `rx`) or a directory read again every
+/// `poll`; the proxies wake the loop through `rx` as well.
+struct Events {
+    rx: std::sync::mpsc::Receiver<Event>,
+    dir: Option<DirSource>,
+    /// Keeps the watches running.
+    _cluster: Option<ClusterSource>,
 }
 
 impl Events {
     /// The next batch: everything pending, after waiting up to `wait` for the first.
     fn next(&mut self, wait: Duration) -> Result<(Vec<Event>, Vec<String>), AgentError> {
-        match self {
-            Events::Dir(d) => {
-                let (events, errors) = d.poll().map_err(|e| AgentError::Source(e.to_string()))?;
-                if events.is_empty() && errors.is_empty() {
-                    std::thread::sleep(wait);
+        let (mut events, errors) = match &mut self.dir {
+            Some(d) => d.poll().map_err(|e| AgentError::Source(e.to_string()))?,
+            None => (Vec::new(), Vec::new()),
+        };
+        if events.is_empty() && errors.is_empty() {
+            match self.rx.recv_timeout(wait) {
+                Ok(e) => events.push(e),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Ok((events, errors));
                 }
-                Ok((events, errors))
-            }
-            Events::Cluster(c) => {
-                let mut events = Vec::new();
-                match c.events.recv_timeout(wait) {
-                    Ok(e) => events.push(e),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        return Ok((events, Vec::new()));
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                        return Err(AgentError::Source("the watches stopped".into()));
-                    }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(AgentError::Source("the watches stopped".into()));
                 }
-                // A burst (a rollout, a relist) is one transaction: drain what follows closely,
-                // but never for longer than 200 ms, so a steady stream is still enforced.
-                let quiet = Duration::from_millis(20);
-                let cap = Instant::now() + Duration::from_millis(200);
-                while Instant::now() < cap
-                    && let Ok(e) = c.events.recv_timeout(quiet)
-                {
-                    events.push(e);
-                }
-                Ok((events, Vec::new()))
             }
         }
+        // A burst (a rollout, a relist) is one transaction: drain what follows closely,
+        // but never for longer than 200 ms, so a steady stream is still enforced.
+        let quiet = Duration::from_millis(20);
+        let cap = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < cap
+            && let Ok(e) = self.rx.recv_timeout(quiet)
+        {
+            events.push(e);
+        }
+        Ok((events, errors))
     }
 }
 
@@ -117,21 +124,28 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
             ],
         });
     }
+    let (tx, rx) = std::sync::mpsc::channel();
     let mut events = match &options.source {
-        Source::Dir(d) => Events::Dir(DirSource::new(d)),
-        Source::Cluster(c) => Events::Cluster(ClusterSource::start(c).map_err(AgentError::Source)?),
+        Source::Dir(d) => Events {
+            rx,
+            dir: Some(DirSource::new(d)),
+            _cluster: None,
+        },
+        Source::Cluster(c) => Events {
+            rx,
+            dir: None,
+            _cluster: Some(ClusterSource::start(c, tx.clone()).map_err(AgentError::Source)?),
+        },
     };
     // Until every kind has listed once, the state is partial: policies may still be paging
     // while the pods are known, and enforcing that would open them.
-    let mut unsynced = match &events {
-        Events::Cluster(c) => c.kinds,
-        Events::Dir(_) => 0,
-    };
+    let mut unsynced = events._cluster.as_ref().map_or(0, |c| c.kinds);
     let mut live = LiveCluster::new(Options::default());
     let snapshot: crate::events::SharedSnapshot = std::sync::Arc::default();
+    let mut flow_events: Option<crate::events::Clients> = None;
     let _tcpdump = match (&options.events_socket, options.mode) {
         (Some(socket), Mode::Apply) => {
-            let child = crate::events::serve(
+            let (child, clients) = crate::events::serve(
                 socket,
                 options.node.clone(),
                 snapshot.clone(),
@@ -143,10 +157,21 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 message: "serving flow events".into(),
                 fields: vec![("socket", socket.display().to_string())],
             });
+            flow_events = Some(clients);
             Some(KillOnDrop(child))
         }
         _ => None,
     };
+    // Started once the first state is enforced: until then (and whenever they are down)
+    // the datapath drops what it would hand them, never lets it through unchecked.
+    let mut proxies: Option<Proxies> = None;
+    let reporting = Reporting {
+        metrics: options.metrics.clone(),
+        node: options.node.clone(),
+        events: flow_events.map(|c| -> crate::l7::LineSink { Arc::new(move |v| c.send(v)) }),
+    };
+    // What the DNS proxy had learned when the engine last heard of it.
+    let mut fed: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
     let mut waiting_for_node = false;
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -172,6 +197,7 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 Event::Apply(o) => m.event(o["kind"].as_str().unwrap_or(""), "apply"),
                 Event::Delete { kind, .. } => m.event(kind, "delete"),
                 Event::Synced(_) => unsynced = unsynced.saturating_sub(1),
+                Event::DnsLearned => m.event("dns", "learned"),
                 Event::WatchError(err) => {
                     m.event("watch", "error");
                     log(LogLine {
@@ -191,6 +217,12 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                     live.delete(kind, namespace.as_deref(), name);
                     Ok(())
                 }
+                Event::DnsLearned => {
+                    if let Some(p) = &proxies {
+                        feed_learned(&mut live, &p.learned(), &mut fed);
+                    }
+                    Ok(())
+                }
                 Event::Synced(_) | Event::WatchError(_) => Ok(()),
             };
             if let Err(err) = outcome {
@@ -205,7 +237,23 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         if unsynced > 0 {
             continue;
         }
-        let Some(input) = node_input(live.engine().state(), &options.node) else {
+        // Policy prefixes: each region's representative address gets its CIDR identity.
+        let regions = cidr_regions(&policy_prefixes(live.engine().state()));
+        for r in &regions {
+            let rep = IpAddr::V4(r.representative);
+            if live
+                .engine()
+                .state()
+                .identities()
+                .find_cidr(rep, None)
+                .is_none()
+            {
+                live.add_world_address(rep);
+            }
+        }
+        let learned = proxies.as_ref().map(Proxies::learned).unwrap_or_default();
+        let state = live.engine().state();
+        let Some(input) = node_input(state, &options.node, &regions, &learned) else {
             if !waiting_for_node {
                 log(LogLine {
                     level: "warn",
@@ -282,8 +330,68 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 })
             }
         }
+        // `--once` stops right here: proxies started now would die with it.
+        if options.mode == Mode::Apply && options.proxies && !options.once {
+            let policy = proxy_policy(live.engine().state(), &input);
+            match &proxies {
+                Some(p) => p.publish(policy),
+                None => {
+                    route_to_proxies().map_err(AgentError::Source)?;
+                    proxies = Some(
+                        Proxies::start(policy, reporting.clone(), tx.clone())
+                            .map_err(AgentError::Source)?,
+                    );
+                    log(LogLine {
+                        level: "info",
+                        message: "L7 proxies serving (HTTP, DNS, TLS)".into(),
+                        fields: vec![
+                            ("http_port", HTTP_PORT.to_string()),
+                            ("dns_port", DNS_PORT.to_string()),
+                            ("tls_port", TLS_PORT.to_string()),
+                        ],
+                    });
+                }
+            }
+        }
         if options.once {
             return Ok(());
         }
     }
+}
+
+/// Tells the engine what the DNS proxy learned and forgot since `fed` (names without their
+/// final dot, as policies write them).
+fn feed_learned(
+    live: &mut LiveCluster,
+    cache: &FqdnCache,
+    fed: &mut BTreeMap<String, BTreeSet<IpAddr>>,
+) {
+    let mut now: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    for (name, ip, _) in cache.iter() {
+        now.entry(name.trim_end_matches('.').to_string())
+            .or_default()
+            .insert(ip);
+    }
+    for (name, addrs) in &now {
+        let old = fed.get(name);
+        let new: Vec<IpAddr> = addrs
+            .iter()
+            .filter(|a| old.is_none_or(|o| !o.contains(a)))
+            .copied()
+            .collect();
+        if !new.is_empty() {
+            live.dns_answer(name, &new);
+        }
+    }
+    for (name, addrs) in fed.iter() {
+        let gone: Vec<IpAddr> = addrs
+            .iter()
+            .filter(|a| now.get(name).is_none_or(|n| !n.contains(a)))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            live.dns_expire(name, &gone);
+        }
+    }
+    *fed = now;
 }

@@ -22,6 +22,9 @@ pub enum Event {
     Synced(String),
     /// A watch failed (it is retried with backoff).
     WatchError(String),
+    /// The agent's DNS proxy learned or forgot names (toFQDNs): not an object, but a change
+    /// of what the policy selects, enforced like one.
+    DnsLearned,
 }
 
 /// (kind, namespace, name) of an object.
@@ -164,7 +167,6 @@ pub fn followed_kinds() -> &'static [Kind] {
 /// channel. After a relist (a new watch after `410 Gone`, or the first list), objects the
 /// list no longer has are deleted.
 pub struct ClusterSource {
-    pub events: std::sync::mpsc::Receiver<Event>,
     /// Kinds whose first list must complete before the state is whole.
     pub kinds: usize,
     /// Keeps the watchers running; dropped with the source.
@@ -172,7 +174,11 @@ pub struct ClusterSource {
 }
 
 impl ClusterSource {
-    pub fn start(options: &membrane_kube::ClusterOptions) -> Result<ClusterSource, String> {
+    /// Starts the watches; their events go to `tx`.
+    pub fn start(
+        options: &membrane_kube::ClusterOptions,
+        tx: std::sync::mpsc::Sender<Event>,
+    ) -> Result<ClusterSource, String> {
         use futures_util::StreamExt;
         use kube::api::{Api, DynamicObject};
         use kube::runtime::{WatchStreamExt, watcher};
@@ -181,7 +187,6 @@ impl ClusterSource {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let (tx, rx) = std::sync::mpsc::channel();
         let options = options.clone();
         let served = runtime.block_on(async {
             let conn = membrane_kube::connect(&options)
@@ -276,7 +281,6 @@ impl ClusterSource {
             });
         }
         Ok(ClusterSource {
-            events: rx,
             kinds,
             _runtime: runtime,
         })

@@ -8,7 +8,7 @@ use membrane_kube::fake::{cluster_objects, yaml_to_json};
 use membrane_kube::json::read_manifests;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn repo_root() -> PathBuf {
@@ -1103,4 +1103,275 @@ fn a_refused_transaction_keeps_the_agent_running_and_is_retried() {
             .unwrap_or_default()
             .contains("enforced in one transaction")
     );
+}
+
+/// The objects of the L7 test: a client, a web server with an HTTP rule, kube-dns, and a
+/// client egress policy with DNS rules and a toFQDNs peer.
+const L7_CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system, labels: {kubernetes.io/metadata.name: kube-system}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status: {addresses: [{type: InternalIP, address: 192.168.77.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.77.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.77.0.20}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.77.0.53}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-public-only, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules: {http: [{method: GET, path: /public}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}]
+      rules: {dns: [{matchPattern: "*.example.test"}]}
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  - toFQDNs: [{matchName: api.example.test}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  - toCIDRSet: [{cidr: 198.51.100.0/24, except: [198.51.100.128/25]}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"#;
+
+/// A TCP server on `port` that accepts and closes (a reachable destination).
+const ACCEPT_8080: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(64)\nwhile True:\n c,_=s.accept()\n c.close()";
+
+/// An HTTP server on 8080 answering 200 with the path to every GET.
+const HTTP_8080: &str = "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n def do_GET(self):\n  b=('served '+self.path).encode()\n  self.send_response(200)\n  self.send_header('Content-Length',str(len(b)))\n  self.end_headers()\n  self.wfile.write(b)\n def log_message(self,*a):\n  pass\nhttp.server.ThreadingHTTPServer(('0.0.0.0',8080),H).serve_forever()";
+
+impl Pod {
+    /// `GET http://ip:port{path}` from this pod: (status, body); (0, error) without answer.
+    fn get(&self, ip: &str, port: u16, path: &str) -> (u16, String) {
+        let o = self
+            .python(&format!(
+                "import urllib.request,urllib.error\ntry:\n r=urllib.request.urlopen('http://{ip}:{port}{path}',timeout=3)\n print(r.status, r.read().decode())\nexcept urllib.error.HTTPError as e:\n print(e.code, e.read().decode())\nexcept Exception as e:\n print(0, e)"
+            ))
+            .output()
+            .unwrap();
+        let out = text(&o.stdout);
+        let (code, body) = out.trim().split_once(' ').unwrap_or(("0", ""));
+        (code.parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The A records of `name` from the DNS server at `server`, as this pod's resolver
+    /// would ask (UDP).
+    fn resolve(&self, server: &str, name: &str) -> Vec<String> {
+        let o = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns.0))
+            .args(["--", "dig", "+short", "+tries=1", "+time=2"])
+            .arg(format!("@{server}"))
+            .arg(name)
+            .output()
+            .unwrap();
+        text(&o.stdout)
+            .lines()
+            .filter(|l| l.parse::<std::net::Ipv4Addr>().is_ok())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Whether `check` holds within 3 s (the agent enforces what the DNS proxy learned within
+/// milliseconds; Cilium holds the answer back until then, membrane does not yet).
+fn within(check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_agents_proxies_enforce_http_dns_and_fqdn_rules_and_prefixes_on_real_traffic() {
+    let test = "the_agents_proxies_enforce_http_dns_and_fqdn_rules_and_prefixes_on_real_traffic";
+    if !root_or_skip(test) {
+        return;
+    }
+    for program in ["python3", "dnsmasq", "dig"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "{program} is needed for this test (apt-get install python3 dnsmasq-base dnsutils)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), L7_CLUSTER).unwrap();
+    let node = Netns::router("l7node");
+    let client = Pod::new(&node, "cl", "10.77.0.10");
+    let web = Pod::new(&node, "wb", "10.77.0.20");
+    let dns = Pod::new(&node, "dn", "10.77.0.53");
+    // Outside the cluster: the name's address, an address no policy names, and two in the
+    // policy's prefix (one in its exception).
+    let api = Pod::new(&node, "ap", "203.0.113.9");
+    let other = Pod::new(&node, "ot", "203.0.113.10");
+    let in_prefix = Pod::new(&node, "ip", "198.51.100.7");
+    let excepted = Pod::new(&node, "ex", "198.51.100.200");
+    let mut servers = vec![Running(web.python(HTTP_8080).spawn().unwrap())];
+    for p in [&api, &other, &in_prefix, &excepted] {
+        servers.push(Running(p.python(ACCEPT_8080).spawn().unwrap()));
+    }
+    servers.push(Running(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", dns.ns.0))
+            .args([
+                "--",
+                "dnsmasq",
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=10.77.0.53",
+                "--address=/api.example.test/203.0.113.9",
+                "--address=/other.example.test/203.0.113.10",
+                "--local-ttl=300",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    // The plumbing works without the agent.
+    assert!(
+        within(|| web.get("10.77.0.20", 8080, "/private").0 == 200),
+        "the test's network does not work"
+    );
+    assert!(within(|| client.connects("203.0.113.9", 8080)));
+    assert!(within(|| !client
+        .resolve("10.77.0.53", "api.example.test")
+        .is_empty()));
+    let mut agent = Running(
+        in_netns(&node)
+            .args(["agent", "--node", "node-1", "--from"])
+            .arg(dir.path())
+            .args(["--log-format", "json", "--metrics-addr", "127.0.0.1:19964"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = json_log(&mut agent);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the agent did not start its proxies");
+        if line["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("L7 proxies serving")
+        {
+            break;
+        }
+    }
+    // HTTP: the allowed path is served, any other is answered 403 by the proxy, and the
+    // server never sees it.
+    let (code, body) = client.get("10.77.0.20", 8080, "/public");
+    assert_eq!((code, body.as_str()), (200, "served /public"));
+    let (code, body) = client.get("10.77.0.20", 8080, "/private");
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = client.get("10.77.0.20", 8080, "/public/../private");
+    assert_eq!(
+        code, 403,
+        "a path that normalizes outside /public is denied"
+    );
+    // toFQDNs: before the name is resolved its address is plain world, so denied.
+    assert!(!client.connects("203.0.113.9", 8080));
+    // DNS: a name the DNS rule does not allow is refused by the proxy...
+    assert!(client.resolve("10.77.0.53", "api.example.org").is_empty());
+    // ...an allowed one is answered, and its address then carries the name's identity.
+    assert_eq!(
+        client.resolve("10.77.0.53", "api.example.test"),
+        vec!["203.0.113.9".to_string()]
+    );
+    assert!(
+        within(|| client.connects("203.0.113.9", 8080)),
+        "the learned address is allowed by toFQDNs"
+    );
+    // Another name the DNS rule allows, but no toFQDNs selects: still denied.
+    assert_eq!(
+        client.resolve("10.77.0.53", "other.example.test"),
+        vec!["203.0.113.10".to_string()]
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!client.connects("203.0.113.10", 8080));
+    // toCIDRSet: the prefix is allowed, its exception is not.
+    assert!(client.connects("198.51.100.7", 8080));
+    assert!(!client.connects("198.51.100.200", 8080));
+    // The proxies' work is in the metrics.
+    let metrics = node_metrics(&node, "127.0.0.1:19964");
+    assert!(
+        metrics.contains("membrane_agent_fqdn_addresses 2\n"),
+        "two names learned, one address each:\n{metrics}"
+    );
+    for needle in [
+        r#"membrane_agent_proxy_requests_total{protocol="http",outcome="forwarded"}"#,
+        r#"membrane_agent_proxy_requests_total{protocol="http",outcome="denied"}"#,
+        r#"membrane_agent_proxy_requests_total{protocol="dns",outcome="forwarded"}"#,
+        r#"membrane_agent_l7_denials_total{protocol="dns",direction="egress",reason="l7-mismatch"}"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+    drop(agent);
+    // A stopped agent leaves its proxies' ports closed: L7 traffic is dropped, not let
+    // through unchecked.
+    let (code, _) = client.get("10.77.0.20", 8080, "/public");
+    assert_eq!(code, 0, "with no proxy, L7 traffic is dropped");
+    assert!(!client.connects("10.77.0.20", 8080));
+}
+
+/// GET /metrics from inside a node namespace.
+fn node_metrics(node: &Netns, addr: &str) -> String {
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.0))
+        .args([
+            "--",
+            "python3",
+            "-c",
+            &format!("import urllib.request\nprint(urllib.request.urlopen('http://{addr}/metrics',timeout=3).read().decode())"),
+        ])
+        .output()
+        .unwrap();
+    text(&o.stdout)
 }

@@ -88,6 +88,22 @@ impl LiveCluster {
         &self.engine
     }
 
+    /// An address outside the cluster that policies may select by prefix (the agent's
+    /// prefix representatives): gets its CIDR identity.
+    pub fn add_world_address(&mut self, addr: std::net::IpAddr) -> ChangeSet {
+        self.engine.add_world_address(addr)
+    }
+
+    /// A DNS proxy learned that `name` resolves to `addrs` (toFQDNs selectors select them).
+    pub fn dns_answer(&mut self, name: &str, addrs: &[std::net::IpAddr]) -> ChangeSet {
+        self.engine.dns_answer(name, addrs)
+    }
+
+    /// The DNS proxy's answer for `name` expired for `addrs`.
+    pub fn dns_expire(&mut self, name: &str, addrs: &[std::net::IpAddr]) -> ChangeSet {
+        self.engine.dns_expire(name, addrs)
+    }
+
     /// Computes every endpoint's policy now; from then on change sets carry the map entries
     /// each change adds and removes (the engine follows only policies already computed).
     pub fn resolve_all(&mut self) {

@@ -274,6 +274,7 @@ impl Topology {
                 NodeInput {
                     node: node.name.clone(),
                     ip2id,
+                    cidr2id: Vec::new(),
                     endpoints,
                 }
             })

@@ -29,6 +29,9 @@ pub struct EndpointPolicies {
 #[derive(Debug, Clone, Default)]
 pub struct ProxyPolicy {
     ipcache: HashMap<IpAddr, IdentityId>,
+    /// Disjoint address ranges (first, last, identity), sorted: the identities of policy
+    /// CIDR prefixes, for addresses the ipcache does not name exactly.
+    ranges: Vec<(IpAddr, IpAddr, IdentityId)>,
     endpoints: HashMap<IpAddr, EndpointPolicies>,
     /// Some HTTP rule of some endpoint has `headerMatches`: only then is a request's header
     /// rewrite looked for (a second lookup and rule match per request otherwise wasted).
@@ -252,6 +255,7 @@ impl ProxyPolicy {
         let header_rewrites = endpoints.values().any(endpoint_rewrites_headers);
         ProxyPolicy {
             ipcache,
+            ranges: Vec::new(),
             endpoints,
             header_rewrites,
         }
@@ -268,6 +272,13 @@ impl ProxyPolicy {
         self.endpoints.insert(ip, policies);
     }
 
+    /// Sets the prefix ranges (disjoint; sorted here): the identity of an address in one
+    /// of them that the ipcache does not name.
+    pub fn set_ranges(&mut self, mut ranges: Vec<(IpAddr, IpAddr, IdentityId)>) {
+        ranges.sort();
+        self.ranges = ranges;
+    }
+
     pub fn ipcache(&self) -> &HashMap<IpAddr, IdentityId> {
         &self.ipcache
     }
@@ -278,10 +289,16 @@ impl ProxyPolicy {
 
     /// The identity of an address: the ipcache's, `world` when unknown.
     pub fn identity_of(&self, ip: IpAddr) -> IdentityId {
-        self.ipcache
-            .get(&canonical(ip))
-            .copied()
-            .unwrap_or(identity::WORLD)
+        let ip = canonical(ip);
+        if let Some(id) = self.ipcache.get(&ip) {
+            return *id;
+        }
+        // The last range starting at or before `ip`, if it reaches it.
+        let i = self.ranges.partition_point(|(first, _, _)| *first <= ip);
+        match i.checked_sub(1).and_then(|i| self.ranges.get(i)) {
+            Some((_, last, id)) if ip <= *last => *id,
+            _ => identity::WORLD,
+        }
     }
 
     fn endpoint(&self, ip: IpAddr) -> Option<&EndpointPolicies> {
@@ -503,5 +520,29 @@ mod rewrite_flag_tests {
             bare.set_endpoint(crate::testutil::ip(CLIENT), c);
         }
         assert!(bare.header_rewrites);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_its_exact_identity_else_its_prefix_range_else_world() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut p = ProxyPolicy::new();
+        p.set_identity(ip("10.0.0.5"), 300);
+        p.set_ranges(vec![
+            (ip("10.0.1.0"), ip("10.0.255.255"), 16_777_217),
+            (ip("10.0.0.0"), ip("10.0.0.255"), 16_777_218),
+        ]);
+        assert_eq!(p.identity_of(ip("10.0.0.5")), 300);
+        assert_eq!(p.identity_of(ip("10.0.0.6")), 16_777_218);
+        assert_eq!(p.identity_of(ip("10.0.0.0")), 16_777_218);
+        assert_eq!(p.identity_of(ip("10.0.200.1")), 16_777_217);
+        assert_eq!(p.identity_of(ip("10.0.255.255")), 16_777_217);
+        assert_eq!(p.identity_of(ip("10.1.0.0")), identity::WORLD);
+        assert_eq!(p.identity_of(ip("9.255.255.255")), identity::WORLD);
     }
 }

@@ -36,6 +36,10 @@ pub struct AgentArgs {
     /// unix socket, for `membrane observe` (needs tcpdump for NFLOG).
     #[arg(long, value_name = "PATH")]
     pub events_socket: Option<PathBuf>,
+    /// Do not run the L7 proxies (HTTP, DNS, TLS): traffic an L7 rule covers is then
+    /// dropped (fail closed) instead of being checked request by request.
+    #[arg(long)]
+    pub no_proxies: bool,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. 0.0.0.0:9963).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -104,6 +108,7 @@ pub fn run(args: AgentArgs) -> u8 {
             Mode::Apply
         },
         once: args.once,
+        proxies: !args.no_proxies,
         poll: Duration::from_millis(200),
     };
     let format = args.log_format;

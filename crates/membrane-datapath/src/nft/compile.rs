@@ -3,8 +3,10 @@
 //!
 //! # Layout (one `table inet membrane` per node network namespace)
 //!
-//! * `ip2id`: address → identity (the ipcache). `classify` copies the source identity into
-//!   `meta mark` and the destination identity into `ct mark` (2, `world`, when unknown).
+//! * `ip2id`: address → identity (the ipcache), and `cidr2id`: address ranges → the identity
+//!   of the policy CIDR prefixes covering them (consulted first, so exact addresses win).
+//!   `classify` copies the source identity into `meta mark` and the destination identity
+//!   into `ct mark` (2, `world`, when unknown).
 //! * `egress_enforced` / `ingress_enforced`: address → `jump <endpoint chain>` for the local
 //!   endpoints whose direction is enforced; other addresses pass.
 //! * Per enforced endpoint and direction, one chain plus small maps, one per lookup level of
@@ -295,6 +297,10 @@ pub struct NodeInput {
     pub node: String,
     /// The ipcache as this node sees it (a node is `host` on itself, `remote-node` elsewhere).
     pub ip2id: BTreeMap<Ipv4Addr, u32>,
+    /// Address ranges (first, last) with the identity of the policy CIDR prefixes covering
+    /// them, disjoint: what `ip2id` does not name exactly (the agent's prefix ipcache; the
+    /// lab names every address exactly and leaves this empty).
+    pub cidr2id: Vec<(Ipv4Addr, Ipv4Addr, u32)>,
     pub endpoints: Vec<LocalEndpoint>,
 }
 
@@ -613,16 +619,35 @@ fn direction_objects(
 
 /// Compiles one node's ruleset.
 pub fn compile_node(input: &NodeInput) -> Ruleset {
-    let mut maps = vec![MapDef {
-        name: "ip2id".into(),
-        ty: "ipv4_addr : mark".into(),
-        interval: false,
-        elements: input
-            .ip2id
-            .iter()
-            .map(|(a, id)| (a.to_string(), id.to_string()))
-            .collect(),
-    }];
+    let mut maps = vec![
+        MapDef {
+            name: "ip2id".into(),
+            ty: "ipv4_addr : mark".into(),
+            interval: false,
+            elements: input
+                .ip2id
+                .iter()
+                .map(|(a, id)| (a.to_string(), id.to_string()))
+                .collect(),
+        },
+        MapDef {
+            name: "cidr2id".into(),
+            ty: "ipv4_addr : mark".into(),
+            interval: true,
+            elements: input
+                .cidr2id
+                .iter()
+                .map(|(first, last, id)| {
+                    let key = if first == last {
+                        first.to_string()
+                    } else {
+                        format!("{first}-{last}")
+                    };
+                    (key, id.to_string())
+                })
+                .collect(),
+        },
+    ];
     let mut egress_enf = Vec::new();
     let mut ingress_enf = Vec::new();
     let mut chains = vec![
@@ -653,9 +678,13 @@ pub fn compile_node(input: &NodeInput) -> Ruleset {
                 // ct mark for the destination identity: drop them before any policy lookup,
                 // so they are not reported as policy drops.
                 "ct state invalid drop".into(),
-                // Unknown addresses are world (2); a map miss ends the rule after the default.
-                "meta mark set 2 meta mark set ip saddr map @ip2id".into(),
-                "ct mark set 2 ct mark set ip daddr map @ip2id".into(),
+                // Unknown addresses are world (2), addresses in a policy's CIDR prefix have
+                // that prefix's identity, and known addresses their own: a map miss ends
+                // its rule, keeping what the rule before set.
+                "meta mark set 2 meta mark set ip saddr map @cidr2id".into(),
+                "meta mark set ip saddr map @ip2id".into(),
+                "ct mark set 2 ct mark set ip daddr map @cidr2id".into(),
+                "ct mark set ip daddr map @ip2id".into(),
                 "ip saddr vmap @egress_enforced".into(),
                 "ip daddr vmap @ingress_enforced".into(),
                 "accept".into(),

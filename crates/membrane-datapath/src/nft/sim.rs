@@ -613,14 +613,21 @@ impl Table {
                 st.out.log = Some(prefix);
                 Ok(Some(then))
             }
-            Rule::SetFromMap { ct, from_dst } => {
+            Rule::SetFromMap {
+                ct,
+                from_dst,
+                map,
+                default,
+            } => {
                 let addr = if from_dst { p.dst } else { p.src };
-                let v = self
-                    .lookup("ip2id", &[u64::from(u32::from(addr))])
+                let found = self
+                    .lookup(map, &[u64::from(u32::from(addr))])
                     .map(scalar)
                     .transpose()?;
-                // `… set 2 … set map`: the default survives a miss.
-                let v = v.unwrap_or(2) as u32;
+                // `… set 2 … set map`: the default survives a miss; without one, a miss
+                // leaves what an earlier rule set.
+                let current = if ct { st.ctmark } else { st.mark };
+                let v = found.map_or(default.unwrap_or(current), |v| v as u32);
                 if ct {
                     st.ctmark = v;
                 } else {
@@ -684,6 +691,8 @@ enum Rule {
     SetFromMap {
         ct: bool,
         from_dst: bool,
+        map: &'static str,
+        default: Option<u32>,
     },
     Vmap {
         guard_ports: bool,
@@ -702,16 +711,36 @@ fn parse_rule(rule: &str) -> Result<Rule, SimError> {
         | "ct state invalid drop" => {
             return Ok(Rule::NoMatch);
         }
-        "meta mark set 2 meta mark set ip saddr map @ip2id" => {
+        "meta mark set 2 meta mark set ip saddr map @cidr2id" => {
             return Ok(Rule::SetFromMap {
                 ct: false,
                 from_dst: false,
+                map: "cidr2id",
+                default: Some(2),
             });
         }
-        "ct mark set 2 ct mark set ip daddr map @ip2id" => {
+        "meta mark set ip saddr map @ip2id" => {
+            return Ok(Rule::SetFromMap {
+                ct: false,
+                from_dst: false,
+                map: "ip2id",
+                default: None,
+            });
+        }
+        "ct mark set 2 ct mark set ip daddr map @cidr2id" => {
             return Ok(Rule::SetFromMap {
                 ct: true,
                 from_dst: true,
+                map: "cidr2id",
+                default: Some(2),
+            });
+        }
+        "ct mark set ip daddr map @ip2id" => {
+            return Ok(Rule::SetFromMap {
+                ct: true,
+                from_dst: true,
+                map: "ip2id",
+                default: None,
             });
         }
         _ => {}
