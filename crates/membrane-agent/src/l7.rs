@@ -115,9 +115,12 @@ impl Proxies {
         policy: ProxyPolicy,
         report: Reporting,
         wake: Sender<Event>,
+        hold: Duration,
     ) -> Result<Proxies, String> {
         let (tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
-        let learner = Arc::new(FqdnLearner::new(Arc::new(SystemClock)));
+        let mut learner = FqdnLearner::new(Arc::new(SystemClock));
+        learner.hold = hold;
+        let learner = Arc::new(learner);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let thread_learner = learner.clone();
         let thread = std::thread::Builder::new()
@@ -152,9 +155,16 @@ impl Proxies {
         self.policy.send_replace(Arc::new(policy));
     }
 
-    /// What the DNS proxy has learned and not yet expired.
-    pub fn learned(&self) -> Arc<FqdnCache> {
-        self.learner.snapshot()
+    /// What the DNS proxy has learned and not yet expired, with its generation (report it
+    /// to [`Proxies::enforced`] once this is enforced).
+    pub fn learned(&self) -> (u64, Arc<FqdnCache>) {
+        let generation = self.learner.generation();
+        (generation, self.learner.snapshot())
+    }
+
+    /// What was learned up to `generation` is enforced: answers held for it go out.
+    pub fn enforced(&self, generation: u64) {
+        self.learner.enforced(generation);
     }
 }
 

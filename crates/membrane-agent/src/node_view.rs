@@ -3,6 +3,7 @@
 //! node is `host` on itself and `remote-node` elsewhere).
 
 use ipnet::{IpNet, Ipv4Net};
+use membrane_datapath::layout::{AGENT_HOST_KEY, agent_endpoint_key};
 use membrane_datapath::nft::compile::{DirectionTable, LocalEndpoint, NodeInput};
 use membrane_policy::engine::{Party, Snapshot};
 use membrane_policy::model::{Direction, PeerSelector, Peers};
@@ -168,8 +169,9 @@ pub fn node_input(
         let Some(ep) = state.endpoint(id) else {
             continue;
         };
-        // hostNetwork pods are the node; entities (gateways) have no veth here.
-        if ep.node != node || ep.host_network || ep.entity.is_some() {
+        // hostNetwork pods are the node. A Gateway's proxy address (the `ingress` entity)
+        // is enforced like a pod's where it has a policy.
+        if ep.node != node || ep.host_network {
             continue;
         }
         let Some(IpAddr::V4(addr)) = ep.ip else {
@@ -177,7 +179,7 @@ pub fn node_input(
         };
         let party = Party::Pod(id);
         let endpoint = LocalEndpoint {
-            key: format!("p{id}"),
+            key: agent_endpoint_key(addr),
             // Names end up in nft comments and log prefixes: printable characters only.
             name: ep
                 .name
@@ -194,6 +196,38 @@ pub fn node_input(
                 by_addr.insert(addr, endpoints.len());
                 endpoints.push(endpoint);
             }
+        }
+    }
+    // The node itself, where the host firewall gives it a policy (its addresses: the node's
+    // and those of its hostNetwork pods, which are the node).
+    if let (Some(spec), Some(party)) = (state.nodes().get(observer), state.node_party(observer)) {
+        let egress = table(state, party, Direction::Egress);
+        let ingress = table(state, party, Direction::Ingress);
+        if let (true, IpAddr::V4(a)) = (egress.is_some() || ingress.is_some(), spec.ip) {
+            let mut addrs = vec![a];
+            for id in state.endpoint_ids() {
+                if let Some(ep) = state.endpoint(id)
+                    && ep.host_network
+                    && ep.node == node
+                    && let Some(IpAddr::V4(h)) = ep.ip
+                    && !addrs.contains(&h)
+                {
+                    addrs.push(h);
+                }
+            }
+            endpoints.insert(
+                0,
+                LocalEndpoint {
+                    key: AGENT_HOST_KEY.into(),
+                    name: format!("host:{node}")
+                        .chars()
+                        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                        .collect(),
+                    addrs,
+                    egress,
+                    ingress,
+                },
+            );
         }
     }
     Some(NodeInput {

@@ -33,6 +33,14 @@ pub struct AgentOptions {
     /// Run the L7 proxies (HTTP, DNS, TLS) that L7 rules send traffic to; without them
     /// that traffic is dropped (fail closed).
     pub proxies: bool,
+    /// The namespace policy secrets are read from (Cilium's `policy-secrets-namespace`).
+    pub secrets_namespace: Option<String>,
+    /// Cilium's configuration the policy depends on (cluster name, host firewall, ...).
+    pub policy: Options,
+    /// How long the DNS proxy holds an answer with new addresses until they are enforced.
+    pub dns_hold: Duration,
+    /// Written once the first state is enforced (and the proxies listen).
+    pub ready_file: Option<PathBuf>,
     /// Where the loop reports what it does (served by `metrics::serve`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -70,6 +78,8 @@ impl Events {
         };
         if events.is_empty() && errors.is_empty() {
             match self.rx.recv_timeout(wait) {
+                // A DNS answer waits for this: no quiet period.
+                Ok(Event::DnsLearned) => return Ok((vec![Event::DnsLearned], errors)),
                 Ok(e) => events.push(e),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     return Ok((events, errors));
@@ -134,13 +144,16 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         Source::Cluster(c) => Events {
             rx,
             dir: None,
-            _cluster: Some(ClusterSource::start(c, tx.clone()).map_err(AgentError::Source)?),
+            _cluster: Some(
+                ClusterSource::start(c, tx.clone(), options.secrets_namespace.as_deref())
+                    .map_err(AgentError::Source)?,
+            ),
         },
     };
     // Until every kind has listed once, the state is partial: policies may still be paging
     // while the pods are known, and enforcing that would open them.
     let mut unsynced = events._cluster.as_ref().map_or(0, |c| c.kinds);
-    let mut live = LiveCluster::new(Options::default());
+    let mut live = LiveCluster::new(options.policy.clone());
     let snapshot: crate::events::SharedSnapshot = std::sync::Arc::default();
     let mut flow_events: Option<crate::events::Clients> = None;
     let _tcpdump = match (&options.events_socket, options.mode) {
@@ -172,6 +185,8 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
     };
     // What the DNS proxy had learned when the engine last heard of it.
     let mut fed: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    // The DNS proxy's generation fed to the engine, acknowledged once enforced.
+    let mut learned_pending: Option<u64> = None;
     let mut waiting_for_node = false;
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -219,7 +234,9 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 }
                 Event::DnsLearned => {
                     if let Some(p) = &proxies {
-                        feed_learned(&mut live, &p.learned(), &mut fed);
+                        let (generation, cache) = p.learned();
+                        feed_learned(&mut live, &cache, &mut fed);
+                        learned_pending = Some(generation);
                     }
                     Ok(())
                 }
@@ -251,7 +268,7 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 live.add_world_address(rep);
             }
         }
-        let learned = proxies.as_ref().map(Proxies::learned).unwrap_or_default();
+        let learned = proxies.as_ref().map(|p| p.learned().1).unwrap_or_default();
         let state = live.engine().state();
         let Some(input) = node_input(state, &options.node, &regions, &learned) else {
             if !waiting_for_node {
@@ -334,11 +351,16 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         if options.mode == Mode::Apply && options.proxies && !options.once {
             let policy = proxy_policy(live.engine().state(), &input);
             match &proxies {
-                Some(p) => p.publish(policy),
+                Some(p) => {
+                    p.publish(policy);
+                    if let Some(generation) = learned_pending.take() {
+                        p.enforced(generation);
+                    }
+                }
                 None => {
                     route_to_proxies().map_err(AgentError::Source)?;
                     proxies = Some(
-                        Proxies::start(policy, reporting.clone(), tx.clone())
+                        Proxies::start(policy, reporting.clone(), tx.clone(), options.dns_hold)
                             .map_err(AgentError::Source)?,
                     );
                     log(LogLine {
@@ -352,6 +374,12 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                     });
                 }
             }
+        }
+        if let Some(path) = &options.ready_file
+            && !path.exists()
+        {
+            std::fs::write(path, b"enforced\n")
+                .map_err(|e| AgentError::Source(format!("{}: {e}", path.display())))?;
         }
         if options.once {
             return Ok(());

@@ -178,10 +178,9 @@ impl ClusterSource {
     pub fn start(
         options: &membrane_kube::ClusterOptions,
         tx: std::sync::mpsc::Sender<Event>,
+        secrets_namespace: Option<&str>,
     ) -> Result<ClusterSource, String> {
-        use futures_util::StreamExt;
         use kube::api::{Api, DynamicObject};
-        use kube::runtime::{WatchStreamExt, watcher};
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -207,82 +206,110 @@ impl ClusterSource {
                 Some(ns) if kind.namespaced => Api::namespaced_with(conn.client.clone(), ns, &ar),
                 _ => Api::all_with(conn.client.clone(), &ar),
             };
-            let tx = tx.clone();
-            runtime.spawn(async move {
-                let stream =
-                    watcher(api, watcher::Config::default().page_size(500)).default_backoff();
-                let mut stream = std::pin::pin!(stream);
-                let mut listed: Option<std::collections::BTreeSet<Key>> = None;
-                let mut known: std::collections::BTreeSet<Key> = std::collections::BTreeSet::new();
-                let with_type = |o: DynamicObject| -> Value {
-                    let mut v = serde_json::to_value(&o).unwrap_or_default();
-                    v["apiVersion"] = Value::String(ar.api_version.clone());
-                    v["kind"] = Value::String(ar.kind.clone());
-                    v
-                };
-                let mut synced = false;
-                while let Some(event) = stream.next().await {
-                    let event = match event {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let _ =
-                                tx.send(Event::WatchError(format!("watching {}: {e}", ar.plural)));
-                            continue;
-                        }
-                    };
-                    let out: Vec<Event> = match event {
-                        watcher::Event::Init => {
-                            listed = Some(std::collections::BTreeSet::new());
-                            Vec::new()
-                        }
-                        watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
-                            let v = with_type(o);
-                            let key = key_of(&v);
-                            if let Some(l) = listed.as_mut() {
-                                l.insert(key.clone());
-                            }
-                            known.insert(key);
-                            vec![Event::Apply(v)]
-                        }
-                        watcher::Event::Delete(o) => {
-                            let key = key_of(&with_type(o));
-                            known.remove(&key);
-                            vec![Event::Delete {
-                                kind: key.0,
-                                namespace: key.1,
-                                name: key.2,
-                            }]
-                        }
-                        watcher::Event::InitDone => {
-                            let listed = listed.take().unwrap_or_default();
-                            let gone: Vec<Key> = known.difference(&listed).cloned().collect();
-                            known = listed;
-                            let mut out: Vec<Event> = gone
-                                .into_iter()
-                                .map(|(kind, namespace, name)| Event::Delete {
-                                    kind,
-                                    namespace,
-                                    name,
-                                })
-                                .collect();
-                            if !synced {
-                                synced = true;
-                                out.push(Event::Synced(ar.kind.clone()));
-                            }
-                            out
-                        }
-                    };
-                    for e in out {
-                        if tx.send(e).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+            runtime.spawn(follow(api, ar, tx.clone()));
+        }
+        // Policy secrets (headerMatches values, TLS certificates), from the one namespace
+        // they are kept in, as Cilium's agent reads them.
+        let mut kinds = kinds;
+        if let Some(ns) = secrets_namespace {
+            let ar = membrane_kube::follow::api_resource(&SECRETS, "v1");
+            let api: Api<DynamicObject> = Api::namespaced_with(conn.client.clone(), ns, &ar);
+            runtime.spawn(follow(api, ar, tx.clone()));
+            kinds += 1;
         }
         Ok(ClusterSource {
             kinds,
             _runtime: runtime,
         })
+    }
+}
+
+/// Secrets, watched in the policy secrets namespace only.
+pub const SECRETS: Kind = Kind {
+    kind: "Secret",
+    group: "",
+    versions: &["v1"],
+    plural: "secrets",
+    namespaced: true,
+    file: "",
+    missing: "policy secrets (headerMatches values, TLS certificates)",
+};
+
+/// Follows one kind: its objects become events on `tx` (a relist's vanished objects as
+/// deletions; `Synced` after the first list).
+async fn follow(
+    api: kube::api::Api<kube::api::DynamicObject>,
+    ar: kube::api::ApiResource,
+    tx: std::sync::mpsc::Sender<Event>,
+) {
+    use futures_util::StreamExt;
+    use kube::api::DynamicObject;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let stream = watcher(api, watcher::Config::default().page_size(500)).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut listed: Option<std::collections::BTreeSet<Key>> = None;
+    let mut known: std::collections::BTreeSet<Key> = std::collections::BTreeSet::new();
+    let with_type = |o: DynamicObject| -> Value {
+        let mut v = serde_json::to_value(&o).unwrap_or_default();
+        v["apiVersion"] = Value::String(ar.api_version.clone());
+        v["kind"] = Value::String(ar.kind.clone());
+        v
+    };
+    let mut synced = false;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = tx.send(Event::WatchError(format!("watching {}: {e}", ar.plural)));
+                continue;
+            }
+        };
+        let out: Vec<Event> = match event {
+            watcher::Event::Init => {
+                listed = Some(std::collections::BTreeSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                let v = with_type(o);
+                let key = key_of(&v);
+                if let Some(l) = listed.as_mut() {
+                    l.insert(key.clone());
+                }
+                known.insert(key);
+                vec![Event::Apply(v)]
+            }
+            watcher::Event::Delete(o) => {
+                let key = key_of(&with_type(o));
+                known.remove(&key);
+                vec![Event::Delete {
+                    kind: key.0,
+                    namespace: key.1,
+                    name: key.2,
+                }]
+            }
+            watcher::Event::InitDone => {
+                let listed = listed.take().unwrap_or_default();
+                let gone: Vec<Key> = known.difference(&listed).cloned().collect();
+                known = listed;
+                let mut out: Vec<Event> = gone
+                    .into_iter()
+                    .map(|(kind, namespace, name)| Event::Delete {
+                        kind,
+                        namespace,
+                        name,
+                    })
+                    .collect();
+                if !synced {
+                    synced = true;
+                    out.push(Event::Synced(ar.kind.clone()));
+                }
+                out
+            }
+        };
+        for e in out {
+            if tx.send(e).is_err() {
+                return;
+            }
+        }
     }
 }

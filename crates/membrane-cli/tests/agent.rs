@@ -86,9 +86,13 @@ fn dry_run_prints_this_nodes_transaction() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     assert!(out.contains("table inet membrane {"), "{out}");
-    // The pods of node-1 have chains; the cluster's identity numbers key the ipcache.
+    // The pods of node-1 have chains, named by address (stable across restarts); the
+    // cluster's identity numbers key the ipcache.
+    let cluster = std::fs::read_to_string(dir.path().join("cluster.yaml")).unwrap();
+    let backend: std::net::Ipv4Addr = node1_pod(&cluster, "backend").1.parse().unwrap();
+    let key = membrane_datapath::layout::agent_endpoint_key(backend);
     assert!(
-        out.contains("jump p0_egr") && out.contains(": 10001"),
+        out.contains(&format!("jump {key}_ing")) && out.contains(": 10001"),
         "{out}"
     );
     assert!(text(&o.stderr).contains("printed the transaction (dry run)"));

@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use membrane_kube::json::yaml_to_json;
 use serde_json::Value;
@@ -48,6 +48,8 @@ fn every_manifest_decodes_into_its_kubernetes_type() {
             "Namespace" => serde_json::from_value::<Namespace>(o.clone()).map(drop),
             "ServiceAccount" => serde_json::from_value::<ServiceAccount>(o.clone()).map(drop),
             "ClusterRole" => serde_json::from_value::<ClusterRole>(o.clone()).map(drop),
+            "Role" => serde_json::from_value::<Role>(o.clone()).map(drop),
+            "RoleBinding" => serde_json::from_value::<RoleBinding>(o.clone()).map(drop),
             "ClusterRoleBinding" => {
                 serde_json::from_value::<ClusterRoleBinding>(o.clone()).map(drop)
             }
@@ -112,6 +114,35 @@ fn the_agents_role_grants_exactly_what_it_watches() {
     assert_eq!(
         (subject.name.as_str(), subject.namespace.as_deref()),
         ("membrane-agent", Some("membrane-system"))
+    );
+    // Secrets: read only in the policy secrets namespace, which the kustomization creates.
+    let role: Role = all
+        .iter()
+        .find(|(_, o)| o["kind"] == "Role")
+        .map(|(_, o)| serde_json::from_value(o.clone()).unwrap())
+        .unwrap();
+    assert_eq!(role.metadata.namespace.as_deref(), Some("cilium-secrets"));
+    let rules = role.rules.unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["secrets".to_string()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+    assert_eq!(
+        membrane_agent::source::SECRETS.plural,
+        "secrets",
+        "the agent watches what the Role grants"
+    );
+    let binding: RoleBinding = all
+        .iter()
+        .find(|(_, o)| o["kind"] == "RoleBinding")
+        .map(|(_, o)| serde_json::from_value(o.clone()).unwrap())
+        .unwrap();
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+    assert!(
+        all.iter()
+            .any(|(_, o)| o["kind"] == "Namespace" && o["metadata"]["name"] == "cilium-secrets")
     );
 }
 

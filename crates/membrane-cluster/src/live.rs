@@ -17,7 +17,7 @@ use membrane_policy::options::Options;
 use membrane_policy::policy_set::parse_resources;
 use membrane_policy::translate::{self, CidrGroupInfo, Context, Secrets};
 use membrane_policy::yaml::{Embedding, Node, parse_documents};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// Why an object could not be applied (the rest of the cluster is unaffected).
@@ -42,6 +42,12 @@ pub struct LiveCluster {
     engine: Engine,
     options: Options,
     secrets: Secrets,
+    /// Secrets that exist as objects (not only as aliases of an operator's copy).
+    secret_objects: BTreeSet<(String, String)>,
+    /// Per node, the endpoint of its `ingress` address (CiliumNode `spec.ingress`).
+    ingress: HashMap<String, EndpointId>,
+    /// The endpoints of the API server's addresses.
+    apiserver: Vec<(IpAddr, EndpointId)>,
     cidr_groups: BTreeMap<String, CidrGroupInfo>,
     /// Policy objects in effect, decoded, with the engine's key and their FileId.
     policies: BTreeMap<ObjectKey, (Resource, PolicyKey, FileId)>,
@@ -74,6 +80,9 @@ impl LiveCluster {
             engine: Engine::new(options.clone()),
             options,
             secrets: Secrets::default(),
+            secret_objects: BTreeSet::new(),
+            ingress: HashMap::new(),
+            apiserver: Vec::new(),
             cidr_groups: BTreeMap::new(),
             policies: BTreeMap::new(),
             pods: HashMap::new(),
@@ -213,6 +222,18 @@ impl LiveCluster {
                 }
                 ChangeSet::default()
             }
+            "CiliumNode" => {
+                // The node's Gateway/Ingress proxy (Envoy) sends from this address with the
+                // reserved `ingress` identity.
+                let ip = s(path(&node, &["spec", "ingress", "ipv4"]))
+                    .and_then(|t| t.parse::<IpAddr>().ok());
+                self.set_ingress_address(&name, ip)
+            }
+            "Secret" => {
+                let data = secret_data(object);
+                self.set_secret(&ns, &name, Some(data));
+                self.retranslate_all()
+            }
             "CiliumNetworkPolicy"
             | "CiliumClusterwideNetworkPolicy"
             | "NetworkPolicy"
@@ -261,6 +282,11 @@ impl LiveCluster {
                 Some((service, _)) => self.refresh_service(&ns, &service),
                 None => ChangeSet::default(),
             },
+            "CiliumNode" => self.set_ingress_address(name, None),
+            "Secret" => {
+                self.set_secret(&ns, name, None);
+                self.retranslate_all()
+            }
             "CiliumCIDRGroup" => {
                 self.cidr_groups.remove(name);
                 self.retranslate_all()
@@ -316,7 +342,46 @@ impl LiveCluster {
                 .flat_map(|(_, (_, addrs))| addrs.iter().copied())
                 .collect();
         }
-        self.engine.upsert_service(spec)
+        // The API server's addresses (`default/kubernetes`' endpoints) carry the reserved
+        // `kube-apiserver` identity, as Cilium's agent gives them.
+        let mut changes = if ns == "default" && name == "kubernetes" {
+            self.set_apiserver_addresses(&spec.addresses)
+        } else {
+            ChangeSet::default()
+        };
+        changes.then(self.engine.upsert_service(spec));
+        changes
+    }
+
+    fn set_apiserver_addresses(&mut self, addrs: &[IpAddr]) -> ChangeSet {
+        let mut changes = ChangeSet::default();
+        let old = std::mem::take(&mut self.apiserver);
+        for (ip, id) in old {
+            if addrs.contains(&ip) {
+                self.apiserver.push((ip, id));
+            } else {
+                changes.then(self.engine.remove_endpoint(id));
+            }
+        }
+        for ip in addrs {
+            if self.apiserver.iter().any(|(a, _)| a == ip) {
+                continue;
+            }
+            let (id, c) = self.engine.add_endpoint(engine::EndpointSpec {
+                name: "kube-apiserver".into(),
+                namespace: "default".into(),
+                node: String::new(),
+                ip: Some(*ip),
+                service_account: String::new(),
+                labels: vec![],
+                ports: vec![],
+                host_network: false,
+                entity: Some("kube-apiserver".into()),
+            });
+            changes.then(c);
+            self.apiserver.push((*ip, id));
+        }
+        changes
     }
 
     fn translate(&self, resource: &Resource, file: FileId) -> Option<translate::Translated> {
@@ -381,6 +446,66 @@ impl LiveCluster {
         self.retranslate_all()
     }
 
+    /// The `ingress` endpoint of node `node` at `ip` (None: it has none).
+    fn set_ingress_address(&mut self, node: &str, ip: Option<IpAddr>) -> ChangeSet {
+        let spec = ip.map(|ip| engine::EndpointSpec {
+            name: format!("{node}/ingress"),
+            namespace: String::new(),
+            node: node.to_string(),
+            ip: Some(ip),
+            service_account: String::new(),
+            labels: vec![],
+            ports: vec![],
+            host_network: false,
+            entity: Some("ingress".into()),
+        });
+        match (self.ingress.get(node).copied(), spec) {
+            (Some(id), Some(spec)) => self.engine.update_endpoint(id, spec),
+            (None, Some(spec)) => {
+                let (id, changes) = self.engine.add_endpoint(spec);
+                self.ingress.insert(node.to_string(), id);
+                changes
+            }
+            (Some(id), None) => {
+                self.ingress.remove(node);
+                self.engine.remove_endpoint(id)
+            }
+            (None, None) => ChangeSet::default(),
+        }
+    }
+
+    /// A policy secret set (or removed): under its own name, and, for a name `A-B`, under
+    /// every `A/B` it can stand for (Cilium's operator copies `ns/name` into the secrets
+    /// namespace as `ns-name`); a secret of that exact name wins over such an alias.
+    fn set_secret(&mut self, ns: &str, name: &str, data: Option<BTreeMap<String, String>>) {
+        let own = (ns.to_string(), name.to_string());
+        let aliases: Vec<(String, String)> = name
+            .match_indices('-')
+            .map(|(i, _)| (name[..i].to_string(), name[i + 1..].to_string()))
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+            .collect();
+        match data {
+            Some(d) => {
+                for alias in aliases {
+                    if !self.secret_objects.contains(&alias) {
+                        self.secrets.insert(alias, d.clone());
+                    }
+                }
+                self.secret_objects.insert(own.clone());
+                self.secrets.insert(own, d);
+            }
+            None => {
+                self.secret_objects.remove(&own);
+                self.secrets.remove(&own);
+                for alias in aliases {
+                    if !self.secret_objects.contains(&alias) {
+                        self.secrets.remove(&alias);
+                    }
+                }
+            }
+        }
+    }
+
     /// Every policy translated again (a CIDR group they may name changed).
     fn retranslate_all(&mut self) -> ChangeSet {
         let mut changes = ChangeSet::default();
@@ -413,4 +538,88 @@ fn node_spec(node: &Node, name: &str) -> Option<engine::NodeSpec> {
         cilium: n.cilium,
         labels: n.labels,
     })
+}
+
+/// A Secret's values: `stringData` as written, `data` decoded from base64 (a value that is
+/// not valid base64 or UTF-8 is left out).
+fn secret_data(object: &serde_json::Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(map) = object["data"].as_object() {
+        for (k, v) in map {
+            if let Some(text) = v
+                .as_str()
+                .and_then(base64_decode)
+                .and_then(|b| String::from_utf8(b).ok())
+            {
+                out.insert(k.clone(), text);
+            }
+        }
+    }
+    if let Some(map) = object["stringData"].as_object() {
+        for (k, v) in map {
+            if let Some(text) = v.as_str() {
+                out.insert(k.clone(), text.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64 (padding optional, whitespace ignored), as Kubernetes encodes `data`.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn base64_as_kubernetes_writes_it() {
+        assert_eq!(
+            base64_decode("QmVhcmVyIDEyMzQ1Ng==").unwrap(),
+            b"Bearer 123456"
+        );
+        assert_eq!(base64_decode("YQ").unwrap(), b"a");
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert!(base64_decode("a*b").is_none());
+    }
+
+    #[test]
+    fn an_operator_copy_stands_for_its_source_and_an_exact_secret_wins() {
+        let mut live = LiveCluster::new(Options::default());
+        live.apply(&serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "cilium-test-1-header-match", "namespace": "cilium-secrets"},
+            "data": {"value": "QmVhcmVyIDEyMzQ1Ng=="}}))
+            .unwrap();
+        let key = ("cilium-test-1".to_string(), "header-match".to_string());
+        assert_eq!(live.secrets[&key]["value"], "Bearer 123456");
+        live.delete(
+            "Secret",
+            Some("cilium-secrets"),
+            "cilium-test-1-header-match",
+        );
+        assert!(!live.secrets.contains_key(&key));
+    }
 }

@@ -69,6 +69,43 @@ pub fn endpoint_spec(ep: &EndpointSpec) -> engine::EndpointSpec {
     }
 }
 
+/// `KEY=VALUE` of Cilium's agent configuration, checked against the flags membrane knows
+/// ([`crate::scenario::AGENT_FLAGS`]).
+pub fn parse_agent_flag(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: write KEY=VALUE"))?;
+    let Some((_, allowed)) = crate::scenario::AGENT_FLAGS.iter().find(|(f, _)| *f == k) else {
+        let known: Vec<&str> = crate::scenario::AGENT_FLAGS
+            .iter()
+            .map(|(f, _)| *f)
+            .collect();
+        return Err(format!(
+            "unknown agent option `{k}`; known: {}",
+            known.join(", ")
+        ));
+    };
+    if !allowed.contains(&v) {
+        return Err(format!("{k}: `{v}` is not one of {}", allowed.join(", ")));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// The agent flags that give a scenario's `requires:` features and `agent:` flags (what
+/// an agent started for the scenario's cluster needs).
+pub fn scenario_agent_flags(scenario: &Scenario) -> Vec<(String, String)> {
+    let mut flags = Vec::new();
+    for r in &scenario.requires {
+        match r.as_str() {
+            "host-firewall" => flags.push(("enable-host-firewall".into(), "true".into())),
+            "cidr-match-nodes" => flags.push(("policy-cidr-match-mode".into(), "nodes".into())),
+            _ => {}
+        }
+    }
+    flags.extend(scenario.agent.iter().cloned());
+    flags
+}
+
 /// Agent options of a scenario: its cluster name, `requires:` features and `agent:` flags.
 pub fn scenario_options(scenario: &Scenario) -> Options {
     let mut options = Options {
@@ -429,8 +466,9 @@ impl World {
     }
 }
 
-/// Agent flags from a scenario's `agent:` map (values already validated by the decoder).
-fn apply_agent_flags(options: &mut Options, flags: &[(String, String)]) {
+/// Agent flags from a scenario's `agent:` map (values already validated by the decoder,
+/// or by [`parse_agent_flag`]).
+pub fn apply_agent_flags(options: &mut Options, flags: &[(String, String)]) {
     use membrane_policy::options::{DnsRejectCode, EnforcementMode};
     for (k, v) in flags {
         let on = v == "true";

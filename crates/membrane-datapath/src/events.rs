@@ -15,6 +15,7 @@ use membrane_policy::model::{Direction, Protocol};
 use membrane_policy::resolve::Enforcement;
 use membrane_policy::verdict::{FlowDecision, L7Request, Outcome, SideDecision};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::Ipv4Addr;
@@ -254,6 +255,16 @@ pub struct Collector {
 
 impl Collector {
     pub fn start(files: Vec<(usize, PathBuf)>, from_end: bool) -> Collector {
+        Collector::start_with_keys(files, from_end, BTreeMap::new())
+    }
+
+    /// As [`Collector::start`], naming endpoints by `keys`: (node, key in the ruleset) →
+    /// key reported (a lab whose nodes run agents, which key endpoints by address).
+    pub fn start_with_keys(
+        files: Vec<(usize, PathBuf)>,
+        from_end: bool,
+        keys: BTreeMap<(usize, String), String>,
+    ) -> Collector {
         let shared: Shared = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, stop2) = (shared.clone(), stop.clone());
@@ -266,7 +277,12 @@ impl Collector {
                 let mut new = Vec::new();
                 for (node, t) in &mut tails {
                     for (time, rec) in t.poll() {
-                        new.extend(drop_event(*node, time, &rec));
+                        new.extend(drop_event(*node, time, &rec).map(|mut e| {
+                            if let Some(k) = keys.get(&(*node, e.endpoint.clone())) {
+                                e.endpoint = k.clone();
+                            }
+                            e
+                        }));
                     }
                 }
                 if new.is_empty() {

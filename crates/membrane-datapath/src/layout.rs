@@ -37,6 +37,8 @@ pub const REDIS_PORT: u16 = 6379;
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Next hop of the nodes towards the world namespace (on the world's `lo`).
 pub const WORLD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 2, 1);
+/// The port of the apiserver a lab in agent mode serves on [`WORLD_GATEWAY`].
+pub const APISERVER_PORT: u16 = 6443;
 
 // --- Names and paths ----------------------------------------------------------------------
 
@@ -59,3 +61,12 @@ pub fn netns_name(lab: &str, key: &str) -> String {
 pub fn control_path(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{key}.sock"))
 }
+
+/// The key (chain names, log prefixes) of a pod the node agent enforces: from its address,
+/// so it is the same across agent restarts and any reader of the drops can map it back.
+pub fn agent_endpoint_key(addr: Ipv4Addr) -> String {
+    format!("e{:08x}", u32::from(addr))
+}
+
+/// The key of the node itself (host firewall) in the node agent's ruleset.
+pub const AGENT_HOST_KEY: &str = "host";

@@ -1218,6 +1218,9 @@ pub fn run_file(path: &Path, opts: &LabOptions, jobs: usize) -> FileReport {
     if opts.proxies.is_some() {
         opts.proxies = Some(path.to_path_buf());
     }
+    if let Some(agents) = &mut opts.agents {
+        agents.source = path.to_path_buf();
+    }
     let opts = &opts;
     let lab = match Lab::up(&world, opts) {
         Ok(l) => l,

@@ -132,7 +132,12 @@ impl Topology {
             t.pods.push(PodNs {
                 key: format!("p{i}"),
                 endpoint: i,
-                name: format!("{}/{}", ep.namespace, ep.name),
+                // Manifests name endpoints `namespace/workload` already.
+                name: if ep.name.starts_with(&format!("{}/", ep.namespace)) {
+                    ep.name.clone()
+                } else {
+                    format!("{}/{}", ep.namespace, ep.name)
+                },
                 node,
                 addr,
             });

@@ -160,6 +160,15 @@ pub const KINDS: &[Kind] = &[
         file: "12-ciliumclusterwidenetworkpolicies.yaml",
         missing: "Cilium is not installed: no CiliumClusterwideNetworkPolicies",
     },
+    Kind {
+        kind: "CiliumNode",
+        group: "cilium.io",
+        versions: &["v2"],
+        plural: "ciliumnodes",
+        namespaced: false,
+        file: "13-ciliumnodes.yaml",
+        missing: "Cilium is not installed: no per-node Gateway/Ingress proxy addresses (the `ingress` identity)",
+    },
 ];
 
 pub fn by_kind(kind: &str) -> Option<&'static Kind> {

@@ -235,17 +235,21 @@ impl Replies {
 
 /// The server's answer as the client gets it: its ID and its spelling of the question
 /// restored, the addresses learned first. An answer that cannot be read to its end gives
-/// `SERVFAIL` instead.
+/// `SERVFAIL` instead. `fresh` becomes the learner's generation when the answer taught it
+/// something (the answer is then held until that is enforced).
 fn finish_answer(
     answer: &[u8],
     header: &Header,
     question: &[u8],
     edns: bool,
     learner: &FqdnLearner,
+    fresh: &mut Option<u64>,
 ) -> Vec<u8> {
     match wire::addresses(answer) {
         Ok(learned) => {
-            learner.learn(&learned);
+            if learner.learn(&learned) {
+                *fresh = Some(learner.generation());
+            }
             let mut out = answer.to_vec();
             out[..2].copy_from_slice(&header.id.to_be_bytes());
             // `answers_query` checked that this range holds the question, ignoring case.
@@ -483,7 +487,21 @@ pub async fn serve_dns_tcp_connection(
                 let question = query.get(HEADER_LEN..q.question_end).unwrap_or_default();
                 let edns = q.edns.is_some();
                 match answer {
-                    Ok(Ok(r)) => finish_answer(&r, &q.header, question, edns, &proxy.learner),
+                    Ok(Ok(r)) => {
+                        let mut fresh = None;
+                        let reply = finish_answer(
+                            &r,
+                            &q.header,
+                            question,
+                            edns,
+                            &proxy.learner,
+                            &mut fresh,
+                        );
+                        if let Some(g) = fresh {
+                            proxy.learner.wait_enforced(g).await;
+                        }
+                        reply
+                    }
                     Ok(Err(_)) | Err(_) => {
                         upstream = None;
                         tracing::info!(upstream = %flow.upstream, %qname, "dns upstream failed");

@@ -124,6 +124,13 @@ impl FqdnCache {
 pub struct FqdnLearner {
     tx: watch::Sender<Arc<FqdnCache>>,
     clock: Arc<dyn Clock>,
+    /// Counts published changes (raised before each is visible).
+    generation: std::sync::atomic::AtomicU64,
+    /// The last generation the datapath reports enforced.
+    enforced: watch::Sender<u64>,
+    /// How long an answer that taught something new is held until the datapath enforces it
+    /// (Cilium's `--tofqdns-proxy-response-max-delay`); zero: not held.
+    pub hold: Duration,
     /// TTLs below this are raised to it (Cilium's `--tofqdns-min-ttl`).
     pub min_ttl: Duration,
     /// At most this many addresses per name (Cilium's `--tofqdns-endpoint-max-ip-per-hostname`).
@@ -135,6 +142,9 @@ impl FqdnLearner {
         FqdnLearner {
             tx: watch::Sender::new(Arc::new(FqdnCache::default())),
             clock,
+            generation: std::sync::atomic::AtomicU64::new(0),
+            enforced: watch::Sender::new(0),
+            hold: Duration::ZERO,
             min_ttl: Duration::ZERO,
             max_ips_per_name: 50,
         }
@@ -169,8 +179,42 @@ impl FqdnLearner {
                 let ttl = Duration::from_secs(u64::from(*ttl)).max(min_ttl);
                 changed |= cache.record(name, *ip, ttl, now, max_ips);
             }
+            if changed {
+                // Inside the send: whoever reads this generation then the cache sees the
+                // change.
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             changed
         })
+    }
+
+    /// The number of changes learned so far: read it before [`FqdnLearner::snapshot`] and
+    /// report it to [`FqdnLearner::enforced`] once that snapshot is enforced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The datapath enforces everything learned up to `generation`.
+    pub fn enforced(&self, generation: u64) {
+        self.enforced.send_if_modified(|current| {
+            let newer = generation > *current;
+            if newer {
+                *current = generation;
+            }
+            newer
+        });
+    }
+
+    /// Waits (at most [`FqdnLearner::hold`]) until `generation` is enforced, so that the
+    /// client's first connection to a name it just resolved meets the policy that allows
+    /// it, as Cilium's DNS proxy holds answers until its ipcache is updated.
+    pub async fn wait_enforced(&self, generation: u64) {
+        if self.hold.is_zero() {
+            return;
+        }
+        let mut rx = self.enforced.subscribe();
+        let _ = tokio::time::timeout(self.hold, rx.wait_for(|g| *g >= generation)).await;
     }
 
     /// Drops the entries expired by the clock's now and publishes if anything went.

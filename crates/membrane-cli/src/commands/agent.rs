@@ -40,6 +40,27 @@ pub struct AgentArgs {
     /// dropped (fail closed) instead of being checked request by request.
     #[arg(long)]
     pub no_proxies: bool,
+    /// The cluster's name (Cilium's `cluster-name`: pods' identities carry it).
+    #[arg(long, default_value = "default")]
+    pub cluster_name: String,
+    /// A Cilium agent option, as in the `cilium-config` ConfigMap (repeatable):
+    /// enable-policy, enable-host-firewall, policy-cidr-match-mode, allow-localhost,
+    /// tofqdns-dns-reject-response-code, enable-icmp-rules, enable-l7-proxy, ...
+    #[arg(long, value_name = "KEY=VALUE", value_parser = membrane_cluster::world::parse_agent_flag)]
+    pub agent_option: Vec<(String, String)>,
+    /// How long the DNS proxy holds an answer that taught it new addresses until the
+    /// datapath enforces them (Cilium's `tofqdns-proxy-response-max-delay`), in ms.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub tofqdns_proxy_response_max_delay_ms: u64,
+    /// The namespace whose Secrets policies' secrets come from (Cilium's
+    /// `policy-secrets-namespace`: values of headerMatches, TLS certificates); a secret
+    /// `NS-NAME` there stands for `NS/NAME`, as Cilium's operator copies them. Empty: none.
+    #[arg(long, value_name = "NS", default_value = "cilium-secrets")]
+    pub policy_secrets_namespace: String,
+    /// Write this file once the first state is enforced and the proxies listen (what
+    /// /readyz reports), for scripts and the lab.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. 0.0.0.0:9963).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -109,6 +130,17 @@ pub fn run(args: AgentArgs) -> u8 {
         },
         once: args.once,
         proxies: !args.no_proxies,
+        policy: {
+            let mut o = membrane_policy::options::Options {
+                cluster_name: args.cluster_name.clone(),
+                ..Default::default()
+            };
+            membrane_cluster::world::apply_agent_flags(&mut o, &args.agent_option);
+            o
+        },
+        ready_file: args.ready_file.clone(),
+        secrets_namespace: Some(args.policy_secrets_namespace.clone()).filter(|n| !n.is_empty()),
+        dns_hold: Duration::from_millis(args.tofqdns_proxy_response_max_delay_ms),
         poll: Duration::from_millis(200),
     };
     let format = args.log_format;

@@ -5,7 +5,7 @@
 
 use crate::printers::{Output, json, text};
 use membrane_datapath::events::{PcapTail, drop_event, flow_json};
-use membrane_datapath::lab::{self, Helper, Lab, LabOptions};
+use membrane_datapath::lab::{self, AgentLab, Helper, Lab, LabOptions};
 use membrane_datapath::layout::STATE_ROOT;
 use membrane_datapath::nft::compile::compile_node;
 use membrane_datapath::probe::{FileReport, probe_lab, run_file, summary};
@@ -35,8 +35,13 @@ pub enum LabCommand {
         parallel: usize,
         /// Without the L7 proxies (HTTP, DNS, TLS) in the nodes: flows decided at L7 are
         /// skipped, as before the proxies existed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "agent")]
         no_proxies: bool,
+        /// Enforce with a real `membrane agent` in each node namespace, following an
+        /// apiserver in the lab that serves the scenario as cluster objects, instead of the
+        /// rulesets the lab compiles itself: the same verdicts are expected.
+        #[arg(long)]
+        agent: bool,
     },
     /// Build a lab from a scenario file or a manifests directory and leave it running.
     Up {
@@ -45,8 +50,11 @@ pub enum LabCommand {
         #[arg(long)]
         name: Option<String>,
         /// Without the L7 proxies in the nodes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "agent")]
         no_proxies: bool,
+        /// Enforce with a `membrane agent` per node namespace (see `lab run --agent`).
+        #[arg(long)]
+        agent: bool,
     },
     /// Probe every flow of a running lab.
     Probe {
@@ -97,6 +105,42 @@ pub enum LabCommand {
 
 fn root() -> PathBuf {
     PathBuf::from(STATE_ROOT)
+}
+
+/// Who enforces in a lab: its own rulesets (with or without the proxies), or a `membrane
+/// agent` per node.
+struct Enforcement {
+    proxies: bool,
+    agents: Option<AgentLab>,
+}
+
+impl Enforcement {
+    fn new(proxies: bool, agent: bool) -> Result<Enforcement, String> {
+        let agents = if agent {
+            Some(AgentLab {
+                program: std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?,
+                source: PathBuf::new(),
+                cluster: crate::commands::lab_cluster::world_cluster,
+            })
+        } else {
+            None
+        };
+        Ok(Enforcement { proxies, agents })
+    }
+
+    /// The options' enforcement part for a lab of `path`.
+    fn for_source(&self, path: &Path) -> (Option<PathBuf>, Option<AgentLab>) {
+        match &self.agents {
+            Some(a) => (
+                None,
+                Some(AgentLab {
+                    source: path.to_path_buf(),
+                    ..a.clone()
+                }),
+            ),
+            None => (self.proxies.then(|| path.to_path_buf()), None),
+        }
+    }
 }
 
 fn helper() -> Result<Helper, String> {
@@ -154,6 +198,9 @@ fn pick(name: Option<String>) -> Result<String, String> {
 
 pub fn run(cmd: LabCommand) -> u8 {
     let r = match cmd {
+        LabCommand::Helper { args } if args.first().is_some_and(|a| a == "apiserver") => {
+            return crate::commands::lab_cluster::apiserver_main(&args[1..]);
+        }
         LabCommand::Helper { args } => {
             return u8::try_from(membrane_datapath::helper::helper_main(&args)).unwrap_or(1);
         }
@@ -165,16 +212,21 @@ pub fn run(cmd: LabCommand) -> u8 {
             jobs,
             parallel,
             no_proxies,
+            agent,
         } => prerequisites(&files)
             .and_then(|()| need_root())
-            .and_then(|()| run_files(&files, verbose, output, jobs, parallel, !no_proxies)),
+            .and_then(|()| {
+                let how = Enforcement::new(!no_proxies, agent)?;
+                run_files(&files, verbose, output, jobs, parallel, &how)
+            }),
         LabCommand::Up {
             path,
             name,
             no_proxies,
+            agent,
         } => prerequisites(std::slice::from_ref(&path))
             .and_then(|()| need_root())
-            .and_then(|()| up(&path, name, !no_proxies)),
+            .and_then(|()| up(&path, name, &Enforcement::new(!no_proxies, agent)?)),
         LabCommand::Probe {
             name,
             verbose,
@@ -239,7 +291,7 @@ fn run_files(
     output: Output,
     jobs: usize,
     parallel: usize,
-    proxies: bool,
+    how: &Enforcement,
 ) -> Result<u8, String> {
     let helper = helper()?;
     let start = Instant::now();
@@ -253,13 +305,14 @@ fn run_files(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(path) = files.get(i) else { break };
+                    let (proxies, agents) = how.for_source(path);
                     let opts = LabOptions {
                         name: format!("run{}-{i}", std::process::id()),
                         root: root(),
                         helper: helper.clone(),
                         reaper: true,
-                        // run_file points the proxies at each file.
-                        proxies: proxies.then(|| path.clone()),
+                        proxies,
+                        agents,
                     };
                     let report = run_file(path, &opts, jobs);
                     if output == Output::Text {
@@ -286,7 +339,7 @@ fn run_files(
     Ok(print_reports(&reports, output))
 }
 
-fn up(path: &Path, name: Option<String>, proxies: bool) -> Result<u8, String> {
+fn up(path: &Path, name: Option<String>, how: &Enforcement) -> Result<u8, String> {
     let world = load_world(path).map_err(|e| e.to_string())?;
     let name = name.unwrap_or_else(|| lab::name_from(&world.scenario.name));
     let opts = LabOptions {
@@ -294,7 +347,8 @@ fn up(path: &Path, name: Option<String>, proxies: bool) -> Result<u8, String> {
         root: root(),
         helper: helper()?,
         reaper: true,
-        proxies: proxies.then(|| path.to_path_buf()),
+        proxies: how.for_source(path).0,
+        agents: how.for_source(path).1,
     };
     let start = Instant::now();
     let mut lab = Lab::up(&world, &opts).map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod check;
 pub mod explain;
 pub mod lab;
+pub mod lab_cluster;
 pub mod lint;
 pub mod matrix;
 pub mod observe;

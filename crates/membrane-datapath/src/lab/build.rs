@@ -3,9 +3,11 @@
 //! fails with a [`LabError`]; [`Lab::up`] tears down whatever was built.
 
 use super::plan::{Servers, gateways, redis_server};
-use super::{Helper, Lab, LabError, LabOptions};
+use super::{AgentLab, Helper, Lab, LabError, LabOptions};
 use crate::exec::ip_batch;
-use crate::layout::{POD_GATEWAY, PROXY_MARK, PROXY_ROUTE_TABLE, REDIS_PORT, WORLD_GATEWAY};
+use crate::layout::{
+    APISERVER_PORT, POD_GATEWAY, PROXY_MARK, PROXY_ROUTE_TABLE, REDIS_PORT, WORLD_GATEWAY,
+};
 use crate::nft;
 use crate::source::source_text;
 use crate::topology::NsRef;
@@ -35,17 +37,31 @@ impl Lab {
         // 2. Addresses and routes: routed /32s, addressless veths, gateways on `lo`.
         self.address_nodes_and_world()?;
         self.address_pods()?;
-        // 3. The policy, before any traffic.
-        if let Some(src) = &opts.proxies {
-            self.route_to_proxies(src)?;
+        // 3. The policy, before any traffic: the lab's rulesets, or the cluster's objects
+        //    served to the nodes' agents (which enforce before the lab reports ready).
+        match &opts.agents {
+            None => {
+                if let Some(src) = &opts.proxies {
+                    self.route_to_proxies(src)?;
+                }
+                self.load_rulesets(world)?;
+            }
+            Some(agents) => {
+                let cluster = (agents.cluster)(&agents.source, world).map_err(LabError::Cluster)?;
+                let path = self.cluster_objects();
+                std::fs::write(&path, &cluster.objects).map_err(LabError::io(&path))?;
+                self.start_apiserver(&opts.helper)?;
+                self.start_node_agents(agents, &cluster.agent_args)?;
+            }
         }
-        self.load_rulesets(world)?;
         // 4. Processes: NFLOG readers, proxies, gateways, redis, kube-dns, agents.
         self.start_nflog_readers()?;
         let mut servers = Servers::plan(world, &self.topo);
         let mut started = Started::default();
-        if self.proxies {
+        if self.proxies && !self.agents {
             self.start_proxies(&opts.helper)?;
+        }
+        if self.proxies {
             // Gateways (with proxies): their listener ports go to the gateway's forwarder.
             started.gateways = self.start_gateways(world, &opts.helper, &mut servers)?;
         }
@@ -192,6 +208,61 @@ impl Lab {
                 .collect();
             let log = format!("tcpdump-{}", self.topo.nodes[i].key);
             self.spawn_in(&ns, &log, Path::new("tcpdump"), &args)?;
+        }
+        Ok(())
+    }
+
+    /// The apiserver (the fake, `lab helper apiserver`) in the world namespace, on the
+    /// world's gateway address every node routes to; it serves `cluster.json` and follows
+    /// its changes. Waits until it listens (its kubeconfig is then written).
+    fn start_apiserver(&mut self, helper: &Helper) -> Result<(), LabError> {
+        let mut args = helper.args.clone();
+        args.extend([
+            "apiserver".into(),
+            "--objects".into(),
+            self.cluster_objects().display().to_string(),
+            "--listen".into(),
+            format!("{WORLD_GATEWAY}:{APISERVER_PORT}"),
+            "--kubeconfig".into(),
+            self.kubeconfig().display().to_string(),
+            "--ready".into(),
+            self.apiserver_ready().display().to_string(),
+        ]);
+        let ns = self.netns(NsRef::World);
+        self.spawn_in(&ns, "apiserver", &helper.program, &args)?;
+        let deadline = Instant::now() + READY_WITHIN;
+        self.wait_for(
+            deadline,
+            Duration::from_millis(10),
+            "the apiserver".into(),
+            |lab| lab.apiserver_ready().exists(),
+        )
+    }
+
+    /// `membrane agent --node NAME` in each Cilium node's namespace, following the
+    /// apiserver; each writes its ready file once its first state is enforced and its
+    /// proxies listen.
+    fn start_node_agents(&mut self, agents: &AgentLab, extra: &[String]) -> Result<(), LabError> {
+        for i in 0..self.topo.nodes.len() {
+            let node = &self.topo.nodes[i];
+            if !node.cilium || node.scenario_node.is_none() {
+                continue;
+            }
+            let mut args: Vec<String> = vec![
+                "agent".into(),
+                "--node".into(),
+                node.name.clone(),
+                "--kubeconfig".into(),
+                self.kubeconfig().display().to_string(),
+                "--log-format".into(),
+                "json".into(),
+                "--ready-file".into(),
+                self.agent_ready(i).display().to_string(),
+            ];
+            args.extend_from_slice(extra);
+            let ns = self.netns(NsRef::Node(i));
+            let log = format!("membrane-agent-{}", node.key);
+            self.spawn_in(&ns, &log, &agents.program, &args)?;
         }
         Ok(())
     }
@@ -366,7 +437,16 @@ impl Lab {
         }
         // The proxies listen before any traffic: until then the datapath drops what it
         // would redirect to them, so probing earlier would report spurious drops.
-        let proxy_nodes = if self.proxies {
+        // Agents: enforced (and their proxies listening) before any traffic.
+        for i in 0..self.topo.nodes.len() {
+            let node = &self.topo.nodes[i];
+            if !self.agents || !node.cilium || node.scenario_node.is_none() {
+                continue;
+            }
+            let what = format!("membrane agent of node {}", node.name);
+            self.wait_for(deadline, fast, what, |lab| lab.agent_ready(i).exists())?;
+        }
+        let proxy_nodes = if self.proxies && !self.agents {
             self.topo.nodes.len()
         } else {
             0

@@ -78,6 +78,9 @@ pub enum LabError {
     Exited { status: ExitStatus, dir: PathBuf },
     #[error("{0} did not start")]
     NotReady(String),
+    /// The world as cluster objects (agent mode): what cannot be expressed.
+    #[error("cluster objects: {0}")]
+    Cluster(String),
     #[error("dnsmasq (kube-dns) did not answer")]
     KubeDnsNotReady,
     #[error("lab {name}: namespaces left behind: {}{}", left.join(", "), cause.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]
@@ -134,6 +137,31 @@ pub struct LabOptions {
     /// Run the L7 proxies (experimental): the scenario file their policy is loaded from.
     /// The rulesets then `tproxy` L7 entries to them (`nft::compile::with_proxies`).
     pub proxies: Option<PathBuf>,
+    /// Enforce with real `membrane agent` processes, one per node namespace, fed by an
+    /// apiserver (the fake) in the world namespace, instead of rulesets the lab compiles.
+    pub agents: Option<AgentLab>,
+}
+
+/// How a lab runs its nodes' agents (`membrane lab run --agent`).
+#[derive(Debug, Clone)]
+pub struct AgentLab {
+    /// The `membrane` binary: `membrane agent …` in each node namespace.
+    pub program: PathBuf,
+    /// The scenario file or manifests directory the world was loaded from.
+    pub source: PathBuf,
+    /// The objects a cluster holds for the world (a JSON array), which the apiserver
+    /// serves, and the agents' arguments that set what the world assumes of Cilium's
+    /// configuration (cluster name, host firewall, flags).
+    pub cluster: fn(&Path, &World) -> Result<AgentCluster, String>,
+}
+
+/// A world as a cluster: what the lab's apiserver serves and how its agents are started.
+#[derive(Debug, Clone, Default)]
+pub struct AgentCluster {
+    /// The objects, a JSON array.
+    pub objects: String,
+    /// Arguments of every node's `membrane agent` (cluster name, agent options).
+    pub agent_args: Vec<String>,
 }
 
 /// A running lab (or, after [`Lab::attach`], one that another process started).
@@ -150,8 +178,11 @@ pub struct Lab {
     /// How each node's proxies were started (program, arguments), to start them again.
     proxy_commands: Vec<(PathBuf, Vec<String>)>,
     reaper: Option<Child>,
-    /// Whether the proxies run (their scenario file is `proxy-scenario.yaml` in `dir`).
+    /// Whether the proxies run (their scenario file is `proxy-scenario.yaml` in `dir`, or
+    /// they are the agents').
     proxies: bool,
+    /// Whether agents enforce (fed through `cluster.json` in `dir`).
+    agents: bool,
     /// Leave the lab running when this value is dropped.
     kept: bool,
     torn_down: bool,
@@ -175,7 +206,17 @@ impl Lab {
         let files = (0..self.topo.nodes.len())
             .map(|i| (i, self.pcap(i)))
             .collect();
-        Collector::start(files, from_end)
+        let mut keys = std::collections::BTreeMap::new();
+        if self.agents {
+            use crate::layout::{AGENT_HOST_KEY, agent_endpoint_key};
+            for p in &self.topo.pods {
+                keys.insert((p.node, agent_endpoint_key(p.addr)), p.key.clone());
+            }
+            for i in 0..self.topo.nodes.len() {
+                keys.insert((i, AGENT_HOST_KEY.to_string()), format!("h{i}"));
+            }
+        }
+        Collector::start_with_keys(files, from_end, keys)
     }
 
     /// Builds the lab for a world. On any error the partial lab is torn down.
@@ -197,7 +238,8 @@ impl Lab {
             child_names: vec![],
             proxy_commands: vec![],
             reaper: None,
-            proxies: opts.proxies.is_some(),
+            proxies: opts.proxies.is_some() || opts.agents.is_some(),
+            agents: opts.agents.is_some(),
             kept: false,
             torn_down: false,
         };
@@ -303,6 +345,31 @@ impl Lab {
             self.rulesets[i] = next;
         }
         Ok(())
+    }
+
+    /// Whether `membrane agent` processes enforce in this lab.
+    pub fn agents(&self) -> bool {
+        self.agents
+    }
+
+    /// The objects the lab's apiserver serves (a JSON array; rewriting it changes them).
+    pub fn cluster_objects(&self) -> PathBuf {
+        self.dir.join("cluster.json")
+    }
+
+    pub(super) fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    pub(super) fn apiserver_ready(&self) -> PathBuf {
+        self.dir.join("apiserver.ready")
+    }
+
+    pub(super) fn agent_ready(&self, node: usize) -> PathBuf {
+        self.dir.join(format!(
+            "membrane-agent-{}.ready",
+            self.topo.nodes[node].key
+        ))
     }
 
     /// Whether the L7 proxies run in this lab.
@@ -422,7 +489,8 @@ impl Lab {
             return Err(LabError::NoSuchLab(name.to_string()));
         }
         let topo = Topology::plan(world);
-        let proxies = dir.join("proxy-scenario.yaml").exists();
+        let agents = dir.join("cluster.json").exists();
+        let proxies = agents || dir.join("proxy-scenario.yaml").exists();
         let rulesets = topo
             .node_inputs(world)
             .iter()
@@ -446,6 +514,7 @@ impl Lab {
             proxy_commands: vec![],
             reaper: None,
             proxies,
+            agents,
             kept: true,
             torn_down: false,
         })

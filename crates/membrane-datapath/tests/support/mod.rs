@@ -48,6 +48,7 @@ pub fn options(tag: &str) -> LabOptions {
         },
         reaper: true,
         proxies: None,
+        agents: None,
     }
 }
 

@@ -159,6 +159,7 @@ where
                         continue;
                     }
                 }
+                let mut fresh = None;
                 for m in &batch.msgs {
                     if m.truncated {
                         continue;
@@ -179,9 +180,14 @@ where
                             &entry.question,
                             entry.edns,
                             &proxy.learner,
+                            &mut fresh,
                         );
                         replies.add(entry.waiter, reply);
                     }
+                }
+                // Answers that taught new addresses wait (bounded) for the datapath.
+                if let Some(g) = fresh {
+                    proxy.learner.wait_enforced(g).await;
                 }
             }
         }
