@@ -185,6 +185,18 @@ impl DirectionPolicy {
         delta
     }
 
+    /// The keys the rules wrote, before the lookup-order intersections `map` adds, each
+    /// with whether some contribution denies: what Cilium's MapState is built from
+    /// (`crate::capacity`).
+    pub fn raw_keys(&self) -> impl Iterator<Item = (MapKey, bool)> + '_ {
+        self.raw.peers.iter().flat_map(|(peer, chunk)| {
+            chunk
+                .keys
+                .iter()
+                .map(move |(pk, cs)| (MapKey::with_peer(*peer, *pk), cs.iter().any(|c| c.deny)))
+        })
+    }
+
     /// Whether some rule wrote keys for this peer.
     pub fn raw_has_peer(&self, peer: IdentityId) -> bool {
         self.raw.peer(peer).is_some()
