@@ -331,6 +331,7 @@ pub fn fullness(entries: usize, max: usize) -> Fullness {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
