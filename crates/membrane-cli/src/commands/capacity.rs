@@ -169,6 +169,9 @@ fn count(
     )
 }
 
+/// What endpoints sharing a count have in common: policy, identity, container ports.
+type SharedKey = (usize, u32, Vec<(String, Protocol, u16)>);
+
 /// Every Cilium endpoint of a loaded cluster (and every host endpoint under the host
 /// firewall), with its map's entries.
 pub fn compute(loaded: &Loaded, file: String, max: usize) -> FileCapacity {
@@ -184,8 +187,7 @@ pub fn compute(loaded: &Loaded, file: String, max: usize) -> FileCapacity {
         .collect();
     let mut endpoints = Vec::new();
     // Endpoints sharing a policy, identity and ports share the count.
-    let mut seen: HashMap<(usize, u32, Vec<(String, Protocol, u16)>), (usize, usize)> =
-        HashMap::new();
+    let mut seen: HashMap<SharedKey, (usize, usize)> = HashMap::new();
     for id in snap.endpoint_ids() {
         let (Some(policy), Some(spec), Some(identity)) = (
             snap.endpoint_policy(id),
@@ -313,7 +315,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
