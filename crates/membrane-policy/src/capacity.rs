@@ -138,17 +138,33 @@ pub fn mapstate(raw: impl IntoIterator<Item = (MapKey, bool)>) -> Keys {
 #[derive(Debug, Clone, Default)]
 pub struct CidrPrefixes {
     prefixes: BTreeMap<IpNet, IdentityId>,
+    fqdn: BTreeSet<IdentityId>,
 }
 
 impl CidrPrefixes {
     pub fn new<'r>(rules: impl IntoIterator<Item = &'r Rule>, identities: &IdentityTable) -> Self {
+        let rules: Vec<&Rule> = rules.into_iter().collect();
+        let fqdn_selected = |names: &[String]| {
+            rules.iter().any(|r| {
+                r.entries.iter().any(|e| match &e.peers {
+                    Peers::Selectors(list) => list.iter().any(|s| match s {
+                        PeerSelector::Fqdn(m) => names.iter().any(|n| m.matches(n)),
+                        _ => false,
+                    }),
+                    Peers::Wildcard => false,
+                })
+            })
+        };
         let mut prefixes: BTreeMap<IpNet, IdentityId> = BTreeMap::new();
+        let mut fqdn = BTreeSet::new();
         for i in identities.iter() {
             if i.kind == IdentityKind::Cidr
                 && !i.fqdn_names.is_empty()
                 && let Some(addr) = i.addr
+                && fqdn_selected(&i.fqdn_names)
             {
                 prefixes.insert(IpNet::from(addr), i.id);
+                fqdn.insert(i.id);
             }
         }
         let mut next = PREFIX_ID_BASE;
@@ -165,7 +181,7 @@ impl CidrPrefixes {
             };
             prefixes.insert(net, id);
         };
-        for rule in rules {
+        for rule in &rules {
             for entry in &rule.entries {
                 for (net, except) in cidr_selectors(entry) {
                     add(*net, &mut prefixes);
@@ -175,7 +191,14 @@ impl CidrPrefixes {
                 }
             }
         }
-        CidrPrefixes { prefixes }
+        CidrPrefixes { prefixes, fqdn }
+    }
+
+    /// Whether an identity of membrane's is one Cilium has too: an address learned through
+    /// DNS for a `toFQDNs` selector. (membrane's other CIDR identities, one per address a
+    /// scenario names, stand for the prefixes here.)
+    pub fn is_fqdn_identity(&self, id: IdentityId) -> bool {
+        self.fqdn.contains(&id)
     }
 
     /// The identities a CIDR selector selects: every known prefix inside `net` and not
@@ -191,7 +214,7 @@ impl CidrPrefixes {
             .map(|(_, id)| *id)
     }
 
-    /// Node-local identities: the prefixes other than `world`.
+    /// Node-local identities: the prefixes other than `world` (and the DNS addresses).
     pub fn local_identities(&self) -> usize {
         self.prefixes.keys().filter(|p| p.prefix_len() > 0).count()
     }
@@ -278,9 +301,11 @@ pub fn direction_keys(policy: &DirectionPolicy, cx: &DirectionContext<'_>) -> Ke
     } else {
         // membrane's per-address CIDR identities stand for Cilium's per-prefix ones.
         let per_address = |peer: IdentityId| {
-            cx.identities
-                .get(peer)
-                .is_some_and(|i| i.kind == IdentityKind::Cidr && i.fqdn_names.is_empty())
+            !cx.prefixes.is_fqdn_identity(peer)
+                && cx
+                    .identities
+                    .get(peer)
+                    .is_some_and(|i| i.kind == IdentityKind::Cidr)
         };
         raw.extend(policy.raw_keys().filter(|(k, _)| !per_address(k.peer)));
         for rule in cx.rules {
