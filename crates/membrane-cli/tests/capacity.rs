@@ -263,3 +263,30 @@ fn unusable_input_exits_2() {
     let (code, _, _) = membrane(&["capacity", "examples/seed-demo", "--policy-map-max", "0"]);
     assert_eq!(code, Some(2));
 }
+
+/// `toEntities: all` is Cilium's wildcard selector: one key with identity 0, not one per
+/// identity. server egress: any × TCP/80: 1. server ingress: `fromEntities: all` (any ×
+/// any) and the local host: 2.
+#[test]
+fn entity_all_is_the_wildcard_identity() {
+    let text = format!(
+        "name: capacity-entity-all\n{CLUSTER}policies: |
+  apiVersion: cilium.io/v2
+  kind: CiliumClusterwideNetworkPolicy
+  metadata: {{name: server}}
+  spec:
+    endpointSelector: {{matchLabels: {{app: server}}}}
+    ingress:
+    - fromEntities: [all]
+    egress:
+    - toEntities: [all]
+      toPorts: [{{ports: [{{port: '80', protocol: TCP}}]}}]
+"
+    );
+    let path = scenario("entity-all", &text);
+    let (code, stdout, stderr) = membrane(&["capacity", path.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let r = &json_lines(&stdout)[0];
+    assert_eq!(endpoint(r, "server")["egress"], 1, "{r}");
+    assert_eq!(endpoint(r, "server")["ingress"], 2, "{r}");
+}

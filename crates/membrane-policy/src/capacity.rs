@@ -10,10 +10,11 @@
 //! written in a policy ([`CidrPrefixes`]).
 
 use crate::identity::{HOST, IdentityId, IdentityKind, IdentityTable, WORLD};
-use crate::model::{Direction, Entry, PeerSelector, Peers, PortValue, Protocol, Rule};
-use crate::resolve::{DirectionPolicy, MapKey, range_to_prefixes};
+use crate::model::{Direction, Entry, Origin, PeerSelector, Peers, PortValue, Protocol, Rule};
+use crate::resolve::{Contribution, DirectionPolicy, MapKey, range_to_prefixes};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Cilium's default `bpf-policy-map-max`.
 pub const DEFAULT_POLICY_MAP_MAX: usize = 16_384;
@@ -220,6 +221,15 @@ impl CidrPrefixes {
     }
 }
 
+fn selects_wildcard(entry: &Entry) -> bool {
+    match &entry.peers {
+        Peers::Selectors(list) => list
+            .iter()
+            .any(|s| matches!(s, PeerSelector::Labels(sel) if sel.is_wildcard())),
+        Peers::Wildcard => false,
+    }
+}
+
 fn cidr_selectors(entry: &Entry) -> impl Iterator<Item = (&IpNet, &Vec<IpNet>)> {
     let list: &[PeerSelector] = match &entry.peers {
         Peers::Selectors(list) => list,
@@ -307,7 +317,31 @@ pub fn direction_keys(policy: &DirectionPolicy, cx: &DirectionContext<'_>) -> Ke
                     .get(peer)
                     .is_some_and(|i| i.kind == IdentityKind::Cidr)
         };
-        raw.extend(policy.raw_keys().filter(|(k, _)| !per_address(k.peer)));
+        // An empty label selector (`toEntities: all`, a CCNP's `{}`) is Cilium's wildcard
+        // selector: `toMapState` writes identity 0 for it, not one key per identity.
+        let wildcard_entries: Vec<&Entry> = cx
+            .rules
+            .iter()
+            .flat_map(|r| r.entries.iter())
+            .filter(|e| e.direction == policy.direction && selects_wildcard(e))
+            .collect();
+        let from_wildcard = |c: &Contribution| match &c.origin {
+            Origin::Rule(o) => wildcard_entries
+                .iter()
+                .any(|e| Arc::ptr_eq(&e.origin, o) || e.origin == *o),
+            _ => false,
+        };
+        for (k, cs) in policy.raw_keys() {
+            let deny = cs.iter().any(|c| c.deny);
+            if per_address(k.peer) {
+                continue;
+            }
+            if k.peer != 0 && !cs.is_empty() && cs.iter().all(from_wildcard) {
+                raw.push((MapKey { peer: 0, ..k }, deny));
+                continue;
+            }
+            raw.push((k, deny));
+        }
         for rule in cx.rules {
             for entry in rule
                 .entries

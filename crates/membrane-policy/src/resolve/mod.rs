@@ -185,15 +185,14 @@ impl DirectionPolicy {
         delta
     }
 
-    /// The keys the rules wrote, before the lookup-order intersections `map` adds, each
-    /// with whether some contribution denies: what Cilium's MapState is built from
-    /// (`crate::capacity`).
-    pub fn raw_keys(&self) -> impl Iterator<Item = (MapKey, bool)> + '_ {
+    /// The keys the rules wrote, before the lookup-order intersections `map` adds, with
+    /// their contributions: what Cilium's MapState is built from (`crate::capacity`).
+    pub fn raw_keys(&self) -> impl Iterator<Item = (MapKey, &[Contribution])> + '_ {
         self.raw.peers.iter().flat_map(|(peer, chunk)| {
             chunk
                 .keys
                 .iter()
-                .map(move |(pk, cs)| (MapKey::with_peer(*peer, *pk), cs.iter().any(|c| c.deny)))
+                .map(move |(pk, cs)| (MapKey::with_peer(*peer, *pk), cs.as_slice()))
         })
     }
 
