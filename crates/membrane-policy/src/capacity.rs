@@ -518,6 +518,91 @@ mod tests {
         assert_eq!(p.local_identities(), 4);
     }
 
+    fn resolved_engine(policy: &str) -> (crate::engine::Engine, usize, usize) {
+        use crate::engine::{EndpointSpec, Engine, NodeSpec};
+        use crate::options::Options;
+        use crate::policy_set::{PolicySet, parse_resources};
+        use crate::translate::Secrets;
+        use crate::yaml::Embedding;
+        let mut e = Engine::new(Options::default());
+        e.upsert_namespace(
+            "ns1",
+            vec![("kubernetes.io/metadata.name".into(), "ns1".into())],
+        );
+        e.upsert_node(NodeSpec {
+            name: "node1".into(),
+            ip: "192.168.1.10".parse().unwrap(),
+            cilium: true,
+            labels: vec![],
+        });
+        let pod = |name: &str, ip: &str| EndpointSpec {
+            name: name.into(),
+            namespace: "ns1".into(),
+            node: "node1".into(),
+            ip: Some(ip.parse().unwrap()),
+            service_account: "default".into(),
+            labels: vec![("app".into(), name.into())],
+            ports: vec![],
+            host_network: false,
+            entity: None,
+        };
+        let (server, _) = e.add_endpoint(pod("server", "10.0.1.1"));
+        let (client, _) = e.add_endpoint(pod("client", "10.0.1.2"));
+        let (resources, _) = parse_resources(policy, Embedding::default());
+        let resources: Vec<_> = resources.into_iter().map(|r| (0, r)).collect();
+        let set = PolicySet::build(&resources, &Options::default(), &Secrets::default());
+        for t in set.policies {
+            e.upsert_policy(t);
+        }
+        (e, server, client)
+    }
+
+    fn counts(e: &crate::engine::Engine, id: usize) -> (usize, usize) {
+        use crate::resolve::Subject;
+        let s = e.state();
+        let policy = s.endpoint_policy(id).unwrap();
+        let identity = s
+            .identities()
+            .get(s.endpoint_identity(id).unwrap())
+            .unwrap();
+        let subject = Subject {
+            identity,
+            is_host: false,
+            local_node_addrs: &[],
+            own_ports: &[],
+        };
+        let rules: Vec<&Rule> = s
+            .repository()
+            .selecting_rules(&subject)
+            .map(|(_, r)| r)
+            .collect();
+        let prefixes = CidrPrefixes::new(s.repository().rules(), s.identities());
+        let cx = |localhost| DirectionContext {
+            rules: &rules,
+            identities: s.identities(),
+            prefixes: &prefixes,
+            own_ports: &[],
+            localhost,
+        };
+        (
+            direction_keys(&policy.ingress, &cx(true)).len(),
+            direction_keys(&policy.egress, &cx(false)).len(),
+        )
+    }
+
+    #[test]
+    fn resolved_policies_counted_as_cilium() {
+        // server: ingress TCP/80 and TCP/443 from everyone, everything from client denied.
+        // Cilium: any/TCP80, any/TCP443, client/any (deny), client/TCP80 and client/TCP443
+        // (L3/4 denies), host/any = 6. Egress not enforced: allow-all = 1.
+        let (e, server, client) = resolved_engine(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: s, namespace: ns1}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - toPorts: [{ports: [{port: '80', protocol: TCP}, {port: '443', protocol: TCP}]}]\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n",
+        );
+        assert_eq!(counts(&e, server), (6, 1));
+        // client: selected by nothing: allow-all and the local host in, allow-all out.
+        assert_eq!(counts(&e, client), (2, 1));
+    }
+
     #[test]
     fn fullness_thresholds() {
         // 90 % of 16,384 is 14,745.6.
