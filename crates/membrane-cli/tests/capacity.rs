@@ -262,6 +262,10 @@ fn unusable_input_exits_2() {
     assert_eq!(code, Some(2), "{stderr}");
     let (code, _, _) = membrane(&["capacity", "examples/seed-demo", "--policy-map-max", "0"]);
     assert_eq!(code, Some(2));
+    let bad = scenario("bad-yaml", "a: [\n");
+    let (code, stdout, stderr) = membrane(&["capacity", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stderr.contains("error[yaml]"), "{stderr}");
 }
 
 /// `toEntities: all` is Cilium's wildcard selector: one key with identity 0, not one per

@@ -34,6 +34,7 @@ pub struct CapacityArgs {
     #[arg(long = "policy-map-max", value_name = "N", default_value_t = DEFAULT_POLICY_MAP_MAX,
           value_parser = parse_max)]
     pub policy_map_max: usize,
+    /// A table per file, or one JSON object per line and file.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
 }
