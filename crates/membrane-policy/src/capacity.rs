@@ -317,8 +317,9 @@ pub fn direction_keys(policy: &DirectionPolicy, cx: &DirectionContext<'_>) -> Ke
                     .get(peer)
                     .is_some_and(|i| i.kind == IdentityKind::Cidr)
         };
-        // An empty label selector (`toEntities: all`, a CCNP's `{}`) is Cilium's wildcard
-        // selector: `toMapState` writes identity 0 for it, not one key per identity.
+        // An empty label selector (`toEntities: all`; a CCNP's `{}` only in a rule selecting
+        // init endpoints, elsewhere it gets a namespace-exists requirement) is Cilium's
+        // wildcard selector: `toMapState` writes identity 0 for it, not a key per identity.
         let wildcard_entries: Vec<&Entry> = cx
             .rules
             .iter()
