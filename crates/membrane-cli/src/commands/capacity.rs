@@ -197,6 +197,11 @@ pub fn compute(loaded: &Loaded, file: String, max: usize) -> FileCapacity {
         ) else {
             continue;
         };
+        // No Cilium endpoint, so no policy map: what Cilium does not manage, and the API
+        // server (outside the cluster, or on a node's host network).
+        if matches!(spec.entity.as_deref(), Some("unmanaged" | "kube-apiserver")) {
+            continue;
+        }
         let ports: Vec<(String, Protocol, u16)> = spec
             .ports
             .iter()
