@@ -10,7 +10,7 @@ mod printers;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    agent, bench, check, explain, lab, lint, matrix, observe, snapshot, test, validate,
+    agent, bench, capacity, check, explain, lab, lint, matrix, observe, snapshot, test, validate,
 };
 use std::process::ExitCode;
 
@@ -54,6 +54,10 @@ enum Command {
     /// Real enforcement in network namespaces with nftables (root only).
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Policy-map entries per endpoint as Cilium 1.17 installs them, against
+    /// `--policy-map-max` (16,384), and identities against their limits. Exit 1 when some
+    /// endpoint's map is 90 % full or more, 2 on unusable input.
+    Capacity(capacity::CapacityArgs),
     /// Time the engine on the conformance-shaped workloads (see the README).
     Bench(bench::BenchArgs),
 }
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Observe(args) => observe::run(args),
         Command::Lab(cmd) => lab::run(cmd),
+        Command::Capacity(args) => capacity::run(args),
         Command::Bench(args) => bench::run(args),
     };
     ExitCode::from(code)

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod capacity;
 pub mod decode;
 pub mod diag;
 pub mod engine;

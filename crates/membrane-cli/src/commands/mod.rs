@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod capacity;
 pub mod check;
 pub mod explain;
 pub mod lab;

@@ -185,6 +185,17 @@ impl DirectionPolicy {
         delta
     }
 
+    /// The keys the rules wrote, before the lookup-order intersections `map` adds, with
+    /// their contributions: what Cilium's MapState is built from (`crate::capacity`).
+    pub fn raw_keys(&self) -> impl Iterator<Item = (MapKey, &[Contribution])> + '_ {
+        self.raw.peers.iter().flat_map(|(peer, chunk)| {
+            chunk
+                .keys
+                .iter()
+                .map(move |(pk, cs)| (MapKey::with_peer(*peer, *pk), cs.as_slice()))
+        })
+    }
+
     /// Whether some rule wrote keys for this peer.
     pub fn raw_has_peer(&self, peer: IdentityId) -> bool {
         self.raw.peer(peer).is_some()
