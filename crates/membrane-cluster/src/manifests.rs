@@ -587,6 +587,9 @@ impl Builder {
                     }
                 }
             }
+            if let Some(dns) = spec.get("dns") {
+                self.dns_answers(&mut d, dns);
+            }
             match spec.get("flows").and_then(Node::as_seq) {
                 Some(flows) => {
                     for f in flows {
@@ -608,6 +611,113 @@ impl Builder {
         }
         self.diagnostics
             .extend(d.diagnostics.into_iter().map(|x| (file, x)));
+    }
+
+    /// `spec.dns` of a ConnectivityTest: DNS answers as the DNS proxy would see them, a name
+    /// to its addresses (`api.example.com: [192.0.2.10]`) or to `{addresses, ttl}`. Flows to
+    /// the name look it up and connect to its first address, as flows of scenario files to
+    /// `external:` names do, so toFQDNs policies decide them.
+    fn dns_answers(&mut self, d: &mut Decoder, dns: &Node) {
+        const HELP: &str = "dns: {api.example.com: [192.0.2.10]} or {api.example.com: {addresses: [192.0.2.10], ttl: 300}}";
+        let Some(entries) = dns.as_map() else {
+            d.error_help(
+                format!(
+                    "`dns` is a mapping of names to addresses, not a {}",
+                    dns.type_name()
+                ),
+                dns.span,
+                HELP,
+            );
+            return;
+        };
+        for (key, value) in entries {
+            let Some(name) = key.scalar_text().map(str::trim).filter(|n| !n.is_empty()) else {
+                d.error_help("a DNS name is a non-empty string", key.span, HELP);
+                continue;
+            };
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Err(e) = membrane_policy::l7::dns_pattern::validate_match_name(&name) {
+                d.error_help(format!("`{name}` is not a DNS name: {e}"), key.span, HELP);
+                continue;
+            }
+            let addresses = match value.as_map() {
+                Some(fields) => {
+                    for (k, v) in fields {
+                        match k.scalar_text() {
+                            Some("addresses") => {}
+                            Some("ttl") => {
+                                if v.scalar_text()
+                                    .and_then(|t| t.parse::<u32>().ok())
+                                    .is_none()
+                                {
+                                    d.error_help("`ttl` is a number of seconds", v.span, HELP);
+                                }
+                            }
+                            other => d.error_help(
+                                format!("unknown field `{}` of a DNS answer", other.unwrap_or("?")),
+                                k.span,
+                                "a DNS answer has `addresses` and an optional `ttl`",
+                            ),
+                        }
+                    }
+                    match value.get("addresses") {
+                        Some(a) => a,
+                        None => {
+                            d.error_help(
+                                format!("the DNS answer for `{name}` needs `addresses`"),
+                                value.span,
+                                HELP,
+                            );
+                            continue;
+                        }
+                    }
+                }
+                None => value,
+            };
+            let Some(list) = addresses.as_seq() else {
+                d.error_help(
+                    format!("the addresses of `{name}` are a list of IP addresses"),
+                    addresses.span,
+                    HELP,
+                );
+                continue;
+            };
+            let mut ips = Vec::new();
+            for a in list {
+                match a
+                    .scalar_text()
+                    .and_then(|t| t.trim().parse::<IpAddr>().ok())
+                {
+                    Some(ip) => ips.push(ip),
+                    None => d.error_help(
+                        format!(
+                            "`{}` is not an IP address (the answer for `{name}`)",
+                            a.scalar_text().unwrap_or("?")
+                        ),
+                        a.span,
+                        "an IPv4 or IPv6 address, e.g. 192.0.2.10",
+                    ),
+                }
+            }
+            if list.is_empty() {
+                d.error_help(
+                    format!("the DNS answer for `{name}` has no address"),
+                    addresses.span,
+                    HELP,
+                );
+                continue;
+            }
+            match self.external.iter_mut().find(|e| e.name == name) {
+                Some(e) => {
+                    for ip in ips {
+                        if !e.ips.contains(&ip) {
+                            e.ips.push(ip);
+                        }
+                    }
+                }
+                None => self.external.push(ExternalName { name, ips }),
+            }
+        }
     }
 
     /// Places pods on nodes and gives them addresses, deterministically.

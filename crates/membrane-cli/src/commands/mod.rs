@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bench;
 pub mod check;
+pub mod diff;
 pub mod explain;
 pub mod lab;
 pub mod lint;
