@@ -620,7 +620,8 @@ impl Builder {
     fn dns_answers(&mut self, d: &mut Decoder, dns: &Node) {
         const HELP: &str = "dns: {api.example.com: [192.0.2.10]} or {api.example.com: {addresses: [192.0.2.10], ttl: 300}}";
         let Some(entries) = dns.as_map() else {
-            d.error_help(
+            test_error(
+                d,
                 format!(
                     "`dns` is a mapping of names to addresses, not a {}",
                     dns.type_name()
@@ -632,12 +633,17 @@ impl Builder {
         };
         for (key, value) in entries {
             let Some(name) = key.scalar_text().map(str::trim).filter(|n| !n.is_empty()) else {
-                d.error_help("a DNS name is a non-empty string", key.span, HELP);
+                test_error(d, "a DNS name is a non-empty string", key.span, HELP);
                 continue;
             };
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if let Err(e) = membrane_policy::l7::dns_pattern::validate_match_name(&name) {
-                d.error_help(format!("`{name}` is not a DNS name: {e}"), key.span, HELP);
+                test_error(
+                    d,
+                    format!("`{name}` is not a DNS name: {e}"),
+                    key.span,
+                    HELP,
+                );
                 continue;
             }
             let addresses = match value.as_map() {
@@ -650,10 +656,11 @@ impl Builder {
                                     .and_then(|t| t.parse::<u32>().ok())
                                     .is_none()
                                 {
-                                    d.error_help("`ttl` is a number of seconds", v.span, HELP);
+                                    test_error(d, "`ttl` is a number of seconds", v.span, HELP);
                                 }
                             }
-                            other => d.error_help(
+                            other => test_error(
+                                d,
                                 format!("unknown field `{}` of a DNS answer", other.unwrap_or("?")),
                                 k.span,
                                 "a DNS answer has `addresses` and an optional `ttl`",
@@ -663,7 +670,8 @@ impl Builder {
                     match value.get("addresses") {
                         Some(a) => a,
                         None => {
-                            d.error_help(
+                            test_error(
+                                d,
                                 format!("the DNS answer for `{name}` needs `addresses`"),
                                 value.span,
                                 HELP,
@@ -675,7 +683,8 @@ impl Builder {
                 None => value,
             };
             let Some(list) = addresses.as_seq() else {
-                d.error_help(
+                test_error(
+                    d,
                     format!("the addresses of `{name}` are a list of IP addresses"),
                     addresses.span,
                     HELP,
@@ -689,7 +698,8 @@ impl Builder {
                     .and_then(|t| t.trim().parse::<IpAddr>().ok())
                 {
                     Some(ip) => ips.push(ip),
-                    None => d.error_help(
+                    None => test_error(
+                        d,
                         format!(
                             "`{}` is not an IP address (the answer for `{name}`)",
                             a.scalar_text().unwrap_or("?")
@@ -700,7 +710,8 @@ impl Builder {
                 }
             }
             if list.is_empty() {
-                d.error_help(
+                test_error(
+                    d,
                     format!("the DNS answer for `{name}` has no address"),
                     addresses.span,
                     HELP,
@@ -917,6 +928,14 @@ impl Builder {
         }
         out
     }
+}
+
+/// The code of a ConnectivityTest's errors that make the test unusable (`check` exits 2).
+pub const TEST_ERROR: &str = "connectivity-test";
+
+fn test_error(d: &mut Decoder, message: impl Into<String>, span: Span, help: impl Into<String>) {
+    d.diagnostics
+        .push(Diagnostic::error(TEST_ERROR, message, Some(span)).with_help(help));
 }
 
 /// Whether a YAML text is a scenario file rather than manifests.

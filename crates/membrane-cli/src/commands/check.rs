@@ -77,8 +77,11 @@ fn check(loaded: &Loaded, output: CheckOutput) -> (u8, Outcomes) {
 
 /// Every expectation's evaluation; None (after printing why) for input that is not YAML.
 fn evaluate(loaded: &Loaded) -> Option<Vec<(&Expectation, Result<Evaluation, String>)>> {
-    if loaded.diagnostics.iter().any(|(_, d)| d.code == "yaml") {
-        for (f, d) in loaded.diagnostics.iter().filter(|(_, d)| d.code == "yaml") {
+    // Input that is not YAML, and ConnectivityTest entries that cannot be read (a DNS
+    // answer that is not an address): nothing sensible can be checked.
+    let fatal = |code: &str| code == "yaml" || code == membrane_cluster::manifests::TEST_ERROR;
+    if loaded.diagnostics.iter().any(|(_, d)| fatal(d.code)) {
+        for (f, d) in loaded.diagnostics.iter().filter(|(_, d)| fatal(d.code)) {
             eprint!(
                 "{}",
                 printers::render_diagnostic(
