@@ -643,7 +643,8 @@ spec:
         let a = loaded(&format!("{BASE}{POLICY}"));
         let b = loaded(BASE);
         let r = diff(&a, &b);
-        // world → web:8080 was default-denied; client → web went from l7 to allow.
+        // world → web:8080 and web → web:8080 were default-denied (web's ingress admitted
+        // client only); client → web went from l7 (GET only) to allow.
         let got: Vec<(&str, &str, ChangeKind)> = r
             .changes
             .iter()
@@ -653,6 +654,7 @@ spec:
             got,
             [
                 ("app/client", "app/web", ChangeKind::L7Changed),
+                ("app/web", "app/web", ChangeKind::NewlyAllowed),
                 ("world", "app/web", ChangeKind::NewlyAllowed),
             ]
         );
