@@ -326,3 +326,45 @@ fn scale_5k_one_policy_changed() {
         v["cells_evaluated"]
     );
 }
+
+/// NEW as a directory of policies only: read over OLD's sources (same kind, namespace and
+/// name replaced), so the seed demo against the fixed policies alone changes exactly what the
+/// whole fixed demo does (OLD's namespace-less copies stay, selecting nothing in `default`).
+#[test]
+fn policies_only_new_is_applied_over_old() {
+    let whole = membrane(&[
+        "diff",
+        "--output",
+        "json",
+        "examples/seed-demo",
+        "examples/seed-demo-fixed",
+    ]);
+    let policies = membrane(&[
+        "diff",
+        "--output",
+        "json",
+        "examples/seed-demo",
+        "examples/seed-demo-fixed/policies",
+    ]);
+    assert_eq!(policies.status.code(), Some(1));
+    assert_eq!(changes(&json(&policies)), changes(&json(&whole)));
+}
+
+#[test]
+fn invalid_yaml_exits_2_with_its_place() {
+    let (dir, bad) = edited(
+        "tests/conformance/echo-ingress-l7.yaml",
+        "name: echo-ingress-l7",
+        "name: [echo-ingress-l7",
+    );
+    let o = membrane(&[
+        "diff",
+        "tests/conformance/echo-ingress-l7.yaml",
+        bad.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(dir).ok();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stdout(&o), "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("echo-ingress-l7.yaml:"), "{err}");
+}

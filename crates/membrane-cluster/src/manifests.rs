@@ -1196,3 +1196,79 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         as_written,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::Party;
+
+    fn loaded(spec: &str) -> Loaded {
+        load(vec![SourceFile {
+            name: "t.yaml".into(),
+            text: format!(
+                "apiVersion: membrane.dev/v1alpha1\nkind: ConnectivityTest\nmetadata: {{name: t}}\nspec:\n{spec}  flows: []\n"
+            ),
+        }])
+    }
+
+    fn errors(l: &Loaded) -> Vec<(u32, u32, String)> {
+        l.diagnostics
+            .iter()
+            .filter(|(_, d)| d.code == TEST_ERROR)
+            .map(|(_, d)| {
+                let s = d.span.unwrap_or_default();
+                (s.line, s.col, d.message.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dns_answers_become_external_names() {
+        let l = loaded(
+            "  dns:\n    API.Example.com.: [192.0.2.10]\n    b.example.com: {addresses: [192.0.2.20, '2001:db8::1'], ttl: 30}\n",
+        );
+        assert_eq!(errors(&l), []);
+        let ext: Vec<(String, usize)> = l
+            .world
+            .scenario
+            .external
+            .iter()
+            .map(|e| (e.name.clone(), e.ips.len()))
+            .collect();
+        assert_eq!(
+            ext,
+            [
+                ("api.example.com".to_string(), 1),
+                ("b.example.com".to_string(), 2)
+            ]
+        );
+        assert!(matches!(
+            l.world.party("api.example.com"),
+            Some(Party::World {
+                learned_as: Some(0),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_dns_answers_are_errors_at_their_place() {
+        let l = loaded(
+            "  dns:\n    a.example.com: [not-an-ip]\n    b.example.com: {ttl: 5}\n    c.example.com: {addresses: [192.0.2.1], tll: 5}\n    d.example.com: 192.0.2.1\n    e.example.com: []\n",
+        );
+        let got = errors(&l);
+        let lines: Vec<(u32, u32)> = got.iter().map(|(l, c, _)| (*l, *c)).collect();
+        assert_eq!(
+            lines,
+            [(6, 21), (7, 20), (8, 45), (9, 20), (10, 20)],
+            "{got:?}"
+        );
+        assert!(got[0].2.contains("`not-an-ip` is not an IP address"));
+        assert!(got[1].2.contains("needs `addresses`"));
+        assert!(got[2].2.contains("unknown field `tll`"));
+        assert!(got[3].2.contains("are a list of IP addresses"));
+        assert!(got[4].2.contains("has no address"));
+        let l = loaded("  dns: [a.example.com]\n");
+        assert_eq!(errors(&l).len(), 1);
+    }
+}
