@@ -368,3 +368,50 @@ fn invalid_yaml_exits_2_with_its_place() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("echo-ingress-l7.yaml:"), "{err}");
 }
+
+/// OLD from a live cluster (the in-process apiserver fake serving the seed demo), NEW the fixed
+/// policies: every change the offline diff finds is found (the cluster also runs CoreDNS
+/// as a workload, so it has more parties).
+#[test]
+fn cluster_as_old() {
+    use membrane_kube::fake::{FakeApiServer, cluster_objects, default_served_kinds};
+    let docs =
+        membrane_kube::json::read_manifests(&repo_root().join("examples/seed-demo")).unwrap();
+    let server = FakeApiServer::start(default_served_kinds()).unwrap();
+    server.require_token(Some("diff-token"));
+    server.apply_all(cluster_objects(docs)).unwrap();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kubeconfig.path(), server.kubeconfig("diff-token")).unwrap();
+    let live = Command::new(env!("CARGO_BIN_EXE_membrane"))
+        .args([
+            "diff",
+            "--output",
+            "json",
+            "--kubeconfig",
+            kubeconfig.path().to_str().unwrap(),
+            "examples/seed-demo-fixed/policies",
+        ])
+        .current_dir(repo_root())
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        live.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let offline = membrane(&[
+        "diff",
+        "--output",
+        "json",
+        "examples/seed-demo",
+        "examples/seed-demo-fixed",
+    ]);
+    let live = changes(&json(&live));
+    let missing: Vec<_> = changes(&json(&offline))
+        .into_iter()
+        .filter(|c| c.1 != "kube-system/kube-dns" && !live.contains(c))
+        .collect();
+    assert!(missing.is_empty(), "{missing:?}\nlive: {live:?}");
+}

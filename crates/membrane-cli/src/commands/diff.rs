@@ -37,6 +37,10 @@ pub enum DiffOutput {
 }
 
 #[derive(clap::Args)]
+#[command(mut_arg("kubeconfig", |a| a.help(
+    "Read OLD from a live cluster through this kubeconfig; every path given is NEW (a \
+     directory of policies only is applied over the cluster's objects)"
+)))]
 pub struct DiffArgs {
     /// OLD and NEW: two files or directories of manifests (or scenario files). With
     /// --kubeconfig, --context or --cluster, OLD is the cluster and every path is NEW.
