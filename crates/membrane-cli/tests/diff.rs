@@ -415,3 +415,39 @@ fn cluster_as_old() {
         .collect();
     assert!(missing.is_empty(), "{missing:?}\nlive: {live:?}");
 }
+
+/// A toFQDNs change on manifests with ConnectivityTest DNS answers: the external names are
+/// destinations, looked up through the DNS proxy first, so moving `matchName` from one name
+/// to the other moves exactly the 443 connections.
+#[test]
+fn fqdn_change() {
+    let (dir, new) = edited(
+        "tests/manifests/fqdn-dns-answers.yaml",
+        "toFQDNs: [{matchName: api.example.com}]",
+        "toFQDNs: [{matchName: other.example.com}]",
+    );
+    let o = membrane(&[
+        "diff",
+        "--output",
+        "json",
+        "tests/manifests/fqdn-dns-answers.yaml",
+        new.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(dir).ok();
+    assert_eq!(o.status.code(), Some(1));
+    let want: BTreeSet<Key> = [
+        ("api.example.com", "newly-denied"),
+        ("other.example.com", "newly-allowed"),
+    ]
+    .iter()
+    .map(|(to, kind)| {
+        (
+            "shop/client".to_string(),
+            to.to_string(),
+            "443/TCP".to_string(),
+            kind.to_string(),
+        )
+    })
+    .collect();
+    assert_eq!(changes(&json(&o)), want);
+}

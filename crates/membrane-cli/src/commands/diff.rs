@@ -22,7 +22,7 @@ use membrane_cluster::world::{Party, World};
 use membrane_policy::engine::PolicyKey;
 use membrane_policy::model::{Protocol, Subject};
 use membrane_policy::translate::Translated;
-use membrane_policy::verdict::L7Request;
+use membrane_policy::verdict::{L7Parser, L7Request, Verdict};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -268,6 +268,8 @@ struct DiffParty {
     ports: BTreeSet<(Protocol, u16)>,
     source: bool,
     destination: bool,
+    /// An external name (DNS answers): looked up before connecting.
+    external: bool,
 }
 
 /// Policies by key on one side.
@@ -342,6 +344,7 @@ pub fn diff(old: &Loaded, new: &Loaded) -> DiffReport {
                         ports,
                         source: p.is_source,
                         destination: p.is_destination,
+                        external: false,
                     });
                 }
                 None => only_new.push(p.name.clone()),
@@ -358,6 +361,7 @@ pub fn diff(old: &Loaded, new: &Loaded) -> DiffReport {
             ports,
             source: p.is_source && op[oi].is_source,
             destination: p.is_destination && op[oi].is_destination,
+            external: false,
         });
     }
     let mut only_old = Vec::new();
@@ -375,6 +379,7 @@ pub fn diff(old: &Loaded, new: &Loaded) -> DiffReport {
                     ports,
                     source: p.is_source,
                     destination: p.is_destination,
+                    external: false,
                 });
             }
             None => only_old.push(p.name.clone()),
@@ -408,6 +413,7 @@ pub fn diff(old: &Loaded, new: &Loaded) -> DiffReport {
             ports: BTreeSet::new(),
             source: false,
             destination: true,
+            external: true,
         });
     }
     // Groups: parties with the same classes on both sides.
@@ -499,8 +505,9 @@ pub fn diff(old: &Loaded, new: &Loaded) -> DiffReport {
                     continue;
                 }
                 evaluated += 2;
-                let o = cell(old, s.old, d.old, protocol, port);
-                let n = cell(new, s.new, d.new, protocol, port);
+                let external = d.external.then_some(d.name.as_str());
+                let o = cell(old, s.old, d.old, external, protocol, port);
+                let n = cell(new, s.new, d.new, external, protocol, port);
                 let kind = match (o.verdict, n.verdict) {
                     (CellVerdict::Deny, CellVerdict::Deny) => continue,
                     (CellVerdict::Deny, _) => ChangeKind::NewlyAllowed,
@@ -543,9 +550,37 @@ pub fn diff(old: &Loaded, new: &Loaded) -> DiffReport {
     }
 }
 
-fn cell(l: &Loaded, from: Party, to: Party, protocol: Protocol, port: u16) -> CellState {
+/// A cell on one side. A destination that is an external name is looked up first, through
+/// kube-dns (and the DNS proxy if a DNS rule applies), as flows to names are: a lookup that
+/// is not answered denies the connection, and an answer the proxy saw makes the address's
+/// identity the one learned under the name (what toFQDNs selects).
+fn cell(
+    l: &Loaded,
+    from: Party,
+    to: Party,
+    external: Option<&str>,
+    protocol: Protocol,
+    port: u16,
+) -> CellState {
     let w = &l.world;
-    let d = w.decide(from, to, protocol, port, &L7Request::None, false);
+    let mut learned = false;
+    if let Some(name) = external
+        && let Some(lookup) = w.dns_query(from, name)
+    {
+        if lookup.verdict != Verdict::DnsOk {
+            return CellState {
+                verdict: CellVerdict::Deny,
+                l7: vec![],
+                policies: cell_policies(&lookup),
+                reason: format!(
+                    "the DNS lookup of {name} fails: {}",
+                    cell_reason(&lookup, l)
+                ),
+            };
+        }
+        learned = lookup.egress.proxy == Some(L7Parser::Dns);
+    }
+    let d = w.decide(from, to, protocol, port, &L7Request::None, learned);
     let (verdict, _) = classify(w, from, to, protocol, port, &d);
     let l7 = if verdict == CellVerdict::L7 {
         l7_rules(w, from, to, protocol, port)
