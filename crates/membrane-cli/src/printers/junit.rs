@@ -32,6 +32,8 @@ pub struct Case {
     pub file: String,
     pub line: u32,
     pub failure: Option<(String, String)>,
+    /// Not evaluated (membrane cannot evaluate the flow yet): why.
+    pub skipped: Option<String>,
 }
 
 pub struct Suite {
@@ -44,16 +46,26 @@ pub fn render(suites: &[Suite]) -> String {
     let failures: usize = suites
         .iter()
         .flat_map(|s| &s.cases)
-        .filter(|c| c.failure.is_some())
+        .filter(|c| c.failure.is_some() && c.skipped.is_none())
+        .count();
+    let skipped: usize = suites
+        .iter()
+        .flat_map(|s| &s.cases)
+        .filter(|c| c.skipped.is_some())
         .count();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     out.push_str(&format!(
-        "<testsuites name=\"membrane\" tests=\"{tests}\" failures=\"{failures}\">\n"
+        "<testsuites name=\"membrane\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\">\n"
     ));
     for s in suites {
-        let f = s.cases.iter().filter(|c| c.failure.is_some()).count();
+        let f = s
+            .cases
+            .iter()
+            .filter(|c| c.failure.is_some() && c.skipped.is_none())
+            .count();
+        let k = s.cases.iter().filter(|c| c.skipped.is_some()).count();
         out.push_str(&format!(
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{f}\">\n",
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{f}\" skipped=\"{k}\">\n",
             escape(&s.name),
             s.cases.len()
         ));
@@ -65,9 +77,13 @@ pub fn render(suites: &[Suite]) -> String {
                 escape(&c.file),
                 c.line
             ));
-            match &c.failure {
-                None => out.push_str("/>\n"),
-                Some((message, body)) => {
+            match (&c.failure, &c.skipped) {
+                (_, Some(why)) => out.push_str(&format!(
+                    ">\n      <skipped message=\"{}\"/>\n    </testcase>\n",
+                    escape(why)
+                )),
+                (None, None) => out.push_str("/>\n"),
+                (Some((message, body)), None) => {
                     out.push_str(&format!(
                         ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
                         escape(message),
@@ -111,6 +127,7 @@ pub fn test_suite(r: &TestFileReport) -> Suite {
                 classname: r.name.to_string(),
                 file: r.name.to_string(),
                 line: fr.flow.span.line,
+                skipped: fr.skipped().then(|| fr.problem.clone().unwrap_or_default()),
                 failure,
             }
         })
@@ -145,6 +162,7 @@ pub fn check(r: &CheckReport) -> String {
             file,
             line: e.flow.span.line,
             failure,
+            skipped: None,
         };
         match suites.last_mut() {
             Some(s) if s.name == e.test => s.cases.push(case),
@@ -180,6 +198,7 @@ mod tests {
                     file: "f.yaml".into(),
                     line: 3,
                     failure: None,
+                    skipped: None,
                 },
                 Case {
                     name: "a → b".into(),
@@ -187,10 +206,20 @@ mod tests {
                     file: "f.yaml".into(),
                     line: 4,
                     failure: Some(("expected allow, got deny".into(), "x < y".into())),
+                    skipped: None,
+                },
+                Case {
+                    name: "icmp".into(),
+                    classname: "s".into(),
+                    file: "f.yaml".into(),
+                    line: 5,
+                    failure: Some(("expected allow, got (not evaluated)".into(), String::new())),
+                    skipped: Some("not modelled".into()),
                 },
             ],
         }]);
-        assert!(xml.contains("tests=\"2\" failures=\"1\""));
+        assert!(xml.contains("tests=\"3\" failures=\"1\" skipped=\"1\""));
+        assert!(xml.contains("<skipped message=\"not modelled\"/>"));
         assert!(xml.contains("<testcase name=\"ok\" classname=\"s\" file=\"f.yaml\" line=\"3\"/>"));
         assert!(xml.contains("<failure message=\"expected allow, got deny\">x &lt; y</failure>"));
     }
