@@ -10,7 +10,8 @@ mod printers;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    agent, bench, capacity, check, explain, lab, lint, matrix, observe, snapshot, test, validate,
+    agent, bench, capacity, check, diff, explain, lab, lint, matrix, observe, snapshot, test,
+    validate,
 };
 use std::process::ExitCode;
 
@@ -35,6 +36,10 @@ enum Command {
     /// every expectation and explain the ones that do not hold. Exit 0 when all hold, 1 when
     /// some do not, 2 on unusable input.
     Check(check::CheckArgs),
+    /// The connectivity that changes between two policy sets (OLD and NEW: files,
+    /// directories, or a cluster as OLD): newly allowed, newly denied, L7 rules changed.
+    /// Exit 0 when nothing changes, 1 when something does, 2 on unusable input.
+    Diff(diff::DiffArgs),
     /// Explain one flow: both sides, the deciding rules with file:line, and why each side
     /// is enforced.
     Explain(explain::ExplainArgs),
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Check(args) => check::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Lint(args) => lint::run(args),
         Command::Matrix(args) => matrix::run(args),

@@ -587,6 +587,9 @@ impl Builder {
                     }
                 }
             }
+            if let Some(dns) = spec.get("dns") {
+                self.dns_answers(&mut d, dns);
+            }
             match spec.get("flows").and_then(Node::as_seq) {
                 Some(flows) => {
                     for f in flows {
@@ -608,6 +611,124 @@ impl Builder {
         }
         self.diagnostics
             .extend(d.diagnostics.into_iter().map(|x| (file, x)));
+    }
+
+    /// `spec.dns` of a ConnectivityTest: DNS answers as the DNS proxy would see them, a name
+    /// to its addresses (`api.example.com: [192.0.2.10]`) or to `{addresses, ttl}`. Flows to
+    /// the name look it up and connect to its first address, as flows of scenario files to
+    /// `external:` names do, so toFQDNs policies decide them.
+    fn dns_answers(&mut self, d: &mut Decoder, dns: &Node) {
+        const HELP: &str = "dns: {api.example.com: [192.0.2.10]} or {api.example.com: {addresses: [192.0.2.10], ttl: 300}}";
+        let Some(entries) = dns.as_map() else {
+            test_error(
+                d,
+                format!(
+                    "`dns` is a mapping of names to addresses, not a {}",
+                    dns.type_name()
+                ),
+                dns.span,
+                HELP,
+            );
+            return;
+        };
+        for (key, value) in entries {
+            let Some(name) = key.scalar_text().map(str::trim).filter(|n| !n.is_empty()) else {
+                test_error(d, "a DNS name is a non-empty string", key.span, HELP);
+                continue;
+            };
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Err(e) = membrane_policy::l7::dns_pattern::validate_match_name(&name) {
+                test_error(
+                    d,
+                    format!("`{name}` is not a DNS name: {e}"),
+                    key.span,
+                    HELP,
+                );
+                continue;
+            }
+            let addresses = match value.as_map() {
+                Some(fields) => {
+                    for (k, v) in fields {
+                        match k.scalar_text() {
+                            Some("addresses") => {}
+                            Some("ttl") => {
+                                if v.scalar_text()
+                                    .and_then(|t| t.parse::<u32>().ok())
+                                    .is_none()
+                                {
+                                    test_error(d, "`ttl` is a number of seconds", v.span, HELP);
+                                }
+                            }
+                            other => test_error(
+                                d,
+                                format!("unknown field `{}` of a DNS answer", other.unwrap_or("?")),
+                                k.span,
+                                "a DNS answer has `addresses` and an optional `ttl`",
+                            ),
+                        }
+                    }
+                    match value.get("addresses") {
+                        Some(a) => a,
+                        None => {
+                            test_error(
+                                d,
+                                format!("the DNS answer for `{name}` needs `addresses`"),
+                                value.span,
+                                HELP,
+                            );
+                            continue;
+                        }
+                    }
+                }
+                None => value,
+            };
+            let Some(list) = addresses.as_seq() else {
+                test_error(
+                    d,
+                    format!("the addresses of `{name}` are a list of IP addresses"),
+                    addresses.span,
+                    HELP,
+                );
+                continue;
+            };
+            let mut ips = Vec::new();
+            for a in list {
+                match a
+                    .scalar_text()
+                    .and_then(|t| t.trim().parse::<IpAddr>().ok())
+                {
+                    Some(ip) => ips.push(ip),
+                    None => test_error(
+                        d,
+                        format!(
+                            "`{}` is not an IP address (the answer for `{name}`)",
+                            a.scalar_text().unwrap_or("?")
+                        ),
+                        a.span,
+                        "an IPv4 or IPv6 address, e.g. 192.0.2.10",
+                    ),
+                }
+            }
+            if list.is_empty() {
+                test_error(
+                    d,
+                    format!("the DNS answer for `{name}` has no address"),
+                    addresses.span,
+                    HELP,
+                );
+                continue;
+            }
+            match self.external.iter_mut().find(|e| e.name == name) {
+                Some(e) => {
+                    for ip in ips {
+                        if !e.ips.contains(&ip) {
+                            e.ips.push(ip);
+                        }
+                    }
+                }
+                None => self.external.push(ExternalName { name, ips }),
+            }
+        }
     }
 
     /// Places pods on nodes and gives them addresses, deterministically.
@@ -807,6 +928,14 @@ impl Builder {
         }
         out
     }
+}
+
+/// The code of a ConnectivityTest's errors that make the test unusable (`check` exits 2).
+pub const TEST_ERROR: &str = "connectivity-test";
+
+fn test_error(d: &mut Decoder, message: impl Into<String>, span: Span, help: impl Into<String>) {
+    d.diagnostics
+        .push(Diagnostic::error(TEST_ERROR, message, Some(span)).with_help(help));
 }
 
 /// Whether a YAML text is a scenario file rather than manifests.
@@ -1065,5 +1194,81 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         pods_not_running: b.pods_not_running,
         index,
         as_written,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::Party;
+
+    fn loaded(spec: &str) -> Loaded {
+        load(vec![SourceFile {
+            name: "t.yaml".into(),
+            text: format!(
+                "apiVersion: membrane.dev/v1alpha1\nkind: ConnectivityTest\nmetadata: {{name: t}}\nspec:\n{spec}  flows: []\n"
+            ),
+        }])
+    }
+
+    fn errors(l: &Loaded) -> Vec<(u32, u32, String)> {
+        l.diagnostics
+            .iter()
+            .filter(|(_, d)| d.code == TEST_ERROR)
+            .map(|(_, d)| {
+                let s = d.span.unwrap_or_default();
+                (s.line, s.col, d.message.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dns_answers_become_external_names() {
+        let l = loaded(
+            "  dns:\n    API.Example.com.: [192.0.2.10]\n    b.example.com: {addresses: [192.0.2.20, '2001:db8::1'], ttl: 30}\n",
+        );
+        assert_eq!(errors(&l), []);
+        let ext: Vec<(String, usize)> = l
+            .world
+            .scenario
+            .external
+            .iter()
+            .map(|e| (e.name.clone(), e.ips.len()))
+            .collect();
+        assert_eq!(
+            ext,
+            [
+                ("api.example.com".to_string(), 1),
+                ("b.example.com".to_string(), 2)
+            ]
+        );
+        assert!(matches!(
+            l.world.party("api.example.com"),
+            Some(Party::World {
+                learned_as: Some(0),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_dns_answers_are_errors_at_their_place() {
+        let l = loaded(
+            "  dns:\n    a.example.com: [not-an-ip]\n    b.example.com: {ttl: 5}\n    c.example.com: {addresses: [192.0.2.1], tll: 5}\n    d.example.com: 192.0.2.1\n    e.example.com: []\n",
+        );
+        let got = errors(&l);
+        let lines: Vec<(u32, u32)> = got.iter().map(|(l, c, _)| (*l, *c)).collect();
+        assert_eq!(
+            lines,
+            [(6, 21), (7, 20), (8, 45), (9, 20), (10, 20)],
+            "{got:?}"
+        );
+        assert!(got[0].2.contains("`not-an-ip` is not an IP address"));
+        assert!(got[1].2.contains("needs `addresses`"));
+        assert!(got[2].2.contains("unknown field `tll`"));
+        assert!(got[3].2.contains("are a list of IP addresses"));
+        assert!(got[4].2.contains("has no address"));
+        let l = loaded("  dns: [a.example.com]\n");
+        assert_eq!(errors(&l).len(), 1);
     }
 }

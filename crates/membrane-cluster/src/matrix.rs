@@ -417,7 +417,7 @@ fn ports_in_play(world: &World, parties: &[MatrixParty]) -> Vec<MatrixPort> {
 
 /// What makes two parties' cells identical.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Class {
+pub enum Class {
     /// Same identity, same container ports (same resolved policy, same peer identity), and
     /// the same node when CIDR selectors may select the local node.
     Endpoint {
@@ -440,7 +440,8 @@ fn node_index(world: &World, p: Party) -> Option<usize> {
     }
 }
 
-fn classes(world: &World, parties: &[MatrixParty]) -> Vec<Class> {
+/// Per party, its class: parties of one class have identical rows and columns.
+pub fn classes(world: &World, parties: &[MatrixParty]) -> Vec<Class> {
     let mut signatures: HashMap<String, u32> = HashMap::new();
     parties
         .iter()
@@ -501,7 +502,8 @@ fn proxy_restricts(
     }
 }
 
-fn classify(
+/// A decision as a cell shows it: its verdict and finer kind.
+pub fn classify(
     world: &World,
     from: Party,
     to: Party,
@@ -539,12 +541,9 @@ fn classify(
     (CellVerdict::Allow, kind)
 }
 
-/// Builds the matrix. `progress(done, total)` is called as cells are filled.
-pub fn build(
-    loaded: &Loaded,
-    options: &MatrixOptions,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Matrix {
+/// The parties (world last) and the ports in play of a loaded cluster, and whether the
+/// synthesized kube-dns is among the parties (only when a policy names port 53).
+pub fn parties_and_ports(loaded: &Loaded) -> (Vec<MatrixParty>, Vec<MatrixPort>, bool) {
     let world = &loaded.world;
     let (mut parties, kube_dns) = parties(loaded);
     let mut ports = ports_in_play(world, &parties);
@@ -559,6 +558,72 @@ pub fn build(
             ports = ports_in_play(world, &parties);
         }
     }
+    (parties, ports, kube_dns_included)
+}
+
+/// The L7 rules the proxies of an allowed flow check, one text per rule (`http GET /api`,
+/// `dns *.example.com`, `tls sni api.example.com`), sorted, per side that restricts requests.
+pub fn l7_rules(
+    world: &World,
+    from: Party,
+    to: Party,
+    protocol: Protocol,
+    port: u16,
+) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for (subject, peer, direction) in [
+        (from, to, Direction::Egress),
+        (to, from, Direction::Ingress),
+    ] {
+        if !proxy_restricts(world, subject, peer, direction, protocol, port) {
+            continue;
+        }
+        let peer_id = world.identity_of(peer, node_index(world, subject), false);
+        let Some(policy) = world.policy(subject, direction) else {
+            continue;
+        };
+        let Some(hit) = policy.lookup(peer_id, protocol.number(), port) else {
+            continue;
+        };
+        for p in hit.value.l7().policies {
+            for h in p.http.iter().flatten() {
+                let part = |name: &str, r: &Option<membrane_policy::l7::go_regex::GoRegex>| {
+                    r.as_ref().map(|r| format!(" {name}={}", r.as_str()))
+                };
+                let mut t = format!("{direction} http");
+                t.extend(part("method", &h.method));
+                t.extend(part("path", &h.path));
+                t.extend(part("host", &h.host));
+                for (k, v) in &h.headers {
+                    match v {
+                        Some(v) => t.push_str(&format!(" header {k}={v}")),
+                        None => t.push_str(&format!(" header {k}")),
+                    }
+                }
+                out.insert(t);
+            }
+            for d in p.dns.iter().flatten() {
+                out.insert(format!("{direction} dns {}", d.source()));
+            }
+            for n in &p.server_names {
+                out.insert(format!("{direction} tls sni {n}"));
+            }
+            if let Some(o) = &p.other_parser {
+                out.insert(format!("{direction} {o}"));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Builds the matrix. `progress(done, total)` is called as cells are filled.
+pub fn build(
+    loaded: &Loaded,
+    options: &MatrixOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Matrix {
+    let world = &loaded.world;
+    let (parties, mut ports, kube_dns_included) = parties_and_ports(loaded);
     if !options.ports.is_empty() {
         ports.retain(|p| options.ports.contains(&(p.protocol, p.port)));
     }

@@ -2,17 +2,28 @@
 //! explained.
 
 use crate::input::{self, InputArgs, InputSource};
-use crate::printers::{self, Output, json, text};
+use crate::printers::{self, github, json, junit, text};
 use membrane_cluster::manifests::{Expectation, Loaded, load};
 use membrane_cluster::runner::{Evaluation, evaluate_flow};
 use membrane_policy::translate::Translated;
+
+/// `--output` of `check`.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum CheckOutput {
+    Text,
+    Json,
+    /// JUnit XML: one testcase per flow, failures with the explanation.
+    Junit,
+    /// GitHub Actions annotations: an error per expectation that does not hold.
+    Github,
+}
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub input: InputArgs,
     #[arg(long, value_enum, default_value = "text")]
-    pub output: Output,
+    pub output: CheckOutput,
     /// Follow the cluster (with --kubeconfig, --context or --cluster): check again after every
     /// change and print the report again whenever an expectation's outcome changes. Runs
     /// until interrupted.
@@ -54,7 +65,7 @@ pub fn run(args: CheckArgs) -> u8 {
 type Outcomes = Vec<(String, bool)>;
 
 /// Checks and prints one loaded input: the exit code and each expectation's outcome.
-fn check(loaded: &Loaded, output: Output) -> (u8, Outcomes) {
+fn check(loaded: &Loaded, output: CheckOutput) -> (u8, Outcomes) {
     match evaluate(loaded) {
         Some(results) => {
             let outcomes = outcomes(&results);
@@ -66,8 +77,11 @@ fn check(loaded: &Loaded, output: Output) -> (u8, Outcomes) {
 
 /// Every expectation's evaluation; None (after printing why) for input that is not YAML.
 fn evaluate(loaded: &Loaded) -> Option<Vec<(&Expectation, Result<Evaluation, String>)>> {
-    if loaded.diagnostics.iter().any(|(_, d)| d.code == "yaml") {
-        for (f, d) in loaded.diagnostics.iter().filter(|(_, d)| d.code == "yaml") {
+    // Input that is not YAML, and ConnectivityTest entries that cannot be read (a DNS
+    // answer that is not an address): nothing sensible can be checked.
+    let fatal = |code: &str| code == "yaml" || code == membrane_cluster::manifests::TEST_ERROR;
+    if loaded.diagnostics.iter().any(|(_, d)| fatal(d.code)) {
+        for (f, d) in loaded.diagnostics.iter().filter(|(_, d)| fatal(d.code)) {
             eprint!(
                 "{}",
                 printers::render_diagnostic(
@@ -104,7 +118,7 @@ fn outcomes(results: &[(&Expectation, Result<Evaluation, String>)]) -> Outcomes 
 fn print<'a>(
     loaded: &'a Loaded,
     results: Vec<(&'a Expectation, Result<Evaluation, String>)>,
-    output: Output,
+    output: CheckOutput,
 ) -> u8 {
     let held = results
         .iter()
@@ -124,8 +138,10 @@ fn print<'a>(
             .collect(),
     };
     match output {
-        Output::Json => println!("{}", json::check(&report)),
-        Output::Text => text::check(&mut std::io::stdout().lock(), &report),
+        CheckOutput::Json => println!("{}", json::check(&report)),
+        CheckOutput::Text => text::check(&mut std::io::stdout().lock(), &report),
+        CheckOutput::Junit => print!("{}", junit::check(&report)),
+        CheckOutput::Github => print!("{}", github::check(&report)),
     }
     u8::from(report.held != report.total)
 }
@@ -164,7 +180,7 @@ fn watch(args: &CheckArgs) -> u8 {
         if last.as_ref() != Some(&outcomes) {
             if last.is_some() {
                 changes += 1;
-                if args.output == Output::Text {
+                if args.output == CheckOutput::Text {
                     println!("\n== the cluster changed ({changes}): checked again ==");
                 }
             }

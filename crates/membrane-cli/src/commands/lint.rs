@@ -5,7 +5,7 @@
 //! unusable (no files, unreadable, invalid YAML).
 
 use crate::input::InputArgs;
-use crate::printers::{self, json, sarif, text};
+use crate::printers::{self, github, json, sarif, text};
 use membrane_cluster::lint;
 use membrane_policy::Severity;
 use std::io::Write;
@@ -15,6 +15,8 @@ pub enum LintOutput {
     Text,
     Json,
     Sarif,
+    /// GitHub Actions annotations (`::warning file=F,line=L,col=C::message`).
+    Github,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +63,7 @@ pub fn run(args: LintArgs) -> u8 {
         LintOutput::Text => text::lint(&loaded, &findings),
         LintOutput::Json => printers::pretty_line(&json::lint(&loaded, &findings)),
         LintOutput::Sarif => printers::pretty_line(&sarif::lint(&loaded, &findings)),
+        LintOutput::Github => github::lint(&loaded, &findings),
     };
     let mut out = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error worth reporting.

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bench;
 pub mod capacity;
 pub mod check;
+pub mod diff;
 pub mod explain;
 pub mod lab;
 pub mod lab_cluster;

@@ -1,11 +1,20 @@
 //! `membrane test`: run scenario files, every flow's verdict against its expectation.
 
 use crate::input::read_path;
-use crate::printers::{self, Output, json, text};
+use crate::printers::{self, json, junit, text};
 use membrane_cluster::runner::{ScenarioResult, run_scenario};
 use membrane_cluster::scenario::parse_scenario;
 use membrane_cluster::world::World;
 use std::path::PathBuf;
+
+/// `--output` of `test`.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum TestOutput {
+    Text,
+    Json,
+    /// JUnit XML: a testsuite per file, a testcase per flow, failures with the explanation.
+    Junit,
+}
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -13,7 +22,7 @@ pub struct TestArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
-    pub output: Output,
+    pub output: TestOutput,
     /// Print every flow, not only failures.
     #[arg(long, short)]
     pub verbose: bool,
@@ -42,6 +51,7 @@ pub fn run(args: TestArgs) -> u8 {
     let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
     let mut had_error = false;
     let mut json_files = Vec::new();
+    let mut junit_suites = Vec::new();
     let mut out = std::io::stdout().lock();
     for path in &paths {
         let name = path.display().to_string();
@@ -82,8 +92,9 @@ pub fn run(args: TestArgs) -> u8 {
             skipped: s,
         };
         match output {
-            Output::Json => json_files.push(json::test_file(&report)),
-            Output::Text => text::test_file(&mut out, &report, verbose),
+            TestOutput::Json => json_files.push(json::test_file(&report)),
+            TestOutput::Text => text::test_file(&mut out, &report, verbose),
+            TestOutput::Junit => junit_suites.push(junit::test_suite(&report)),
         }
         // The process ends after the last file: leave its world (tens of thousands of
         // allocations on a big cluster) to the operating system instead of freeing it.
@@ -93,8 +104,12 @@ pub fn run(args: TestArgs) -> u8 {
         }
     }
     match output {
-        Output::Json => json::test_summary(&mut out, json_files, passed, failed, skipped),
-        Output::Text => text::test_summary(&mut out, passed, failed, skipped),
+        TestOutput::Json => json::test_summary(&mut out, json_files, passed, failed, skipped),
+        TestOutput::Text => text::test_summary(&mut out, passed, failed, skipped),
+        TestOutput::Junit => {
+            use std::io::Write;
+            let _ = out.write_all(junit::render(&junit_suites).as_bytes());
+        }
     }
     if had_error { 2 } else { u8::from(failed > 0) }
 }

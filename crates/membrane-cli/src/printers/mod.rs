@@ -3,9 +3,12 @@
 //! texts, wrapping, colours) is here, once.
 
 pub mod csv;
+pub mod diff;
 pub mod dot;
+pub mod github;
 pub mod html;
 pub mod json;
+pub mod junit;
 pub mod markdown;
 pub mod sarif;
 pub mod text;
