@@ -10,7 +10,7 @@ mod printers;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    agent, bench, check, explain, lab, lint, matrix, observe, snapshot, test, validate,
+    agent, bench, check, explain, lab, lint, matrix, observe, replay, snapshot, test, validate,
 };
 use std::process::ExitCode;
 
@@ -51,6 +51,10 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Follow the flow events an agent serves (drops, in Hubble's `observe -o json` shape).
     Observe(observe::ObserveArgs),
+    /// Replay recorded Hubble flows (`hubble observe -o json` or `-o jsonpb`) against
+    /// policies: verdicts that change, rule hit counts, unused rules. Exit 0 when no verdict
+    /// changes, 1 when some do, 2 on unusable input.
+    Replay(replay::ReplayArgs),
     /// Real enforcement in network namespaces with nftables (root only).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => snapshot::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Observe(args) => observe::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Bench(args) => bench::run(args),
     };

@@ -9,6 +9,7 @@ pub mod lab;
 pub mod lint;
 pub mod matrix;
 pub mod observe;
+pub mod replay;
 pub mod snapshot;
 pub mod test;
 pub mod validate;
