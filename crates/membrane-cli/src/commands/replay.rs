@@ -143,7 +143,7 @@ pub fn run(args: ReplayArgs) -> u8 {
     bar.finish_and_clear();
     let unusable = replay.stats.flows == 0;
     if json {
-        let _ = writeln!(out, "\n], {}}}", tail_json(&replay).trim_start_matches('{'));
+        let _ = writeln!(out, "\n], {}", tail_json(&replay).trim_start_matches('{'));
     } else {
         text_report(&mut out, &args, &replay);
     }
