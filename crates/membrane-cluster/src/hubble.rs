@@ -314,6 +314,7 @@ fn split_url(url: &str) -> (String, String) {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 
