@@ -663,3 +663,148 @@ fn describe(flow: &HubbleFlow, protocol: Protocol, port: u16) -> String {
     }
     s
 }
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::hubble::{Record, parse_line};
+    use crate::manifests::{SourceFile, load};
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: shop, labels: {app: db}}
+spec:
+  containers: [{name: db, image: db, ports: [{name: pg, containerPort: 5432}]}]
+status: {phase: Running, podIP: 10.9.0.5}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api}}]
+    toPorts: [{ports: [{port: pg, protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  egress:
+  - toFQDNs: [{matchName: pay.example.com}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - toEndpoints: [{matchLabels: {app: db}}]
+"#;
+
+    fn replay() -> Replay {
+        Replay::new(load(vec![SourceFile {
+            name: "m.yaml".into(),
+            text: MANIFESTS.into(),
+        }]))
+    }
+
+    fn flow(line: &str) -> HubbleFlow {
+        match parse_line(line) {
+            Ok(Some(Record::Flow(f))) => *f,
+            other => panic!("not a flow: {other:?}"),
+        }
+    }
+
+    const API: &str = r#""labels":["k8s:app=api","k8s:io.kubernetes.pod.namespace=shop"],"namespace":"shop","pod_name":"api-1""#;
+
+    fn verdict(r: &mut Replay, line: &str) -> (&'static str, bool) {
+        match r.flow(1, &flow(line)) {
+            LineOutcome::Decided {
+                decided, changed, ..
+            } => (decided.verdict(), changed),
+            other => panic!("not decided: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pods_from_labels_and_manifest_addresses() {
+        let mut r = replay();
+        // The destination is known by its address only: the manifest pod, whose named
+        // port `pg` is 5432.
+        let line = format!(
+            r#"{{"verdict":"FORWARDED","IP":{{"source":"10.9.1.1","destination":"10.9.0.5"}},"l4":{{"TCP":{{"destination_port":5432}}}},"source":{{{API}}},"destination":{{}}}}"#
+        );
+        assert_eq!(verdict(&mut r, &line), ("allow", false));
+        // Another pod of the same labels is the same identity: one endpoint, one decision.
+        let again = line
+            .replace("api-1", "api-2")
+            .replace("10.9.1.1", "10.9.1.2");
+        assert_eq!(verdict(&mut r, &again), ("allow", false));
+        assert_eq!(r.pods.len(), 1);
+        assert_eq!(r.cache.len(), 1);
+        // Another port is dropped now: a change.
+        let other = line.replace("5432", "5433");
+        assert_eq!(verdict(&mut r, &other), ("deny", true));
+        assert_eq!(r.stats.newly_dropped, 1);
+        // api egress[1] allowed all three (its egress passes); db ingress[0] the first two.
+        let hits = |name: &str| r.rules.iter().find(|x| x.rule == name).map(|x| x.hits);
+        assert_eq!(hits("CNP shop/api egress[1]"), Some(3));
+        assert_eq!(hits("CNP shop/db ingress[0]"), Some(2));
+        assert_eq!(r.unused_rules().count(), 1);
+    }
+
+    #[test]
+    fn world_names_learned_from_dns_answers() {
+        let mut r = replay();
+        let to_pay = format!(
+            r#"{{"verdict":"DROPPED","drop_reason_desc":"POLICY_DENIED","IP":{{"source":"10.9.1.1","destination":"198.51.100.9"}},"l4":{{"TCP":{{"destination_port":443}}}},"source":{{{API}}},"destination":{{"labels":["reserved:world"]}},"destination_names":["pay.example.com"]}}"#
+        );
+        assert_eq!(verdict(&mut r, &to_pay), ("allow", true));
+        assert_eq!(r.stats.newly_allowed, 1);
+        // Without the name, the address is only world: denied, as recorded.
+        let anonymous = to_pay.replace(r#","destination_names":["pay.example.com"]"#, "");
+        let anonymous = anonymous.replace("198.51.100.9", "198.51.100.10");
+        assert_eq!(verdict(&mut r, &anonymous), ("deny", false));
+    }
+
+    #[test]
+    fn replies_and_undecidable_flows() {
+        let mut r = replay();
+        let reply = format!(
+            r#"{{"verdict":"FORWARDED","is_reply":true,"l4":{{"TCP":{{"destination_port":40000}}}},"source":{{}},"destination":{{{API}}}}}"#
+        );
+        assert!(matches!(r.flow(1, &flow(&reply)), LineOutcome::Reply));
+        let no_l4 = format!(r#"{{"verdict":"FORWARDED","source":{{{API}}},"destination":{{}}}}"#);
+        assert!(matches!(
+            r.flow(2, &flow(&no_l4)),
+            LineOutcome::Undecidable(w) if w.contains("l4")
+        ));
+        assert_eq!(r.stats.replies, 1);
+        assert_eq!(r.stats.undecidable, 1);
+        assert_eq!(
+            r.stats.problems,
+            vec![(2, "no layer 4 (l4) section".into())]
+        );
+    }
+
+    #[test]
+    fn recorded_verdicts() {
+        let f = |v: &str, reason: &str| {
+            flow(&format!(
+                r#"{{"verdict":"{v}","drop_reason_desc":"{reason}","source":{{}}}}"#
+            ))
+        };
+        assert_eq!(recorded_allows(&f("FORWARDED", "")), Some(true));
+        assert_eq!(recorded_allows(&f("REDIRECTED", "")), Some(true));
+        assert_eq!(recorded_allows(&f("AUDIT", "")), Some(false));
+        assert_eq!(recorded_allows(&f("DROPPED", "POLICY_DENIED")), Some(false));
+        assert_eq!(recorded_allows(&f("DROPPED", "POLICY_DENY")), Some(false));
+        assert_eq!(
+            recorded_allows(&f("DROPPED", "CT_MAP_INSERTION_FAILED")),
+            None
+        );
+        assert_eq!(recorded_allows(&f("ERROR", "")), None);
+    }
+}
