@@ -190,6 +190,7 @@ fn tail_json(replay: &Replay) -> String {
     let s = &replay.stats;
     let rule = |r: &membrane_cluster::replay::RuleHits| json!({"rule": r.rule, "policy": r.policy, "file": r.file, "line": r.line, "hits": r.hits});
     json!({
+        "schema": membrane_cluster::decision_json::SCHEMA,
         "rules": replay.rules.iter().map(rule).collect::<Vec<_>>(),
         "policies": replay.policies.iter().map(|p| json!({"policy": p.policy, "hits": p.hits})).collect::<Vec<_>>(),
         "unused_rules": replay.unused_rules().map(|r| r.rule.clone()).collect::<Vec<_>>(),
