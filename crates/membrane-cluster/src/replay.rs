@@ -495,8 +495,8 @@ impl Replay {
             return Ok((state.address_party(ip), false));
         }
         if self.worlds.insert(ip) {
+            // A new address's own identity: decisions about other parties keep theirs.
             self.loaded.world.engine.add_world_address(ip);
-            self.cache.clear();
         }
         let learned_as = if destination {
             ep.names.iter().find_map(|n| {

@@ -25,6 +25,9 @@ pub struct ReplayArgs {
     pub output: Output,
 }
 
+/// How many kinds of changed flows (flow shape and recorded verdict) the text report shows.
+const SHOWN_GROUPS: usize = 200;
+
 /// How often (in lines) the progress bar moves.
 const PROGRESS_EVERY: u64 = 4096;
 
@@ -261,7 +264,7 @@ fn text_report(out: &mut impl Write, args: &ReplayArgs, replay: &Replay) {
     }
     if !replay.changed_groups.is_empty() {
         let _ = writeln!(out, "\nchanged flows");
-        for g in &replay.changed_groups {
+        for g in replay.changed_groups.iter().take(SHOWN_GROUPS) {
             let more = if g.count > 1 {
                 format!(" (and {} more like it)", g.count - 1)
             } else {
@@ -281,6 +284,13 @@ fn text_report(out: &mut impl Write, args: &ReplayArgs, replay: &Replay) {
                 let _ = writeln!(out, "      {l}");
             }
         }
+    }
+    if replay.changed_groups.len() > SHOWN_GROUPS {
+        let _ = writeln!(
+            out,
+            "  ... and {} more kinds of changed flows (`--output json` lists every flow)",
+            replay.changed_groups.len() - SHOWN_GROUPS
+        );
     }
     let _ = writeln!(out, "\npolicy hits");
     for p in &replay.policies {
