@@ -10,8 +10,8 @@ mod printers;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    agent, bench, capacity, check, diff, explain, lab, lint, matrix, observe, snapshot, test,
-    validate,
+    agent, bench, capacity, check, diff, explain, lab, lint, matrix, observe, replay, snapshot,
+    test, validate,
 };
 use std::process::ExitCode;
 
@@ -56,6 +56,10 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Follow the flow events an agent serves (drops, in Hubble's `observe -o json` shape).
     Observe(observe::ObserveArgs),
+    /// Replay recorded Hubble flows (`hubble observe -o json` or `-o jsonpb`) against
+    /// policies: verdicts that change, rule hit counts, unused rules. Exit 0 when no verdict
+    /// changes, 1 when some do, 2 on unusable input.
+    Replay(replay::ReplayArgs),
     /// Real enforcement in network namespaces with nftables (root only).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => snapshot::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Observe(args) => observe::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Capacity(args) => capacity::run(args),
         Command::Bench(args) => bench::run(args),

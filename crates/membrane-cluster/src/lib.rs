@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod decision_json;
+pub mod hubble;
 pub mod lint;
 pub mod live;
 pub mod manifests;
 pub mod matrix;
+pub mod replay;
 pub mod runner;
 pub mod scenario;
 pub mod world;

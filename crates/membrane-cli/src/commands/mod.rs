@@ -12,6 +12,7 @@ pub mod lab_cluster;
 pub mod lint;
 pub mod matrix;
 pub mod observe;
+pub mod replay;
 pub mod snapshot;
 pub mod test;
 pub mod validate;
