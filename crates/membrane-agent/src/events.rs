@@ -112,8 +112,20 @@ pub fn serve(
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut tcpdump = Command::new("tcpdump")
-        .args(["-i", "nflog:1", "-U", "-w", "-"])
+    // Killed with the agent, even by SIGKILL (the kernel's parent-death signal, set by
+    // util-linux's setpriv before it executes tcpdump); without setpriv it still ends at its
+    // next write into the closed pipe.
+    let mut command = if Command::new("setpriv").arg("--version").output().is_ok() {
+        let mut c = Command::new("setpriv");
+        c.args(["--pdeathsig", "KILL", "--", "tcpdump"]);
+        c
+    } else {
+        Command::new("tcpdump")
+    };
+    let mut tcpdump = command
+        // `-Z root`: tcpdump keeps its user, because a change of credentials would clear
+        // the parent-death signal.
+        .args(["-i", "nflog:1", "-U", "-Z", "root", "-w", "-"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
