@@ -192,3 +192,17 @@ fn the_daemonset_runs_this_binarys_agent_with_what_nftables_needs() {
                 == Some("spec.nodeName")
     }));
 }
+
+/// The image carries every program the agent runs: `nft` (the datapath), `ip` (the proxies'
+/// routing rule) and `tcpdump` (flow events).
+#[test]
+fn the_image_has_the_programs_the_agent_runs() {
+    let containerfile = std::fs::read_to_string(deploy().join("Containerfile")).unwrap();
+    let install = containerfile
+        .lines()
+        .rfind(|l| l.contains("apt-get install"))
+        .unwrap();
+    for package in ["nftables", "iproute2", "tcpdump"] {
+        assert!(install.contains(package), "{package} missing: {install}");
+    }
+}
