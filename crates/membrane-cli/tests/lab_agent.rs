@@ -67,6 +67,14 @@ fn lab_run(agent: bool, files: &[String]) -> (Vec<(String, u64, String)>, Value)
             f["error"].as_str().unwrap_or_default()
         );
         for flow in f["flows"].as_array().unwrap() {
+            if flow["passed"] == false && flow["skipped"] != true {
+                eprintln!(
+                    "{} line {}: {}",
+                    f["file"].as_str().unwrap_or_default(),
+                    flow["line"],
+                    flow["problem"]
+                );
+            }
             verdicts.push((
                 f["file"].as_str().unwrap().to_string(),
                 flow["line"].as_u64().unwrap(),

@@ -258,6 +258,10 @@ impl Lab {
                 "json".into(),
                 "--ready-file".into(),
                 self.agent_ready(i).display().to_string(),
+                // The lab probes a name right after resolving it, on a loaded machine: hold
+                // answers until what they taught is enforced (the bound, not the usual wait).
+                "--tofqdns-proxy-response-max-delay-ms".into(),
+                "2000".into(),
             ];
             args.extend_from_slice(extra);
             let ns = self.netns(NsRef::Node(i));
