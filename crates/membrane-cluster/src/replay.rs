@@ -469,6 +469,15 @@ impl Replay {
     fn party(&mut self, ep: &FlowEndpoint, destination: bool) -> Result<(Party, bool), String> {
         let reserved: Vec<&str> = ep.reserved().collect();
         if let Some(entity) = ENTITIES.iter().find(|e| reserved.contains(e)) {
+            // The address of a node with the host's identity is that node: its host
+            // firewall decides, toCIDR selects its address, and it is `host` on its own node
+            // and `remote-node` elsewhere, whichever node Hubble observed the flow on.
+            if matches!(*entity, "host" | "remote-node")
+                && let Some(ip) = ep.ip
+                && let node @ Party::Node { .. } = self.loaded.world.engine.state().address_party(ip)
+            {
+                return Ok((node, false));
+            }
             return Ok((self.entity(entity), false));
         }
         let is_world = reserved
