@@ -30,6 +30,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use membrane_cluster::scenario::{FlowSpec, Scenario, parse_scenario};
+use membrane_policy::verdict::HttpRequest;
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ fn repo_root() -> PathBuf {
 }
 
 /// The most flows the suite may exclude (they are printed with their reasons).
-const MAX_EXCLUDED: usize = 110;
+const MAX_EXCLUDED: usize = 12;
 
 /// One side of a flow as Hubble records it.
 struct Side {
@@ -100,7 +101,10 @@ fn side(sc: &Scenario, name: &str, observer: Option<&str>) -> Option<Side> {
             .map(|(k, v)| format!("k8s:{k}={v}"))
             .collect();
         labels.push(format!("k8s:io.kubernetes.pod.namespace={}", e.namespace));
-        labels.push(format!("k8s:io.cilium.k8s.policy.cluster={}", sc.cluster_name));
+        labels.push(format!(
+            "k8s:io.cilium.k8s.policy.cluster={}",
+            sc.cluster_name
+        ));
         let sa = if e.service_account.is_empty() {
             "default"
         } else {
@@ -138,7 +142,10 @@ fn kube_dns(sc: &Scenario) -> Option<&str> {
     sc.endpoints
         .iter()
         .find(|e| {
-            e.labels.iter().any(|(k, v)| k == "k8s-app" && v == "kube-dns") || e.name == "kube-dns"
+            e.labels
+                .iter()
+                .any(|(k, v)| k == "k8s-app" && v == "kube-dns")
+                || e.name == "kube-dns"
         })
         .map(|e| e.name.as_str())
 }
@@ -168,7 +175,9 @@ fn line(from: &Side, to: &Side, l4: Value, l7: Option<Value>, names: &[&str]) ->
 }
 
 /// The DNS request `from` sends to kube-dns for `name`.
-fn dns_line(sc: &Scenario, from: &str, name: &str) -> Result<String, String> {
+/// The DNS request `from` sends to kube-dns for `name`: with its query when the DNS proxy
+/// saw it (`proxied`), as a bare UDP/53 flow otherwise.
+fn dns_line(sc: &Scenario, from: &str, name: &str, proxied: bool) -> Result<String, String> {
     let dns = kube_dns(sc).ok_or("no kube-dns endpoint")?;
     let src = side(sc, from, node_of(sc, dns).as_deref()).ok_or("unknown source")?;
     let dst = side(sc, dns, node_of(sc, from).as_deref()).ok_or("kube-dns")?;
@@ -176,14 +185,21 @@ fn dns_line(sc: &Scenario, from: &str, name: &str) -> Result<String, String> {
         &src,
         &dst,
         json!({"UDP": {"source_port": 40000, "destination_port": 53}}),
-        Some(json!({"type": "REQUEST", "dns": {"query": format!("{name}."), "qtypes": ["A"]}})),
+        proxied.then(
+            || json!({"type": "REQUEST", "dns": {"query": format!("{name}."), "qtypes": ["A"]}}),
+        ),
         &[],
     ))
 }
 
 /// The connection of a flow (`names`: the destination's DNS names, when the proxy learned
 /// them).
-fn connection_line(sc: &Scenario, f: &FlowSpec, to_name: &str, names: &[&str]) -> Result<String, String> {
+fn connection_line(
+    sc: &Scenario,
+    f: &FlowSpec,
+    to_name: &str,
+    names: &[&str],
+) -> Result<String, String> {
     let src = side(sc, &f.from, node_of(sc, to_name).as_deref()).ok_or("unknown source")?;
     let dst = side(sc, to_name, node_of(sc, &f.from).as_deref()).ok_or("unknown destination")?;
     let protocol = f.protocol.as_deref().unwrap_or("TCP").to_ascii_uppercase();
@@ -202,7 +218,28 @@ fn connection_line(sc: &Scenario, f: &FlowSpec, to_name: &str, names: &[&str]) -
         }
         other => return Err(format!("protocol {other}")),
     };
-    let l7 = f.http.as_ref().map(|h| {
+    // TLS the proxy intercepts: Hubble records the HTTP request inside, as `https://SNI/..`;
+    // other TLS is layer 4 to Hubble.
+    let intercepted = f.tls.as_ref().filter(|t| t.intercept).map(|t| {
+        let mut h = f.http.clone().unwrap_or_else(|| HttpRequest {
+            method: "GET".into(),
+            path: t.path.clone().unwrap_or_else(|| "/".into()),
+            host: String::new(),
+            headers: vec![],
+        });
+        h.host = t.sni.clone();
+        h
+    });
+    let http = match &f.tls {
+        Some(_) => intercepted.as_ref(),
+        None => f.http.as_ref(),
+    };
+    let scheme = if intercepted.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let l7 = http.map(|h| {
         let host = if !h.host.is_empty() {
             h.host.clone()
         } else if sc.external.iter().any(|x| x.name == to_name) {
@@ -210,7 +247,7 @@ fn connection_line(sc: &Scenario, f: &FlowSpec, to_name: &str, names: &[&str]) -
         } else {
             dst.ip.to_string()
         };
-        let url = format!("http://{host}:{}{}", f.port.unwrap_or(80), h.path);
+        let url = format!("{scheme}://{host}:{}{}", f.port.unwrap_or(80), h.path);
         let headers: Vec<Value> = h
             .headers
             .iter()
@@ -227,7 +264,10 @@ enum Plan {
     /// The flow's own line (0-based index into the lines).
     Single(usize),
     /// A lookup, then (if answered) a connection.
-    Lookup { lookup: usize, connection: usize },
+    Lookup {
+        lookup: usize,
+        connection: usize,
+    },
 }
 
 /// Runs `membrane replay --output json` on `lines` against `scenario`: the verdict of each
@@ -273,8 +313,11 @@ fn expected(f: &FlowSpec) -> &'static str {
 }
 
 fn excluded(f: &FlowSpec) -> Option<String> {
-    if f.tls.is_some() {
-        return Some("TLS: Hubble records no SNI".into());
+    if f.tls.is_some() && f.expect.as_str() == "tls-denied" {
+        return Some(
+            "the proxy aborted the TLS handshake: Hubble records neither the SNI nor a request"
+                .into(),
+        );
     }
     None
 }
@@ -297,47 +340,51 @@ fn every_conformance_flow_replays_with_its_expected_verdict() {
         let sc = parse_scenario(&text).unwrap_or_else(|e| panic!("{rel}: {e:?}"));
         // First the lookups of external names: whether the DNS proxy saw them decides
         // whether Hubble names the connection's destination.
-        let lookups: Vec<Option<String>> = sc
+        // The name each flow looks up first: a DNS flow's query, an external destination.
+        let lookups: Vec<Option<&str>> = sc
             .flows
             .iter()
             .map(|f| {
-                let to = f.to.as_deref()?;
-                if excluded(f).is_some() || f.dns.is_some() {
+                if excluded(f).is_some() {
                     return None;
                 }
-                sc.external
-                    .iter()
-                    .any(|x| x.name == to)
-                    .then(|| dns_line(&sc, &f.from, to).ok())
-                    .flatten()
+                if let Some(q) = &f.dns {
+                    return Some(q.as_str());
+                }
+                let to = f.to.as_deref()?;
+                sc.external.iter().any(|x| x.name == to).then_some(to)
             })
             .collect();
-        let lookup_lines: Vec<String> = lookups.iter().flatten().cloned().collect();
-        let proxied: Vec<bool> = if lookup_lines.is_empty() {
+        // Whether the DNS proxy sees each lookup decides what Hubble records of it (the
+        // query, or UDP/53 only) and whether it names the connection's destination.
+        let probes: Vec<String> = sc
+            .flows
+            .iter()
+            .zip(&lookups)
+            .filter_map(|(f, q)| dns_line(&sc, &f.from, (*q)?, true).ok())
+            .collect();
+        let proxied: Vec<bool> = if probes.is_empty() {
             vec![]
         } else {
-            replay(path, &lookup_lines).into_iter().map(|r| r.1).collect()
+            replay(path, &probes).into_iter().map(|r| r.1).collect()
         };
         let mut proxied = proxied.into_iter();
         let mut lines: Vec<String> = Vec::new();
         let mut plans: Vec<Plan> = Vec::new();
-        for (i, f) in sc.flows.iter().enumerate() {
+        for (f, lookup) in sc.flows.iter().zip(&lookups) {
             let plan = (|| -> Result<Plan, String> {
                 if let Some(why) = excluded(f) {
                     return Ok(Plan::Excluded(why));
                 }
+                let seen = lookup.is_some() && proxied.next().unwrap_or(false);
                 if let Some(q) = &f.dns {
-                    lines.push(dns_line(&sc, &f.from, q)?);
+                    lines.push(dns_line(&sc, &f.from, q, seen)?);
                     return Ok(Plan::Single(lines.len() - 1));
                 }
                 let to = f.to.as_deref().ok_or("no destination")?;
-                if let Some(lookup) = &lookups[i] {
-                    let names: &[&str] = if proxied.next().unwrap_or(false) {
-                        &[to]
-                    } else {
-                        &[]
-                    };
-                    lines.push(lookup.clone());
+                if lookup.is_some() {
+                    let names: &[&str] = if seen { &[to] } else { &[] };
+                    lines.push(dns_line(&sc, &f.from, to, seen)?);
                     lines.push(connection_line(&sc, f, to, names)?);
                     return Ok(Plan::Lookup {
                         lookup: lines.len() - 2,
@@ -357,8 +404,7 @@ fn every_conformance_flow_replays_with_its_expected_verdict() {
         };
         let verdict = |i: usize| -> String {
             let (v, _, skipped) = &results[i];
-            v.clone()
-                .unwrap_or_else(|| format!("skipped ({skipped})"))
+            v.clone().unwrap_or_else(|| format!("skipped ({skipped})"))
         };
         for (i, (f, plan)) in sc.flows.iter().zip(&plans).enumerate() {
             total += 1;

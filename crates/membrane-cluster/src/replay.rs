@@ -474,7 +474,8 @@ impl Replay {
             // and `remote-node` elsewhere, whichever node Hubble observed the flow on.
             if matches!(*entity, "host" | "remote-node")
                 && let Some(ip) = ep.ip
-                && let node @ Party::Node { .. } = self.loaded.world.engine.state().address_party(ip)
+                && let node @ Party::Node { .. } =
+                    self.loaded.world.engine.state().address_party(ip)
             {
                 return Ok((node, false));
             }
@@ -796,6 +797,55 @@ spec:
             r.stats.problems,
             vec![(2, "no layer 4 (l4) section".into())]
         );
+    }
+
+    /// A scenario file as replay's input: nodes, policy-cidr-match-mode=nodes, a client
+    /// whose egress allows the nodes' CIDR.
+    const NODES: &str = r#"
+name: nodes
+requires: [cidr-match-nodes]
+nodes:
+  - {name: node1, ip: 172.18.0.2, cilium: true}
+  - {name: node2, ip: 172.18.0.3, cilium: true}
+endpoints:
+  - {name: client, namespace: ns, node: node1, ip: 10.244.1.10, labels: {kind: client}}
+policies: |
+  apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: to-nodes, namespace: ns}
+  spec:
+    podSelector: {matchLabels: {kind: client}}
+    egress:
+    - to: [{ipBlock: {cidr: 172.18.0.0/24}}]
+flows: []
+"#;
+
+    #[test]
+    fn node_addresses_are_their_nodes() {
+        let mut r = Replay::new(load(vec![SourceFile {
+            name: "nodes.yaml".into(),
+            text: NODES.into(),
+        }]));
+        let to = |labels: &str, ip: &str| {
+            format!(
+                r#"{{"verdict":"FORWARDED","IP":{{"source":"10.244.1.10","destination":"{ip}"}},"l4":{{"ICMPv4":{{"type":8}}}},"source":{{"labels":["k8s:kind=client","k8s:io.kubernetes.pod.namespace=ns"],"namespace":"ns","pod_name":"client"}},"destination":{{"labels":["{labels}"]}}}}"#
+            )
+        };
+        // Hubble names the other node `remote-node` and the own node `host`: both are the
+        // node of that address, whose address the ipBlock selects (with
+        // policy-cidr-match-mode=nodes), not an address-less entity.
+        assert_eq!(
+            verdict(&mut r, &to("reserved:remote-node", "172.18.0.3")),
+            ("allow", false)
+        );
+        assert_eq!(
+            verdict(&mut r, &to("reserved:host", "172.18.0.2")),
+            ("allow", false)
+        );
+        // Without an address, the entity: no CIDR selects it.
+        let bare =
+            to("reserved:remote-node", "172.18.0.3").replace(r#","destination":"172.18.0.3""#, "");
+        assert_eq!(verdict(&mut r, &bare), ("deny", true));
     }
 
     #[test]
