@@ -4,7 +4,8 @@
 //! labels (`k8s:app=x`, `k8s:io.kubernetes.pod.namespace=ns`) becomes a pod of that label
 //! set (one engine endpoint per distinct label set, so one identity, as in Cilium); a
 //! reserved label (`reserved:host`, `reserved:remote-node`, `reserved:kube-apiserver`,
-//! `reserved:ingress`, ...) becomes that entity; `reserved:world` or a bare address becomes
+//! `reserved:ingress`, ...) becomes that entity (`host` or `remote-node` with a node's
+//! address: that node, whose host firewall and CIDR apply); `reserved:world` or a bare address becomes
 //! a world peer with the address's CIDR identity, learned under the flow's DNS names
 //! (`destination_names`) when it has some. Workloads of the manifests add what a flow lacks:
 //! a flow address that is a manifest pod's is that pod, and a synthetic pod takes the
@@ -400,6 +401,10 @@ impl Replay {
         let (to, learned) = self
             .party(&flow.destination, true)
             .map_err(|e| format!("destination: {e}"))?;
+        let (from, to) = (
+            self.as_recorded(from, &flow.source, to),
+            self.as_recorded(to, &flow.destination, from),
+        );
         let key = DecisionKey {
             from: party_key(from),
             to: party_key(to),
@@ -529,6 +534,29 @@ impl Replay {
             },
             learned_as.is_some(),
         ))
+    }
+
+    /// A node keeps the identity Hubble recorded for it: `host` when the other side runs on
+    /// that node, `remote-node` when it does not (or its node is not known). When the
+    /// recorded label says otherwise (an export that does not match the manifests' nodes),
+    /// the recorded entity is used.
+    fn as_recorded(&mut self, p: Party, ep: &FlowEndpoint, other: Party) -> Party {
+        let Party::Node { node, .. } = p else {
+            return p;
+        };
+        let Some(entity) = ENTITIES
+            .iter()
+            .find(|e| ep.reserved().any(|r| r == **e))
+            .filter(|e| matches!(**e, "host" | "remote-node"))
+        else {
+            return p;
+        };
+        let on_same_node = self.loaded.world.engine.state().node_of(other) == Some(node);
+        if on_same_node == (*entity == "host") {
+            p
+        } else {
+            self.entity(entity)
+        }
     }
 
     fn entity(&mut self, name: &'static str) -> Party {
@@ -842,6 +870,11 @@ flows: []
             verdict(&mut r, &to("reserved:host", "172.18.0.2")),
             ("allow", false)
         );
+        // The recorded identity wins: node2 is no `host` of the client on node1, so a
+        // record that says so (an export that does not match the nodes) is the entity.
+        assert!(r.entities.is_empty());
+        verdict(&mut r, &to("reserved:host", "172.18.0.3"));
+        assert!(r.entities.contains_key("host"));
         // Without an address, the entity: no CIDR selects it.
         let bare =
             to("reserved:remote-node", "172.18.0.3").replace(r#","destination":"172.18.0.3""#, "");
