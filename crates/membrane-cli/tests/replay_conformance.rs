@@ -22,7 +22,9 @@
 //! - L4 as `l4.TCP|UDP|SCTP.destination_port` or `l4.ICMPv4|ICMPv6.type`; HTTP as
 //!   `l7.http` (method, `http://host:port/path`, headers).
 //!
-//! Every line is recorded `FORWARDED`: only the replayed verdict is checked.
+//! Every line is recorded `FORWARDED`: only the replayed verdict is checked. The suite runs
+//! twice: with the pods' scenario addresses, and with addresses no manifest knows, so that
+//! replay identifies every pod from Hubble's labels alone.
 //!
 //! Flows Hubble has no record shape for are excluded, each with its reason, and counted:
 //! TLS flows (Hubble records neither the SNI of a TLS handshake nor, for a handshake the
@@ -87,7 +89,7 @@ fn host_side(sc: &Scenario, node: &str, ip: IpAddr, observer: Option<&str>) -> S
 }
 
 /// How Hubble records the party `name` of a scenario, seen from `observer`'s node.
-fn side(sc: &Scenario, name: &str, observer: Option<&str>) -> Option<Side> {
+fn side(sc: &Scenario, name: &str, observer: Option<&str>, anonymous: bool) -> Option<Side> {
     if let Some(e) = sc.endpoints.iter().find(|e| e.name == name) {
         if e.host_network {
             return Some(host_side(sc, &e.node, e.ip, observer));
@@ -119,7 +121,11 @@ fn side(sc: &Scenario, name: &str, observer: Option<&str>) -> Option<Side> {
         labels.sort();
         return Some(Side {
             endpoint: json!({"labels": labels, "namespace": e.namespace, "pod_name": e.name}),
-            ip: e.ip,
+            ip: if anonymous {
+                anonymous_ip(sc, &e.name, e.ip)
+            } else {
+                e.ip
+            },
         });
     }
     if let Some(n) = sc.nodes.iter().find(|n| n.name == name) {
@@ -130,12 +136,26 @@ fn side(sc: &Scenario, name: &str, observer: Option<&str>) -> Option<Side> {
     }
     let ip: IpAddr = name.parse().ok()?;
     if let Some(e) = sc.endpoints.iter().find(|e| e.ip == ip && !e.host_network) {
-        return side(sc, &e.name.clone(), observer);
+        return side(sc, &e.name.clone(), observer, anonymous);
     }
     if let Some(n) = sc.nodes.iter().find(|n| n.ip == ip) {
         return Some(host_side(sc, &n.name, n.ip, observer));
     }
     Some(reserved("world", ip))
+}
+
+/// An address no manifest knows, for a pod identified by its labels only.
+fn anonymous_ip(sc: &Scenario, name: &str, ip: IpAddr) -> IpAddr {
+    let i = sc
+        .endpoints
+        .iter()
+        .position(|e| e.name == name)
+        .unwrap_or(0)
+        + 1;
+    match ip {
+        IpAddr::V4(_) => IpAddr::from([100, 64, (i / 256) as u8, (i % 256) as u8]),
+        IpAddr::V6(_) => IpAddr::from([0xfd00, 0x64, 0, 0, 0, 0, 0, i as u16]),
+    }
 }
 
 fn kube_dns(sc: &Scenario) -> Option<&str> {
@@ -177,10 +197,16 @@ fn line(from: &Side, to: &Side, l4: Value, l7: Option<Value>, names: &[&str]) ->
 /// The DNS request `from` sends to kube-dns for `name`.
 /// The DNS request `from` sends to kube-dns for `name`: with its query when the DNS proxy
 /// saw it (`proxied`), as a bare UDP/53 flow otherwise.
-fn dns_line(sc: &Scenario, from: &str, name: &str, proxied: bool) -> Result<String, String> {
+fn dns_line(
+    sc: &Scenario,
+    from: &str,
+    name: &str,
+    proxied: bool,
+    anonymous: bool,
+) -> Result<String, String> {
     let dns = kube_dns(sc).ok_or("no kube-dns endpoint")?;
-    let src = side(sc, from, node_of(sc, dns).as_deref()).ok_or("unknown source")?;
-    let dst = side(sc, dns, node_of(sc, from).as_deref()).ok_or("kube-dns")?;
+    let src = side(sc, from, node_of(sc, dns).as_deref(), anonymous).ok_or("unknown source")?;
+    let dst = side(sc, dns, node_of(sc, from).as_deref(), anonymous).ok_or("kube-dns")?;
     Ok(line(
         &src,
         &dst,
@@ -199,9 +225,12 @@ fn connection_line(
     f: &FlowSpec,
     to_name: &str,
     names: &[&str],
+    anonymous: bool,
 ) -> Result<String, String> {
-    let src = side(sc, &f.from, node_of(sc, to_name).as_deref()).ok_or("unknown source")?;
-    let dst = side(sc, to_name, node_of(sc, &f.from).as_deref()).ok_or("unknown destination")?;
+    let src =
+        side(sc, &f.from, node_of(sc, to_name).as_deref(), anonymous).ok_or("unknown source")?;
+    let dst = side(sc, to_name, node_of(sc, &f.from).as_deref(), anonymous)
+        .ok_or("unknown destination")?;
     let protocol = f.protocol.as_deref().unwrap_or("TCP").to_ascii_uppercase();
     let l4 = match protocol.as_str() {
         "ICMP" | "ICMPV4" | "ICMPV6" => {
@@ -322,8 +351,9 @@ fn excluded(f: &FlowSpec) -> Option<String> {
     None
 }
 
-#[test]
-fn every_conformance_flow_replays_with_its_expected_verdict() {
+/// Replays every conformance flow; pods are known by their labels only when `anonymous`
+/// (their addresses are none of the manifests'). (passed, total, exclusions, failures).
+fn run_suite(anonymous: bool) -> (usize, usize, Vec<String>, Vec<String>) {
     let root = repo_root();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/conformance"))
         .unwrap()
@@ -361,7 +391,7 @@ fn every_conformance_flow_replays_with_its_expected_verdict() {
             .flows
             .iter()
             .zip(&lookups)
-            .filter_map(|(f, q)| dns_line(&sc, &f.from, (*q)?, true).ok())
+            .filter_map(|(f, q)| dns_line(&sc, &f.from, (*q)?, true, anonymous).ok())
             .collect();
         let proxied: Vec<bool> = if probes.is_empty() {
             vec![]
@@ -378,20 +408,20 @@ fn every_conformance_flow_replays_with_its_expected_verdict() {
                 }
                 let seen = lookup.is_some() && proxied.next().unwrap_or(false);
                 if let Some(q) = &f.dns {
-                    lines.push(dns_line(&sc, &f.from, q, seen)?);
+                    lines.push(dns_line(&sc, &f.from, q, seen, anonymous)?);
                     return Ok(Plan::Single(lines.len() - 1));
                 }
                 let to = f.to.as_deref().ok_or("no destination")?;
                 if lookup.is_some() {
                     let names: &[&str] = if seen { &[to] } else { &[] };
-                    lines.push(dns_line(&sc, &f.from, to, seen)?);
-                    lines.push(connection_line(&sc, f, to, names)?);
+                    lines.push(dns_line(&sc, &f.from, to, seen, anonymous)?);
+                    lines.push(connection_line(&sc, f, to, names, anonymous)?);
                     return Ok(Plan::Lookup {
                         lookup: lines.len() - 2,
                         connection: lines.len() - 1,
                     });
                 }
-                lines.push(connection_line(&sc, f, to, &[])?);
+                lines.push(connection_line(&sc, f, to, &[], anonymous)?);
                 Ok(Plan::Single(lines.len() - 1))
             })()
             .unwrap_or_else(|e| Plan::Excluded(format!("no Hubble record: {e}")));
@@ -443,8 +473,15 @@ fn every_conformance_flow_replays_with_its_expected_verdict() {
             }
         }
     }
+    (passed, total, exclusions, failures)
+}
+
+fn check(
+    what: &str,
+    (passed, total, exclusions, failures): (usize, usize, Vec<String>, Vec<String>),
+) {
     println!(
-        "{passed} of {total} conformance flows replayed with their expected verdict; {} excluded:",
+        "{what}: {passed} of {total} conformance flows replayed with their expected verdict; {} excluded:",
         exclusions.len()
     );
     for e in &exclusions {
@@ -462,4 +499,17 @@ fn every_conformance_flow_replays_with_its_expected_verdict() {
         "{} exclusions (at most {MAX_EXCLUDED})",
         exclusions.len()
     );
+}
+
+#[test]
+fn every_conformance_flow_replays_with_its_expected_verdict() {
+    check("pods with their addresses", run_suite(false));
+}
+
+/// The same flows with pods known by their labels only (an export replayed against
+/// policies without the workloads): identities from Hubble's labels, named ports from the
+/// workloads the labels match.
+#[test]
+fn conformance_flows_of_pods_known_by_labels_only() {
+    check("pods by labels only", run_suite(true));
 }

@@ -396,10 +396,10 @@ impl Replay {
             L7::Other(p) => return Err(format!("L7 protocol `{p}` is not modelled")),
         };
         let (from, _) = self
-            .party(&flow.source, false)
+            .party(&flow.source, false, self.host_node(&flow.destination))
             .map_err(|e| format!("source: {e}"))?;
         let (to, learned) = self
-            .party(&flow.destination, true)
+            .party(&flow.destination, true, self.host_node(&flow.source))
             .map_err(|e| format!("destination: {e}"))?;
         let (from, to) = (
             self.as_recorded(from, &flow.source, to),
@@ -470,8 +470,27 @@ impl Replay {
         (rules, policies)
     }
 
+    /// The node whose host a flow endpoint is (`reserved:host` with a node's address): the
+    /// node the flow's other side runs on.
+    fn host_node(&self, ep: &FlowEndpoint) -> Option<String> {
+        let state = self.loaded.world.engine.state();
+        if ep.reserved().any(|r| r == "host")
+            && let Some(ip) = ep.ip
+            && let Party::Node { node, .. } = state.address_party(ip)
+        {
+            return state.nodes().get(node).map(|n| n.name.clone());
+        }
+        None
+    }
+
     /// The engine party of one side of a flow, and whether its address was learned from DNS.
-    fn party(&mut self, ep: &FlowEndpoint, destination: bool) -> Result<(Party, bool), String> {
+    /// `node`: the node this side runs on, when the other side is that node's host.
+    fn party(
+        &mut self,
+        ep: &FlowEndpoint,
+        destination: bool,
+        node: Option<String>,
+    ) -> Result<(Party, bool), String> {
         let reserved: Vec<&str> = ep.reserved().collect();
         if let Some(entity) = ENTITIES.iter().find(|e| reserved.contains(e)) {
             // The address of a node with the host's identity is that node: its host
@@ -499,7 +518,7 @@ impl Replay {
                 return Ok((p, false));
             }
             if ep.k8s_labels().next().is_some() || !ep.namespace.is_empty() && ep.ip.is_none() {
-                return Ok((self.pod(ep), false));
+                return Ok((self.pod(ep, node), false));
             }
         }
         let Some(ip) = ep.ip else {
@@ -584,7 +603,8 @@ impl Replay {
     }
 
     /// The pod of a flow endpoint's Kubernetes labels, created on first sight.
-    fn pod(&mut self, ep: &FlowEndpoint) -> Party {
+    fn pod(&mut self, ep: &FlowEndpoint, node: Option<String>) -> Party {
+        let node = node.unwrap_or_default();
         let mut namespace = ep.namespace.clone();
         let mut service_account = String::new();
         let mut labels: Vec<(String, String)> = Vec::new();
@@ -601,7 +621,8 @@ impl Replay {
             }
         }
         labels.sort();
-        let mut key = format!("{namespace}\n{service_account}");
+        // One endpoint per label set and node: a node's host sees the pods on it as local.
+        let mut key = format!("{namespace}\n{service_account}\n{node}");
         for (k, v) in &labels {
             key.push('\n');
             key.push_str(k);
@@ -639,7 +660,7 @@ impl Replay {
         let (id, _) = engine.add_endpoint(EndpointSpec {
             name,
             namespace,
-            node: String::new(),
+            node,
             ip: None,
             service_account,
             labels,
@@ -879,6 +900,25 @@ flows: []
         let bare =
             to("reserved:remote-node", "172.18.0.3").replace(r#","destination":"172.18.0.3""#, "");
         assert_eq!(verdict(&mut r, &bare), ("deny", true));
+    }
+
+    #[test]
+    fn a_hosts_pods_known_by_labels_run_on_that_node() {
+        // Host egress to pods except name=echo-other-node is allowed (host firewall).
+        let mut r = Replay::new(load(vec![SourceFile {
+            name: "host-firewall-egress.yaml".into(),
+            text: include_str!("../../../tests/conformance/host-firewall-egress.yaml").into(),
+        }]));
+        // node2's host (172.18.0.3) to a pod of echo-other-node's labels at an address no
+        // manifest knows: the pod runs on node2 (its host saw it as local), the flow is
+        // node2's host egress, and the host firewall denies it.
+        let line = r#"{"verdict":"FORWARDED","IP":{"source":"172.18.0.3","destination":"100.64.0.5"},"l4":{"TCP":{"destination_port":8080}},"source":{"labels":["reserved:host"]},"destination":{"labels":["k8s:name=echo-other-node","k8s:kind=echo","k8s:first=echo","k8s:io.kubernetes.pod.namespace=cilium-test-1"],"namespace":"cilium-test-1","pod_name":"echo-other-node-1"}}"#;
+        assert_eq!(verdict(&mut r, line), ("deny", true));
+        assert!(r.pods.keys().any(|k| k.contains("\nnode2\n")));
+        assert!(r.entities.is_empty());
+        // Another label set from the same host: allowed.
+        let other = line.replace("name=echo-other-node", "name=echo-same-node");
+        assert_eq!(verdict(&mut r, &other), ("allow", false));
     }
 
     #[test]
