@@ -2,7 +2,8 @@
 //!
 //! Each flow's endpoints are identified from what Hubble recorded: a side with Kubernetes
 //! labels (`k8s:app=x`, `k8s:io.kubernetes.pod.namespace=ns`) becomes a pod of that label
-//! set (one engine endpoint per distinct label set, so one identity, as in Cilium); a
+//! set (one engine endpoint per distinct label set, so one identity, as in Cilium; placed
+//! on a node when the other side is that node's `reserved:host`); a
 //! reserved label (`reserved:host`, `reserved:remote-node`, `reserved:kube-apiserver`,
 //! `reserved:ingress`, ...) becomes that entity (`host` or `remote-node` with a node's
 //! address: that node, whose host firewall and CIDR apply); `reserved:world` or a bare address becomes
