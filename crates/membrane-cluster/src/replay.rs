@@ -559,11 +559,15 @@ impl Replay {
     /// A node keeps the identity Hubble recorded for it: `host` when the other side runs on
     /// that node, `remote-node` when it does not (or its node is not known). When the
     /// recorded label says otherwise (an export that does not match the manifests' nodes),
-    /// the recorded entity is used.
+    /// the recorded entity is used. Between two nodes, each is `host` on its own node and
+    /// `remote-node` on the other, whichever node Hubble observed: both stay nodes.
     fn as_recorded(&mut self, p: Party, ep: &FlowEndpoint, other: Party) -> Party {
         let Party::Node { node, .. } = p else {
             return p;
         };
+        if matches!(other, Party::Node { .. }) {
+            return p;
+        }
         let Some(entity) = ENTITIES
             .iter()
             .find(|e| ep.reserved().any(|r| r == **e))
@@ -897,6 +901,17 @@ flows: []
         assert!(r.entities.is_empty());
         verdict(&mut r, &to("reserved:host", "172.18.0.3"));
         assert!(r.entities.contains_key("host"));
+        // Node to node: both nodes, as Hubble on node1 records them.
+        let nodes = r#"{"verdict":"FORWARDED","IP":{"source":"172.18.0.2","destination":"172.18.0.3"},"l4":{"TCP":{"destination_port":10250}},"source":{"labels":["reserved:host"]},"destination":{"labels":["reserved:remote-node"]}}"#;
+        let LineOutcome::Decided { decided, .. } = r.flow(1, &flow(nodes)) else {
+            panic!("not decided");
+        };
+        assert!(decided.description.starts_with("host → remote-node"));
+        assert!(
+            r.cache
+                .keys()
+                .any(|k| matches!((k.from, k.to), (PartyKey::Node(0, _), PartyKey::Node(1, _))))
+        );
         // Without an address, the entity: no CIDR selects it.
         let bare =
             to("reserved:remote-node", "172.18.0.3").replace(r#","destination":"172.18.0.3""#, "");
