@@ -302,10 +302,21 @@ enum Plan {
 /// Runs `membrane replay --output json` on `lines` against `scenario`: the verdict of each
 /// line (`None` for a skipped flow, with why) and whether its egress went through the DNS
 /// proxy.
-fn replay(scenario: &Path, lines: &[String]) -> Vec<(Option<String>, bool, String)> {
+/// `jsonpb`: the lines as `hubble observe -o jsonpb` writes them (a `GetFlowsResponse` each).
+fn replay(scenario: &Path, lines: &[String], jsonpb: bool) -> Vec<(Option<String>, bool, String)> {
     let dir = tempfile::tempdir().unwrap();
     let flows = dir.path().join("flows.json");
-    std::fs::write(&flows, lines.join("\n") + "\n").unwrap();
+    let text: Vec<String> = if jsonpb {
+        lines
+            .iter()
+            .map(|l| {
+                format!(r#"{{"flow":{l},"node_name":"replay","time":"2026-12-07T10:00:00Z"}}"#)
+            })
+            .collect()
+    } else {
+        lines.to_vec()
+    };
+    std::fs::write(&flows, text.join("\n") + "\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_membrane"))
         .args(["replay", "--output", "json"])
         .arg(&flows)
@@ -352,8 +363,9 @@ fn excluded(f: &FlowSpec) -> Option<String> {
 }
 
 /// Replays every conformance flow; pods are known by their labels only when `anonymous`
-/// (their addresses are none of the manifests'). (passed, total, exclusions, failures).
-fn run_suite(anonymous: bool) -> (usize, usize, Vec<String>, Vec<String>) {
+/// (their addresses are none of the manifests'); as `-o jsonpb` lines when `jsonpb`.
+/// (passed, total, exclusions, failures).
+fn run_suite(anonymous: bool, jsonpb: bool) -> (usize, usize, Vec<String>, Vec<String>) {
     let root = repo_root();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/conformance"))
         .unwrap()
@@ -396,7 +408,10 @@ fn run_suite(anonymous: bool) -> (usize, usize, Vec<String>, Vec<String>) {
         let proxied: Vec<bool> = if probes.is_empty() {
             vec![]
         } else {
-            replay(path, &probes).into_iter().map(|r| r.1).collect()
+            replay(path, &probes, jsonpb)
+                .into_iter()
+                .map(|r| r.1)
+                .collect()
         };
         let mut proxied = proxied.into_iter();
         let mut lines: Vec<String> = Vec::new();
@@ -430,7 +445,7 @@ fn run_suite(anonymous: bool) -> (usize, usize, Vec<String>, Vec<String>) {
         let results = if lines.is_empty() {
             vec![]
         } else {
-            replay(path, &lines)
+            replay(path, &lines, jsonpb)
         };
         let verdict = |i: usize| -> String {
             let (v, _, skipped) = &results[i];
@@ -503,13 +518,13 @@ fn check(
 
 #[test]
 fn every_conformance_flow_replays_with_its_expected_verdict() {
-    check("pods with their addresses", run_suite(false));
+    check("pods with their addresses", run_suite(false, false));
 }
 
 /// The same flows with pods known by their labels only (an export replayed against
 /// policies without the workloads): identities from Hubble's labels, named ports from the
-/// workloads the labels match.
+/// workloads the labels match; written as `-o jsonpb` lines.
 #[test]
 fn conformance_flows_of_pods_known_by_labels_only() {
-    check("pods by labels only", run_suite(true));
+    check("pods by labels only (jsonpb)", run_suite(true, true));
 }
