@@ -3,11 +3,11 @@
 //! Each flow's endpoints are identified from what Hubble recorded: a side with Kubernetes
 //! labels (`k8s:app=x`, `k8s:io.kubernetes.pod.namespace=ns`) becomes a pod of that label
 //! set (one engine endpoint per distinct label set, so one identity, as in Cilium; placed
-//! on a node when the other side is that node's `reserved:host`); a
-//! reserved label (`reserved:host`, `reserved:remote-node`, `reserved:kube-apiserver`,
-//! `reserved:ingress`, ...) becomes that entity (`host` or `remote-node` with a node's
-//! address: that node, whose host firewall and CIDR apply); `reserved:world` or a bare address becomes
-//! a world peer with the address's CIDR identity, learned under the flow's DNS names
+//! on a node when the other side is that node's `reserved:host`); a reserved label
+//! (`reserved:host`, `reserved:remote-node`, `reserved:kube-apiserver`, `reserved:ingress`,
+//! ...) becomes that entity (`host` or `remote-node` with a node's address: that node,
+//! whose host firewall and CIDR apply); `reserved:world` or a bare address becomes a world
+//! peer with the address's CIDR identity, learned under the flow's DNS names
 //! (`destination_names`) when it has some. Workloads of the manifests add what a flow lacks:
 //! a flow address that is a manifest pod's is that pod, and a synthetic pod takes the
 //! named ports of the manifest workload its labels match.
@@ -496,7 +496,7 @@ impl Replay {
         if let Some(entity) = ENTITIES.iter().find(|e| reserved.contains(e)) {
             // The address of a node with the host's identity is that node: its host
             // firewall decides, toCIDR selects its address, and it is `host` on its own node
-            // and `remote-node` elsewhere, whichever node Hubble observed the flow on.
+            // and `remote-node` elsewhere ([`Replay::as_recorded`] checks the label).
             if matches!(*entity, "host" | "remote-node")
                 && let Some(ip) = ep.ip
                 && let node @ Party::Node { .. } =
