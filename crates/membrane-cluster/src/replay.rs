@@ -2,10 +2,12 @@
 //!
 //! Each flow's endpoints are identified from what Hubble recorded: a side with Kubernetes
 //! labels (`k8s:app=x`, `k8s:io.kubernetes.pod.namespace=ns`) becomes a pod of that label
-//! set (one engine endpoint per distinct label set, so one identity, as in Cilium); a
-//! reserved label (`reserved:host`, `reserved:remote-node`, `reserved:kube-apiserver`,
-//! `reserved:ingress`, ...) becomes that entity; `reserved:world` or a bare address becomes
-//! a world peer with the address's CIDR identity, learned under the flow's DNS names
+//! set (one engine endpoint per distinct label set, so one identity, as in Cilium; placed
+//! on a node when the other side is that node's `reserved:host`); a reserved label
+//! (`reserved:host`, `reserved:remote-node`, `reserved:kube-apiserver`, `reserved:ingress`,
+//! ...) becomes that entity (`host` or `remote-node` with a node's address: that node,
+//! whose host firewall and CIDR apply); `reserved:world` or a bare address becomes a world
+//! peer with the address's CIDR identity, learned under the flow's DNS names
 //! (`destination_names`) when it has some. Workloads of the manifests add what a flow lacks:
 //! a flow address that is a manifest pod's is that pod, and a synthetic pod takes the
 //! named ports of the manifest workload its labels match.
@@ -395,11 +397,15 @@ impl Replay {
             L7::Other(p) => return Err(format!("L7 protocol `{p}` is not modelled")),
         };
         let (from, _) = self
-            .party(&flow.source, false)
+            .party(&flow.source, false, self.host_node(&flow.destination))
             .map_err(|e| format!("source: {e}"))?;
         let (to, learned) = self
-            .party(&flow.destination, true)
+            .party(&flow.destination, true, self.host_node(&flow.source))
             .map_err(|e| format!("destination: {e}"))?;
+        let (from, to) = (
+            self.as_recorded(from, &flow.source, to),
+            self.as_recorded(to, &flow.destination, from),
+        );
         let key = DecisionKey {
             from: party_key(from),
             to: party_key(to),
@@ -465,10 +471,39 @@ impl Replay {
         (rules, policies)
     }
 
+    /// The node whose host a flow endpoint is (`reserved:host` with a node's address): the
+    /// node the flow's other side runs on.
+    fn host_node(&self, ep: &FlowEndpoint) -> Option<String> {
+        let state = self.loaded.world.engine.state();
+        if ep.reserved().any(|r| r == "host")
+            && let Some(ip) = ep.ip
+            && let Party::Node { node, .. } = state.address_party(ip)
+        {
+            return state.nodes().get(node).map(|n| n.name.clone());
+        }
+        None
+    }
+
     /// The engine party of one side of a flow, and whether its address was learned from DNS.
-    fn party(&mut self, ep: &FlowEndpoint, destination: bool) -> Result<(Party, bool), String> {
+    /// `node`: the node this side runs on, when the other side is that node's host.
+    fn party(
+        &mut self,
+        ep: &FlowEndpoint,
+        destination: bool,
+        node: Option<String>,
+    ) -> Result<(Party, bool), String> {
         let reserved: Vec<&str> = ep.reserved().collect();
         if let Some(entity) = ENTITIES.iter().find(|e| reserved.contains(e)) {
+            // The address of a node with the host's identity is that node: its host
+            // firewall decides, toCIDR selects its address, and it is `host` on its own node
+            // and `remote-node` elsewhere ([`Replay::as_recorded`] checks the label).
+            if matches!(*entity, "host" | "remote-node")
+                && let Some(ip) = ep.ip
+                && let node @ Party::Node { .. } =
+                    self.loaded.world.engine.state().address_party(ip)
+            {
+                return Ok((node, false));
+            }
             return Ok((self.entity(entity), false));
         }
         let is_world = reserved
@@ -484,7 +519,7 @@ impl Replay {
                 return Ok((p, false));
             }
             if ep.k8s_labels().next().is_some() || !ep.namespace.is_empty() && ep.ip.is_none() {
-                return Ok((self.pod(ep), false));
+                return Ok((self.pod(ep, node), false));
             }
         }
         let Some(ip) = ep.ip else {
@@ -521,6 +556,33 @@ impl Replay {
         ))
     }
 
+    /// A node keeps the identity Hubble recorded for it: `host` when the other side runs on
+    /// that node, `remote-node` when it does not (or its node is not known). When the
+    /// recorded label says otherwise (an export that does not match the manifests' nodes),
+    /// the recorded entity is used. Between two nodes, each is `host` on its own node and
+    /// `remote-node` on the other, whichever node Hubble observed: both stay nodes.
+    fn as_recorded(&mut self, p: Party, ep: &FlowEndpoint, other: Party) -> Party {
+        let Party::Node { node, .. } = p else {
+            return p;
+        };
+        if matches!(other, Party::Node { .. }) {
+            return p;
+        }
+        let Some(entity) = ENTITIES
+            .iter()
+            .find(|e| ep.reserved().any(|r| r == **e))
+            .filter(|e| matches!(**e, "host" | "remote-node"))
+        else {
+            return p;
+        };
+        let on_same_node = self.loaded.world.engine.state().node_of(other) == Some(node);
+        if on_same_node == (*entity == "host") {
+            p
+        } else {
+            self.entity(entity)
+        }
+    }
+
     fn entity(&mut self, name: &'static str) -> Party {
         if let Some(p) = self.entities.get(name) {
             return *p;
@@ -546,7 +608,8 @@ impl Replay {
     }
 
     /// The pod of a flow endpoint's Kubernetes labels, created on first sight.
-    fn pod(&mut self, ep: &FlowEndpoint) -> Party {
+    fn pod(&mut self, ep: &FlowEndpoint, node: Option<String>) -> Party {
+        let node = node.unwrap_or_default();
         let mut namespace = ep.namespace.clone();
         let mut service_account = String::new();
         let mut labels: Vec<(String, String)> = Vec::new();
@@ -563,7 +626,8 @@ impl Replay {
             }
         }
         labels.sort();
-        let mut key = format!("{namespace}\n{service_account}");
+        // One endpoint per label set and node: a node's host sees the pods on it as local.
+        let mut key = format!("{namespace}\n{service_account}\n{node}");
         for (k, v) in &labels {
             key.push('\n');
             key.push_str(k);
@@ -601,7 +665,7 @@ impl Replay {
         let (id, _) = engine.add_endpoint(EndpointSpec {
             name,
             namespace,
-            node: String::new(),
+            node,
             ip: None,
             service_account,
             labels,
@@ -787,6 +851,90 @@ spec:
             r.stats.problems,
             vec![(2, "no layer 4 (l4) section".into())]
         );
+    }
+
+    /// A scenario file as replay's input: nodes, policy-cidr-match-mode=nodes, a client
+    /// whose egress allows the nodes' CIDR.
+    const NODES: &str = r#"
+name: nodes
+requires: [cidr-match-nodes]
+nodes:
+  - {name: node1, ip: 172.18.0.2, cilium: true}
+  - {name: node2, ip: 172.18.0.3, cilium: true}
+endpoints:
+  - {name: client, namespace: ns, node: node1, ip: 10.244.1.10, labels: {kind: client}}
+policies: |
+  apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: to-nodes, namespace: ns}
+  spec:
+    podSelector: {matchLabels: {kind: client}}
+    egress:
+    - to: [{ipBlock: {cidr: 172.18.0.0/24}}]
+flows: []
+"#;
+
+    #[test]
+    fn node_addresses_are_their_nodes() {
+        let mut r = Replay::new(load(vec![SourceFile {
+            name: "nodes.yaml".into(),
+            text: NODES.into(),
+        }]));
+        let to = |labels: &str, ip: &str| {
+            format!(
+                r#"{{"verdict":"FORWARDED","IP":{{"source":"10.244.1.10","destination":"{ip}"}},"l4":{{"ICMPv4":{{"type":8}}}},"source":{{"labels":["k8s:kind=client","k8s:io.kubernetes.pod.namespace=ns"],"namespace":"ns","pod_name":"client"}},"destination":{{"labels":["{labels}"]}}}}"#
+            )
+        };
+        // Hubble names the other node `remote-node` and the own node `host`: both are the
+        // node of that address, whose address the ipBlock selects (with
+        // policy-cidr-match-mode=nodes), not an address-less entity.
+        assert_eq!(
+            verdict(&mut r, &to("reserved:remote-node", "172.18.0.3")),
+            ("allow", false)
+        );
+        assert_eq!(
+            verdict(&mut r, &to("reserved:host", "172.18.0.2")),
+            ("allow", false)
+        );
+        // The recorded identity wins: node2 is no `host` of the client on node1, so a
+        // record that says so (an export that does not match the nodes) is the entity.
+        assert!(r.entities.is_empty());
+        verdict(&mut r, &to("reserved:host", "172.18.0.3"));
+        assert!(r.entities.contains_key("host"));
+        // Node to node: both nodes, as Hubble on node1 records them.
+        let nodes = r#"{"verdict":"FORWARDED","IP":{"source":"172.18.0.2","destination":"172.18.0.3"},"l4":{"TCP":{"destination_port":10250}},"source":{"labels":["reserved:host"]},"destination":{"labels":["reserved:remote-node"]}}"#;
+        let LineOutcome::Decided { decided, .. } = r.flow(1, &flow(nodes)) else {
+            panic!("not decided");
+        };
+        assert!(decided.description.starts_with("host → remote-node"));
+        assert!(
+            r.cache
+                .keys()
+                .any(|k| matches!((k.from, k.to), (PartyKey::Node(0, _), PartyKey::Node(1, _))))
+        );
+        // Without an address, the entity: no CIDR selects it.
+        let bare =
+            to("reserved:remote-node", "172.18.0.3").replace(r#","destination":"172.18.0.3""#, "");
+        assert_eq!(verdict(&mut r, &bare), ("deny", true));
+    }
+
+    #[test]
+    fn a_hosts_pods_known_by_labels_run_on_that_node() {
+        // Host egress to pods except name=echo-other-node is allowed (host firewall).
+        let mut r = Replay::new(load(vec![SourceFile {
+            name: "host-firewall-egress.yaml".into(),
+            text: include_str!("../../../tests/conformance/host-firewall-egress.yaml").into(),
+        }]));
+        // node2's host (172.18.0.3) to a pod of echo-other-node's labels at an address no
+        // manifest knows: the pod runs on node2 (its host saw it as local), the flow is
+        // node2's host egress, and the host firewall denies it.
+        let line = r#"{"verdict":"FORWARDED","IP":{"source":"172.18.0.3","destination":"100.64.0.5"},"l4":{"TCP":{"destination_port":8080}},"source":{"labels":["reserved:host"]},"destination":{"labels":["k8s:name=echo-other-node","k8s:kind=echo","k8s:first=echo","k8s:io.kubernetes.pod.namespace=cilium-test-1"],"namespace":"cilium-test-1","pod_name":"echo-other-node-1"}}"#;
+        assert_eq!(verdict(&mut r, line), ("deny", true));
+        assert!(r.pods.keys().any(|k| k.contains("\nnode2\n")));
+        assert!(r.entities.is_empty());
+        // Another label set from the same host: allowed.
+        let other = line.replace("name=echo-other-node", "name=echo-same-node");
+        assert_eq!(verdict(&mut r, &other), ("allow", false));
     }
 
     #[test]

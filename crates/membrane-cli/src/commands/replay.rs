@@ -18,7 +18,7 @@ pub struct ReplayArgs {
     /// The flows: `hubble observe -o json` or `-o jsonpb` lines (`-` for standard input).
     pub flows: PathBuf,
     /// The policies to replay against, and workloads that add what flows lack (files,
-    /// directories).
+    /// directories, or a scenario file).
     #[arg(required = true)]
     pub manifests: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
