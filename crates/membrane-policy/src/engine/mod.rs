@@ -1243,13 +1243,34 @@ impl Snapshot {
                 self.new_subject(key, identity, true, n.addrs(), Vec::new());
             }
         }
-        // Endpoints placed on a node that did not exist yet.
-        for e in self.endpoints.iter_mut().flatten() {
+        // Endpoints placed on a node that did not exist yet. With cidr-match-nodes their
+        // policy depends on their node's address (the local host is selected through it),
+        // so they are placed again, as if they had come after their node; so are the
+        // endpoints of a node whose address changed.
+        let mut replace = Vec::new();
+        for (id, slot) in self.endpoints.iter_mut().enumerate() {
+            let Some(e) = slot else { continue };
+            let node = self.node_by_name.get(&e.spec.node).copied();
             if e.node.is_none()
-                && let Some(n) = self.node_by_name.get(&e.spec.node).copied()
+                && let Some(n) = node
             {
-                Arc::make_mut(e).node = Some(n);
+                if self.options.cidr_match_nodes {
+                    replace.push((id, e.spec.clone()));
+                } else {
+                    Arc::make_mut(e).node = Some(n);
+                }
+            } else if self.options.cidr_match_nodes
+                && let (Some(n), Some(subject)) = (node, e.subject)
+                && let Some(Some(state)) = self.subjects.get(subject)
+                && let SubjectKey::Endpoint { node_addrs, .. } = &state.key
+                && *node_addrs != self.nodes[n].addrs()
+            {
+                replace.push((id, e.spec.clone()));
             }
+        }
+        for (id, spec) in replace {
+            changes.merge(self.remove_endpoint_inner(id));
+            changes.merge(self.insert_endpoint_at(id, spec));
         }
         changes
     }

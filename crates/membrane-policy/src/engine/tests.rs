@@ -304,3 +304,42 @@ fn successive_changes_of_one_policy_fold_into_one_delta() {
     both.normalize();
     assert!(both.subjects.is_empty(), "{both:?}");
 }
+
+/// With cidr-match-nodes a pod's policy selects its own host through its node's address: a
+/// pod whose Node object arrives after it (independent watches) must end with the policy it
+/// gets when the node comes first.
+#[test]
+fn a_pod_that_comes_before_its_node_gets_the_same_policy_under_cidr_match_nodes() {
+    const TO_NODES: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: to-nodes, namespace: ns1}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  egress:\n  - to: [{ipBlock: {cidr: 192.168.1.0/24}}]\n";
+    let options = Options {
+        cidr_match_nodes: true,
+        ..Options::default()
+    };
+    let node = NodeSpec {
+        name: "node1".into(),
+        ip: "192.168.1.10".parse().unwrap(),
+        cilium: true,
+        labels: vec![],
+    };
+    let host_allowed = |e: &Engine, client: EndpointId| {
+        let s = e.state();
+        let from = s.endpoint_party(client).unwrap();
+        let host = s.node_party(s.node_index("node1").unwrap()).unwrap();
+        let d = s.decide(from, host, Protocol::Tcp, 22, &L7Request::None, false);
+        // Seen from the pod's own node, the node is `host`.
+        let egress = s.policy(from, crate::model::Direction::Egress).unwrap();
+        let local = egress.lookup(HOST, 6, 22).is_some();
+        (d.verdict, local)
+    };
+    let mut first = Engine::new(options.clone());
+    first.upsert_node(node.clone());
+    first.upsert_policy(translated(TO_NODES));
+    let (a, _) = first.add_endpoint(pod("client", "10.0.1.1", "client"));
+    let mut later = Engine::new(options);
+    later.upsert_policy(translated(TO_NODES));
+    let (b, _) = later.add_endpoint(pod("client", "10.0.1.1", "client"));
+    let _ = later.state().endpoint_policy(b);
+    later.upsert_node(node);
+    assert_eq!(host_allowed(&first, a), (Verdict::Allow, true));
+    assert_eq!(host_allowed(&later, b), host_allowed(&first, a));
+}
