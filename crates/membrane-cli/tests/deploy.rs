@@ -206,3 +206,33 @@ fn the_image_has_the_programs_the_agent_runs() {
         assert!(install.contains(package), "{package} missing: {install}");
     }
 }
+
+/// The DaemonSet declares the proxies' ports, the ones the agent binds.
+#[test]
+fn the_daemonset_declares_the_proxies_ports() {
+    use membrane_datapath::layout::{DNS_PORT, HTTP_PORT, TLS_PORT};
+    let ds: DaemonSet = all_objects()
+        .into_iter()
+        .find(|(_, o)| o["kind"] == "DaemonSet")
+        .map(|(_, o)| serde_json::from_value(o).unwrap())
+        .unwrap();
+    let container = &ds.spec.unwrap().template.spec.unwrap().containers[0];
+    let ports: BTreeSet<(i32, String)> = container
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.container_port, p.protocol.unwrap_or_default()))
+        .collect();
+    for (port, protocol) in [
+        (HTTP_PORT, "TCP"),
+        (DNS_PORT, "UDP"),
+        (DNS_PORT, "TCP"),
+        (TLS_PORT, "TCP"),
+    ] {
+        assert!(
+            ports.contains(&(i32::from(port), protocol.to_string())),
+            "{port}/{protocol} not declared: {ports:?}"
+        );
+    }
+}
