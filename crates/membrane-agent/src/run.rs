@@ -311,7 +311,6 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 m.transactions.inc();
                 m.revision.set(live.engine().state().revision() as i64);
                 m.enforce_latency.observe(received.elapsed().as_secs_f64());
-                m.set_ready();
                 if options.mode == Mode::DryRun {
                     println!("{script}");
                 }
@@ -335,17 +334,14 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                     ],
                 });
             }
-            None => {
-                m.set_ready();
-                log(LogLine {
-                    level: "debug",
-                    message: "no change for this node".into(),
-                    fields: vec![
-                        ("ts_ms", unix_ms().to_string()),
-                        ("events", count.to_string()),
-                    ],
-                })
-            }
+            None => log(LogLine {
+                level: "debug",
+                message: "no change for this node".into(),
+                fields: vec![
+                    ("ts_ms", unix_ms().to_string()),
+                    ("events", count.to_string()),
+                ],
+            }),
         }
         // `--once` stops right here: proxies started now would die with it.
         if options.mode == Mode::Apply && options.proxies && !options.once {
@@ -375,6 +371,8 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
                 }
             }
         }
+        // Ready: the first state is enforced and the proxies (if they run) listen.
+        m.set_ready();
         if let Some(path) = &options.ready_file
             && !path.exists()
         {
