@@ -274,6 +274,12 @@ impl LiveCluster {
                 None => ChangeSet::default(),
             },
             "Node" => self.engine.remove_node(name),
+            // Its labels go: what is left of it (pods still terminating, a namespace of the
+            // same name created later without them) has only the name Kubernetes gives.
+            "Namespace" => self.engine.upsert_namespace(
+                name,
+                vec![("kubernetes.io/metadata.name".into(), name.to_string())],
+            ),
             "Service" => {
                 self.services.remove(&(ns.clone(), name.to_string()));
                 self.engine.remove_service(&ns, name)

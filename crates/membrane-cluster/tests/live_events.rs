@@ -357,3 +357,22 @@ proptest! {
         prop_assert_eq!(live_verdicts(&live, &objects), live_verdicts(&reference, &objects));
     }
 }
+
+/// A deleted namespace's labels stop selecting: a pod left in it (still terminating) is no
+/// longer in `team: ops`.
+#[test]
+fn a_deleted_namespace_takes_its_labels_with_it() {
+    let objects = objects();
+    let mut live = LiveCluster::new(Options::default());
+    for o in &objects {
+        live.apply(o).unwrap();
+    }
+    let reaches_redis = |live: &LiveCluster| {
+        live_verdicts(live, &objects).iter().any(|v| {
+            v.starts_with("tools/debug → database/redis-") && v.contains("6379/Tcp: Allow")
+        })
+    };
+    assert!(reaches_redis(&live));
+    live.delete("Namespace", None, "tools");
+    assert!(!reaches_redis(&live));
+}
