@@ -451,3 +451,41 @@ fn fqdn_change() {
     .collect();
     assert_eq!(changes(&json(&o)), want);
 }
+
+/// An HTTP rule added to a toFQDNs egress: the name's learned address goes through the
+/// proxy now, an L7 change (seen only if the L7 lookup uses the identity learned under the
+/// name, as the flow's own decision does).
+#[test]
+fn fqdn_l7_rule_change() {
+    let (dir, new) = edited(
+        "tests/manifests/fqdn-dns-answers.yaml",
+        "    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]",
+        "    toPorts: [{ports: [{port: \"443\", protocol: TCP}], rules: {http: [{method: GET, path: /v1/.*}]}}]",
+    );
+    let o = membrane(&[
+        "diff",
+        "--output",
+        "json",
+        "tests/manifests/fqdn-dns-answers.yaml",
+        new.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(dir).ok();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = json(&o);
+    let want: BTreeSet<Key> = [(
+        "shop/client".to_string(),
+        "api.example.com".to_string(),
+        "443/TCP".to_string(),
+        "l7-changed".to_string(),
+    )]
+    .into_iter()
+    .collect();
+    assert_eq!(changes(&v), want, "{v:#}");
+    let rules = v["changes"][0]["new_detail"]["l7"].to_string();
+    assert!(rules.contains("path=/v1/.*"), "{v:#}");
+}

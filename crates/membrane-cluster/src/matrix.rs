@@ -480,8 +480,9 @@ fn proxy_restricts(
     direction: Direction,
     protocol: Protocol,
     port: u16,
+    learned: bool,
 ) -> bool {
-    let peer_id = world.identity_of(peer, node_index(world, subject), false);
+    let peer_id = world.identity_of(peer, node_index(world, subject), learned);
     let Some(policy) = world.policy(subject, direction) else {
         return false;
     };
@@ -503,6 +504,8 @@ fn proxy_restricts(
 }
 
 /// A decision as a cell shows it: its verdict and finer kind.
+/// `learned`: as for the decision `d`, the destination's address was learned under its
+/// name (toFQDNs selectors see it).
 pub fn classify(
     world: &World,
     from: Party,
@@ -510,6 +513,7 @@ pub fn classify(
     protocol: Protocol,
     port: u16,
     d: &FlowDecision,
+    learned: bool,
 ) -> (CellVerdict, CellKind) {
     if d.verdict != Verdict::Allow {
         let rule = d
@@ -523,9 +527,9 @@ pub fn classify(
         return (CellVerdict::Deny, kind);
     }
     let egress_l7 = d.egress.proxy.is_some()
-        && proxy_restricts(world, from, to, Direction::Egress, protocol, port);
+        && proxy_restricts(world, from, to, Direction::Egress, protocol, port, learned);
     let ingress_l7 = d.ingress.as_ref().is_some_and(|i| i.proxy.is_some())
-        && proxy_restricts(world, to, from, Direction::Ingress, protocol, port);
+        && proxy_restricts(world, to, from, Direction::Ingress, protocol, port, false);
     if egress_l7 || ingress_l7 {
         return (CellVerdict::L7, CellKind::L7);
     }
@@ -563,22 +567,24 @@ pub fn parties_and_ports(loaded: &Loaded) -> (Vec<MatrixParty>, Vec<MatrixPort>,
 
 /// The L7 rules the proxies of an allowed flow check, one text per rule (`http GET /api`,
 /// `dns *.example.com`, `tls sni api.example.com`), sorted, per side that restricts requests.
+/// `learned`: the destination's address was learned under its name (see [`classify`]).
 pub fn l7_rules(
     world: &World,
     from: Party,
     to: Party,
     protocol: Protocol,
     port: u16,
+    learned: bool,
 ) -> Vec<String> {
     let mut out = BTreeSet::new();
-    for (subject, peer, direction) in [
-        (from, to, Direction::Egress),
-        (to, from, Direction::Ingress),
+    for (subject, peer, direction, learned) in [
+        (from, to, Direction::Egress, learned),
+        (to, from, Direction::Ingress, false),
     ] {
-        if !proxy_restricts(world, subject, peer, direction, protocol, port) {
+        if !proxy_restricts(world, subject, peer, direction, protocol, port, learned) {
             continue;
         }
-        let peer_id = world.identity_of(peer, node_index(world, subject), false);
+        let peer_id = world.identity_of(peer, node_index(world, subject), learned);
         let Some(policy) = world.policy(subject, direction) else {
             continue;
         };
@@ -664,7 +670,8 @@ pub fn build(
                             &L7Request::None,
                             false,
                         );
-                        let (v, k) = classify(world, from, to, port.protocol, port.port, &dec);
+                        let (v, k) =
+                            classify(world, from, to, port.protocol, port.port, &dec, false);
                         decisions.push(dec);
                         let hit = (decisions.len() - 1, v, k);
                         cache.insert(key, hit);

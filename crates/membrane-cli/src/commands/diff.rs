@@ -581,9 +581,9 @@ fn cell(
         learned = lookup.egress.proxy == Some(L7Parser::Dns);
     }
     let d = w.decide(from, to, protocol, port, &L7Request::None, learned);
-    let (verdict, _) = classify(w, from, to, protocol, port, &d);
+    let (verdict, _) = classify(w, from, to, protocol, port, &d, learned);
     let l7 = if verdict == CellVerdict::L7 {
-        l7_rules(w, from, to, protocol, port)
+        l7_rules(w, from, to, protocol, port, learned)
     } else {
         vec![]
     };
