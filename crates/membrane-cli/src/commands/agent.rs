@@ -91,8 +91,8 @@ pub fn run(args: AgentArgs) -> u8 {
         (Some(dir), _) => Source::Dir(dir.clone()),
         (None, Some(options)) => Source::Cluster(options),
         (None, None) => {
-            // In a pod: the service account's in-cluster config comes with a later release;
-            // until then the agent needs a kubeconfig or a directory.
+            // No source named: the current kubeconfig context, or, in a pod without one, its
+            // service account (membrane_kube::connect falls back to the in-cluster config).
             let mut c = args.cluster.clone();
             c.cluster = true;
             match c.options() {
