@@ -12,7 +12,6 @@ use crate::metrics::Metrics;
 use crate::source::Event;
 use membrane_datapath::layout::{DNS_PORT, HTTP_PORT, PROXY_MARK, PROXY_ROUTE_TABLE, TLS_PORT};
 use membrane_datapath::node::proxy::{denial_json, dns_forwarded_json, forwarded_json};
-use membrane_policy::model::Direction;
 use membrane_proxy::policy::{DnsForwardHook, ForwardHook};
 use membrane_proxy::{
     Denial, DenialHook, DnsProxy, DnsProxyConfig, FqdnCache, FqdnLearner, HttpProxyConfig,
@@ -46,20 +45,13 @@ fn any(port: u16) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
 }
 
-fn direction(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    }
-}
-
 fn denial_hook(protocol: &'static str, report: &Reporting) -> DenialHook {
     let report = report.clone();
     Arc::new(move |d: &Denial| {
         report.metrics.proxy_request(protocol, "denied");
         report
             .metrics
-            .l7_denial(protocol, direction(d.direction), d.reason);
+            .l7_denial(protocol, d.direction.as_str(), d.reason);
         if let Some(events) = &report.events {
             events(&denial_json(d, &report.node, &NoFiles));
         }

@@ -97,6 +97,13 @@ fn table(state: &Snapshot, party: Party, d: Direction) -> Option<DirectionTable>
         .and_then(|p| DirectionTable::from_policy(&p))
 }
 
+/// Names end up in nft comments and log prefixes: printable characters only.
+fn printable(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
 /// This node's input, or None while the node itself is not known (no Node object yet).
 /// `regions`: the policy prefixes' regions (their representatives must be known to the
 /// engine); `learned`: what the DNS proxy learned (its addresses get their names' FQDN
@@ -180,12 +187,7 @@ pub fn node_input(
         let party = Party::Pod(id);
         let endpoint = LocalEndpoint {
             key: agent_endpoint_key(addr),
-            // Names end up in nft comments and log prefixes: printable characters only.
-            name: ep
-                .name
-                .chars()
-                .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-                .collect(),
+            name: printable(&ep.name),
             addrs: vec![addr],
             egress: table(state, party, Direction::Egress),
             ingress: table(state, party, Direction::Ingress),
@@ -219,10 +221,7 @@ pub fn node_input(
                 0,
                 LocalEndpoint {
                     key: AGENT_HOST_KEY.into(),
-                    name: format!("host:{node}")
-                        .chars()
-                        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-                        .collect(),
+                    name: printable(&format!("host:{node}")),
                     addrs,
                     egress,
                     ingress,

@@ -185,6 +185,9 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
     };
     // What the DNS proxy had learned when the engine last heard of it.
     let mut fed: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    // The policies' CIDR prefixes and their regions, as last cut.
+    let mut cidr: (BTreeSet<ipnet::Ipv4Net>, Vec<crate::node_view::CidrRegion>) =
+        Default::default();
     // The DNS proxy's generation fed to the engine, acknowledged once enforced.
     let mut learned_pending: Option<u64> = None;
     let mut waiting_for_node = false;
@@ -254,23 +257,29 @@ pub fn run(options: &AgentOptions, log: &mut dyn FnMut(LogLine<'_>)) -> Result<(
         if unsynced > 0 {
             continue;
         }
-        // Policy prefixes: each region's representative address gets its CIDR identity.
-        let regions = cidr_regions(&policy_prefixes(live.engine().state()));
-        for r in &regions {
-            let rep = IpAddr::V4(r.representative);
-            if live
-                .engine()
-                .state()
-                .identities()
-                .find_cidr(rep, None)
-                .is_none()
-            {
-                live.add_world_address(rep);
+        // Policy prefixes: cut into regions again only when they change; each region's
+        // representative address gets its CIDR identity.
+        let prefixes = policy_prefixes(live.engine().state());
+        if prefixes != cidr.0 {
+            cidr = (prefixes, Vec::new());
+            cidr.1 = cidr_regions(&cidr.0);
+            for r in &cidr.1 {
+                let rep = IpAddr::V4(r.representative);
+                if live
+                    .engine()
+                    .state()
+                    .identities()
+                    .find_cidr(rep, None)
+                    .is_none()
+                {
+                    live.add_world_address(rep);
+                }
             }
         }
+        let regions = &cidr.1;
         let learned = proxies.as_ref().map(|p| p.learned().1).unwrap_or_default();
         let state = live.engine().state();
-        let Some(input) = node_input(state, &options.node, &regions, &learned) else {
+        let Some(input) = node_input(state, &options.node, regions, &learned) else {
             if !waiting_for_node {
                 log(LogLine {
                     level: "warn",

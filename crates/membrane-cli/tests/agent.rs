@@ -4,6 +4,9 @@
 //! its policy in force, and a clear refusal without nft.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/root.rs"]
+mod root;
+
 use membrane_kube::fake::{cluster_objects, yaml_to_json};
 use membrane_kube::json::read_manifests;
 use std::io::Write;
@@ -96,31 +99,6 @@ fn dry_run_prints_this_nodes_transaction() {
         "{out}"
     );
     assert!(text(&o.stderr).contains("printed the transaction (dry run)"));
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn root_or_skip(test: &str) -> bool {
-    if is_root() && Command::new("nft").arg("--version").output().is_ok() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI must run the agent tests as root with nftables installed");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "{test}: SKIPPED: the agent needs root and nftables"
-    );
-    false
 }
 
 /// A spawned agent, killed when dropped (also when a test fails half-way).
@@ -1557,4 +1535,8 @@ fn node_metrics(node: &Netns, addr: &str) -> String {
         .output()
         .unwrap();
     text(&o.stdout)
+}
+
+fn root_or_skip(test: &str) -> bool {
+    root::root_or_skip(test, "the agent")
 }

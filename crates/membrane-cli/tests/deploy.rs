@@ -124,16 +124,17 @@ fn the_agents_role_grants_exactly_what_it_watches() {
     assert_eq!(role.metadata.namespace.as_deref(), Some("cilium-secrets"));
     let rules = role.rules.unwrap_or_default();
     assert_eq!(rules.len(), 1);
+    // Exactly the kind the agent watches there.
+    let secrets = membrane_agent::source::SECRETS;
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&[secrets.group.to_string()][..])
+    );
     assert_eq!(
         rules[0].resources.as_deref(),
-        Some(&["secrets".to_string()][..])
+        Some(&[secrets.plural.to_string()][..])
     );
     assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
-    assert_eq!(
-        membrane_agent::source::SECRETS.plural,
-        "secrets",
-        "the agent watches what the Role grants"
-    );
     let binding: RoleBinding = all
         .iter()
         .find(|(_, o)| o["kind"] == "RoleBinding")

@@ -5,8 +5,10 @@
 //! Needs root and nftables (SKIPPED otherwise; CI runs it as root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/root.rs"]
+mod root;
+
 use serde_json::Value;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,31 +17,6 @@ fn repo_root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .unwrap()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn root_or_skip(test: &str) -> bool {
-    if is_root() && Command::new("nft").arg("--version").output().is_ok() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI must run the lab tests as root with nftables installed");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "{test}: SKIPPED: the lab needs root and nftables"
-    );
-    false
 }
 
 /// `membrane lab run [--agent] --output json FILES`: (file, line, lab verdict) per flow,
@@ -142,4 +119,8 @@ fn agents_give_the_labs_verdicts_on_the_seed_demo_including_the_blogs_wrong_clai
             .any(|(f, _, v)| f.ends_with("seed-demo-fixed") && v.starts_with("http-403")),
         "the gateway's L7 rules are enforced by the agent's proxy"
     );
+}
+
+fn root_or_skip(test: &str) -> bool {
+    root::root_or_skip(test, "the lab")
 }

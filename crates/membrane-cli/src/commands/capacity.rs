@@ -98,22 +98,7 @@ pub fn run(args: CapacityArgs) -> u8 {
                 continue;
             }
         };
-        let errors: Vec<_> = loaded
-            .diagnostics
-            .iter()
-            .filter(|(_, d)| d.code == "yaml")
-            .collect();
-        if !errors.is_empty() {
-            for (f, d) in errors {
-                eprint!(
-                    "{}",
-                    printers::render_diagnostic(
-                        loaded.file_name(*f),
-                        &loaded.files[*f as usize].text,
-                        d
-                    )
-                );
-            }
+        if printers::report_yaml_errors(&loaded) {
             unusable = true;
             continue;
         }

@@ -144,22 +144,7 @@ pub fn run(args: DiffArgs) -> u8 {
         }
     };
     for loaded in [&old, &new] {
-        let yaml: Vec<_> = loaded
-            .diagnostics
-            .iter()
-            .filter(|(_, d)| d.code == "yaml")
-            .collect();
-        if !yaml.is_empty() {
-            for (f, d) in yaml {
-                let text = loaded
-                    .files
-                    .get(*f as usize)
-                    .map_or("", |s| s.text.as_str());
-                eprint!(
-                    "{}",
-                    printers::render_diagnostic(loaded.file_name(*f), text, d)
-                );
-            }
+        if printers::report_yaml_errors(loaded) {
             return 2;
         }
     }

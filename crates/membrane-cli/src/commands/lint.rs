@@ -39,22 +39,7 @@ pub fn run(args: LintArgs) -> u8 {
             return 2;
         }
     };
-    let yaml: Vec<_> = loaded
-        .diagnostics
-        .iter()
-        .filter(|(_, d)| d.code == "yaml")
-        .collect();
-    if !yaml.is_empty() {
-        for (f, d) in yaml {
-            let text = loaded
-                .files
-                .get(*f as usize)
-                .map_or("", |s| s.text.as_str());
-            eprint!(
-                "{}",
-                printers::render_diagnostic(loaded.file_name(*f), text, d)
-            );
-        }
+    if printers::report_yaml_errors(&loaded) {
         eprintln!("error: invalid YAML, nothing was linted");
         return 2;
     }

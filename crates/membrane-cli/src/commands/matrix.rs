@@ -77,22 +77,7 @@ pub fn run(args: MatrixArgs) -> u8 {
             return 2;
         }
     };
-    let yaml_errors: Vec<_> = loaded
-        .diagnostics
-        .iter()
-        .filter(|(_, d)| d.code == "yaml")
-        .collect();
-    if !yaml_errors.is_empty() {
-        for (f, d) in yaml_errors {
-            eprint!(
-                "{}",
-                printers::render_diagnostic(
-                    loaded.file_name(*f),
-                    &loaded.files[*f as usize].text,
-                    d
-                )
-            );
-        }
+    if printers::report_yaml_errors(&loaded) {
         return 2;
     }
     let matrix = build_with_progress(&loaded, &options);

@@ -47,6 +47,21 @@ pub fn render_diagnostic(file: &str, text: &str, d: &Diagnostic) -> String {
     render_at(file, d, line)
 }
 
+/// Prints the input's YAML errors (what makes it unusable) to standard error; whether
+/// there were any.
+pub fn report_yaml_errors(loaded: &membrane_cluster::manifests::Loaded) -> bool {
+    let mut any = false;
+    for (f, d) in loaded.diagnostics.iter().filter(|(_, d)| d.code == "yaml") {
+        let text = loaded
+            .files
+            .get(*f as usize)
+            .map_or("", |s| s.text.as_str());
+        eprint!("{}", render_diagnostic(loaded.file_name(*f), text, d));
+        any = true;
+    }
+    any
+}
+
 /// As [`render_diagnostic`], with the source line the span points at already found (`None`:
 /// no line is shown).
 pub fn render_at(file: &str, d: &Diagnostic, line: Option<&str>) -> String {
